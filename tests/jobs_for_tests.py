@@ -1,0 +1,41 @@
+"""Jobs used by the tests, registered through EXTRA_JOBS (as a user registers their own)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from redis import Redis
+
+
+def sleep(seconds: float, marker: str | None = None) -> dict:
+    """Sleep, then append `marker` to a Redis list so tests can count runs."""
+    if marker:
+        Redis.from_url(os.environ["REDIS_URL"]).rpush(f"test:started:{marker}", os.getpid())
+    time.sleep(seconds)
+    if marker:
+        Redis.from_url(os.environ["REDIS_URL"]).rpush(f"test:done:{marker}", os.getpid())
+    return {"slept": seconds}
+
+
+def record(label: str) -> str:
+    """Append `label` to a Redis list: the order of runs is the order in the list."""
+    Redis.from_url(os.environ["REDIS_URL"]).rpush("test:order", label)
+    return label
+
+
+def fail(message: str = "boom") -> None:
+    raise RuntimeError(message)
+
+
+def crash(code: int = 9) -> None:
+    os._exit(code)
+
+
+def spin(seconds: float) -> int:
+    """Burn CPU for `seconds`."""
+    end = time.perf_counter() + seconds
+    n = 0
+    while time.perf_counter() < end:
+        n += 1
+    return n

@@ -1,0 +1,114 @@
+"""Putting the daemon together: settings, logging, Redis, health server, RQ worker.
+
+Each part stays ignorant of the others; only this module knows all of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+
+from redis import Redis
+from rq.serializers import DefaultSerializer, JSONSerializer
+
+from worker import __version__
+from worker.settings import Settings
+
+log = logging.getLogger("worker")
+
+EXIT_OK = 0
+EXIT_ERROR = 1  # unexpected error
+EXIT_USAGE = 2  # bad settings or flags
+EXIT_UNAVAILABLE = 3  # the health port cannot be bound
+
+
+def serializer_for(settings: Settings):
+    return JSONSerializer if settings.serializer == "json" else DefaultSerializer
+
+
+def redis_client(settings: Settings, timeout: float = 10.0) -> Redis:
+    """A client whose socket timeout outlasts the worker's short blocking dequeue."""
+    return Redis.from_url(
+        settings.redis_url,
+        socket_timeout=timeout,
+        socket_connect_timeout=min(timeout, 5.0),
+        health_check_interval=30,
+    )
+
+
+def model_check(settings: Settings):
+    def check() -> tuple[bool, str]:
+        directory = Path(settings.embed_model_dir)
+        missing = [n for n in ("model.onnx", "tokenizer.json") if not (directory / n).is_file()]
+        if missing:
+            return False, f"model files missing in {directory}: {', '.join(missing)} (run `make model`)"
+        return True, "ok"
+
+    return check
+
+
+def default_worker_name() -> str:
+    return f"{socket.gethostname()}.{os.getpid()}"
+
+
+def run_daemon(settings: Settings, burst: bool = False, max_jobs: int | None = None) -> int:
+    from worker.daemon import DaemonWorker
+    from worker.health import HealthServer, RedisProbe
+    from worker.logs import setup_logging
+    from worker.metrics import queue_figures, render
+    from worker.state import LiveState
+
+    name = settings.worker_name or default_worker_name()
+    setup_logging(settings.log_level, settings.log_format, name)
+    state = LiveState(name, settings.liveness_timeout, settings.job_grace)
+
+    probe_client = redis_client(settings, timeout=0.5)  # the health thread's own connection
+    probe = RedisProbe(lambda: probe_client)
+
+    def metrics_text() -> str:
+        up = probe.check()["ok"]
+        queues = None
+        if up:
+            try:
+                queues = queue_figures(probe_client, settings.queues)
+            except Exception:  # Redis went away between the two calls
+                up = False
+        return render(state, up, queues)
+
+    try:
+        health = HealthServer(
+            settings.health_host, settings.health_port, state, probe, {"model": model_check(settings)}, metrics_text
+        ).start()
+    except OSError as exc:
+        log.error("cannot serve health on %s:%s: %s", settings.health_host, settings.health_port, exc)
+        return EXIT_UNAVAILABLE
+
+    log.info(
+        "worker %s %s starting: queues %s, redis %s, health on http://%s:%d",
+        name,
+        __version__,
+        ",".join(settings.queues),
+        settings.safe_redis_url,
+        settings.health_host,
+        health.port,
+    )
+    worker = DaemonWorker(
+        list(settings.queues),
+        name=name,
+        connection=redis_client(settings),
+        serializer=serializer_for(settings),
+        settings=settings,
+        live=state,
+        default_result_ttl=86400,
+        prepare_for_work=False,
+    )
+    worker.hostname = socket.gethostname()
+    worker.pid = os.getpid()
+    try:
+        done = worker.run(burst=burst, max_jobs=max_jobs)
+    finally:
+        health.stop()
+    log.info("worker %s stopped after %d jobs", name, done)
+    return EXIT_OK

@@ -1,0 +1,252 @@
+"""`python -m worker <command>`: run, enqueue, search, status, healthcheck, embed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from worker.settings import Settings, SettingsError, set_settings
+
+INGEST = "worker.jobs.ingest_pdf"
+
+
+def _run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--redis-url", dest="redis_url", help="REDIS_URL")
+    p.add_argument("--queues", help="WORKER_QUEUES, comma-separated, highest priority first")
+    p.add_argument("--name", dest="worker_name", help="WORKER_NAME")
+    p.add_argument("--health-host", dest="health_host", help="HEALTH_HOST")
+    p.add_argument("--health-port", dest="health_port", type=int, help="HEALTH_PORT")
+    p.add_argument("--store-url", dest="store_url", help="STORE_URL")
+    p.add_argument("--job-timeout", dest="job_timeout", type=int, help="JOB_TIMEOUT seconds")
+    p.add_argument("--shutdown-timeout", dest="shutdown_timeout", type=int, help="SHUTDOWN_TIMEOUT seconds")
+    p.add_argument("--log-level", dest="log_level", help="LOG_LEVEL")
+    p.add_argument("--log-format", dest="log_format", choices=["text", "json"], help="LOG_FORMAT")
+    p.add_argument("--serializer", dest="serializer", choices=["json", "pickle"], help="WORKER_SERIALIZER")
+    p.add_argument("--model-dir", dest="embed_model_dir", type=Path, help="EMBED_MODEL_DIR")
+    p.add_argument("--precision", dest="embed_precision", choices=["fp32", "int8"], help="EMBED_PRECISION")
+    p.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    p.add_argument("--max-jobs", type=int, help="exit after N jobs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m worker", description="Document-ingestion worker on RQ.")
+    sub = parser.add_subparsers(dest="command")
+    _run_flags(sub.add_parser("run", help="run the worker daemon (default)"))
+
+    p = sub.add_parser("enqueue", help="enqueue ingest_pdf for each file")
+    p.add_argument("paths", nargs="+", type=Path)
+    p.add_argument("--queue", default="default")
+    p.add_argument("--wait", action="store_true", help="show progress, then a summary per file")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--timeout", type=float, default=0, help="with --wait: give up after this many seconds")
+    p.add_argument("--function", default=INGEST, help=argparse.SUPPRESS)  # smoke checks: worker.jobs.ping
+
+    p = sub.add_parser("search", help="nearest stored chunks to a query")
+    p.add_argument("query")
+    p.add_argument("-k", type=int, default=5)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("status", help="queues, workers and store counts")
+    p.add_argument("--json", action="store_true")
+
+    sub.add_parser("healthcheck", help="exit 0 when the local /healthz says ok")
+
+    p = sub.add_parser("embed", help="embed a JSON list of strings")
+    p.add_argument("file", type=Path)
+    p.add_argument("--out", type=Path, help="write an .npy file instead of JSON to stdout")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command = args.command or "run"
+    if args.command is None:
+        args = parser.parse_args(["run", *(argv if argv is not None else sys.argv[1:])])
+    try:
+        settings = Settings.from_env()
+        if command == "run":
+            queues = tuple(q.strip() for q in args.queues.split(",") if q.strip()) if args.queues else None
+            settings = settings.override(
+                redis_url=args.redis_url,
+                queues=queues,
+                worker_name=args.worker_name,
+                health_host=args.health_host,
+                health_port=args.health_port,
+                store_url=args.store_url,
+                job_timeout=args.job_timeout,
+                shutdown_timeout=args.shutdown_timeout,
+                log_level=args.log_level.upper() if args.log_level else None,
+                log_format=args.log_format,
+                serializer=args.serializer,
+                embed_model_dir=args.embed_model_dir,
+                embed_precision=args.embed_precision,
+            )
+    except SettingsError as exc:
+        print(f"worker: configuration error: {exc}", file=sys.stderr)
+        return 2
+    set_settings(settings)
+    handler = globals()[f"cmd_{command}"]
+    try:
+        return handler(settings, args)
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.app import run_daemon
+
+    return run_daemon(settings, burst=args.burst, max_jobs=args.max_jobs)
+
+
+def _queue(settings: Settings, name: str):
+    from rq import Queue
+
+    from worker.app import redis_client, serializer_for
+
+    return Queue(name, connection=redis_client(settings), serializer=serializer_for(settings))
+
+
+def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
+    queue = _queue(settings, args.queue)
+    jobs = []
+    for path in args.paths:
+        source = str(path.expanduser().resolve())
+        job = queue.enqueue(args.function, source, job_timeout=settings.job_timeout)
+        jobs.append((path, job))
+        if not args.wait:
+            _emit(args.json, {"file": str(path), "job_id": job.id, "queue": args.queue, "status": "queued"},
+                  f"{path}: queued as {job.id} on {args.queue}")
+    if not args.wait:
+        return 0
+    deadline = time.monotonic() + args.timeout if args.timeout else None
+    pending = {job.id: (path, job) for path, job in jobs}
+    failed = 0
+    shown: dict[str, str] = {}
+    while pending:
+        for job_id, (path, job) in list(pending.items()):
+            status = job.get_status(refresh=True)
+            status = getattr(status, "value", status)
+            if status in ("finished", "failed", "stopped", "canceled"):
+                del pending[job_id]
+                failed += status != "finished"
+                _emit_summary(args.json, path, job, status)
+                continue
+            progress = job.get_meta(refresh=True).get("progress")
+            line = f"{path}: {status}" + (f" {_fmt_progress(progress)}" if progress else "")
+            if not args.json and shown.get(job_id) != line:
+                shown[job_id] = line
+                print(line, file=sys.stderr)
+        if pending:
+            if deadline is not None and time.monotonic() > deadline:
+                for path, job in pending.values():
+                    _emit(args.json, {"file": str(path), "job_id": job.id, "status": "timeout"}, f"{path}: still {job.get_status()} (gave up waiting)")
+                return 1
+            time.sleep(0.2)
+    return 1 if failed else 0
+
+
+def _fmt_progress(p: dict) -> str:
+    text = str(p.get("stage", ""))
+    if "done" in p and "total" in p:
+        text += f" {p['done']}/{p['total']}"
+    return text
+
+
+def _emit(as_json: bool, obj: dict, text: str) -> None:
+    print(json.dumps(obj) if as_json else text, flush=True)
+
+
+def _emit_summary(as_json: bool, path: Path, job, status: str) -> None:
+    from worker.daemon import error_type
+
+    obj: dict = {"file": str(path), "job_id": job.id, "status": status}
+    if status == "finished":
+        obj["result"] = job.return_value()
+        text = f"{path}: done {json.dumps(obj['result'])}"
+    else:
+        result = job.latest_result()
+        exc = result.exc_string if result is not None else ""
+        obj["error_type"] = error_type(exc)
+        obj["error"] = (exc or "").strip().splitlines()[-1] if exc else None
+        text = f"{path}: {status}: {obj['error']}"
+    _emit(as_json, obj, text)
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    from redis.exceptions import RedisError
+    from rq import Worker
+
+    from worker.app import redis_client
+    from worker.metrics import queue_figures
+
+    client = redis_client(settings, timeout=3)
+    try:
+        queues = queue_figures(client, settings.queues)
+        workers = [
+            {"name": w.name, "state": w.get_state(), "current_job": w.get_current_job_id(), "queues": w.queue_names()}
+            for w in Worker.all(connection=client)
+        ]
+    except RedisError as exc:
+        print(f"worker: Redis at {settings.safe_redis_url} unavailable: {type(exc).__name__}", file=sys.stderr)
+        return 1
+    store = _store_counts(settings)
+    report = {"queues": queues, "workers": workers, "store": store}
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print("queues:")
+    for q, fig in queues.items():
+        print(f"  {q:<10} depth {fig['depth']:>6}  started {fig['started']:>4}  failed {fig['failed']:>4}")
+    print(f"workers: {len(workers)}")
+    for w in workers:
+        print(f"  {w['name']:<30} {w['state']:<10} {w['current_job'] or '-'}")
+    print("store: " + (", ".join(f"{k} {v}" for k, v in store.items()) if store else "none"))
+    return 0
+
+
+def _store_counts(settings: Settings) -> dict:
+    try:
+        from worker.store import Store
+    except ImportError:
+        return {}
+    if not settings.store_path.exists():
+        return {"documents": 0, "chunks": 0}
+    with Store.open(settings.store_url) as store:
+        return store.counts()
+
+
+def cmd_healthcheck(settings: Settings, args: argparse.Namespace) -> int:
+    host = settings.health_host
+    if host in ("0.0.0.0", "", "::"):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    url = f"http://{host}:{settings.health_port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            body = json.loads(resp.read() or b"{}")
+            ok = resp.status == 200 and body.get("status") == "ok"
+    except urllib.error.HTTPError as exc:
+        print(f"unhealthy: {url} answered {exc.code}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"unhealthy: {url}: {exc}", file=sys.stderr)
+        return 1
+    print("ok" if ok else "unhealthy")
+    return 0 if ok else 1
+
+
+def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
+    print("worker: search is not available yet", file=sys.stderr)
+    return 1
+
+
+def cmd_embed(settings: Settings, args: argparse.Namespace) -> int:
+    print("worker: embed is not available yet", file=sys.stderr)
+    return 1

@@ -1,0 +1,437 @@
+"""The daemon: an RQ fork worker with a main loop we control.
+
+`DaemonWorker` subclasses RQ's `Worker` and keeps its job semantics (fork a work-horse per
+job, registries, results, retries, `rq info` visibility). It replaces three things:
+
+- the loop: dequeue blocks at most `POLL_INTERVAL` seconds, so the in-memory heartbeat
+  that liveness reads stays fresh while idle; Redis errors of any kind (connection or
+  timeout, anywhere) are logged and retried with backoff instead of ending the worker;
+- the horse monitor: it waits on a pidfd and a signal wake-up pipe, so it sees the horse
+  exit at once and a shutdown request within a tick, and it enforces `SHUTDOWN_TIMEOUT`;
+- signals: handlers only set flags. SIGTERM asks for a warm shutdown (finish the job,
+  exit 0); past `SHUTDOWN_TIMEOUT`, or on a second SIGTERM or a SIGINT (cold shutdown),
+  the horse is killed and its job put back at the front of its queue, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import signal
+import sqlite3
+import time
+
+import redis.exceptions
+from rq import Worker
+from rq.exceptions import DequeueTimeout, InvalidJobOperation
+from rq.job import Job, JobStatus
+from rq.queue import Queue
+from rq.scheduler import RQScheduler
+from rq.suspension import is_suspended
+from rq.utils import now
+from rq.worker.base import WorkerStatus
+
+from worker.errors import BadInputError, TransientError
+from worker.registry import GuardedJob
+from worker.settings import Settings
+from worker.state import CurrentJob, LiveState
+
+log = logging.getLogger("worker.daemon")
+
+REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError)
+RETRY_INTERVALS = (5, 30, 120)  # seconds between automatic retries of transient failures
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    if isinstance(exc, TransientError | redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+        return True
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+
+
+def error_type(exc_string: str | None) -> str | None:
+    """The exception class name from the last line of a formatted traceback."""
+    if not exc_string:
+        return None
+    for line in reversed(exc_string.strip().splitlines()):
+        head = line.split(":", 1)[0].strip()
+        if head and " " not in head:
+            return head.rsplit(".", 1)[-1]
+    return None
+
+
+def func_name(job: Job) -> str:
+    """The job's function name, or a placeholder when its payload cannot be deserialized."""
+    try:
+        return job.func_name or "?"
+    except Exception:  # DeserializationError: e.g. a pickle payload sent to a JSON worker
+        return "<undecodable>"
+
+
+class Backoff:
+    def __init__(self, first: float = 0.5, factor: float = 2.0, cap: float = 30.0) -> None:
+        self.first, self.factor, self.cap = first, factor, cap
+        self.current = first
+
+    def next(self) -> float:
+        value = self.current
+        self.current = min(self.current * self.factor, self.cap)
+        return value
+
+    def reset(self) -> None:
+        self.current = self.first
+
+
+class DaemonWorker(Worker):
+    job_class = GuardedJob
+
+    def __init__(self, queues, *, settings: Settings, live: LiveState, **kwargs) -> None:
+        super().__init__(queues, **kwargs)
+        self.settings = settings
+        self.live = live
+        self.warm_stop_at: float | None = None
+        self.cold_stop = False
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._last_redis_beat = 0.0
+        self._last_schedule = 0.0
+        self._scheduler: RQScheduler | None = None
+        self._backoff = Backoff()
+
+    # -- signals: flags only ---------------------------------------------------------
+    def _install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if signum == signal.SIGINT or self.warm_stop_at is not None:
+            self.cold_stop = True
+        if self.warm_stop_at is None:
+            self.warm_stop_at = time.monotonic()
+        self._stop_requested = True
+
+    def request_stop(self, signum=None, frame=None) -> None:  # RQ's pubsub commands land here
+        self._on_signal(signal.SIGTERM, frame)
+
+    def _tick(self) -> None:
+        """Called at least every POLL_INTERVAL by the main loop: proves it is alive."""
+        self.live.beat()
+        if self._stop_requested and self.live.state != "draining":
+            self.live.set_state("draining")
+            log.info("shutdown requested: %s", "cold" if self.cold_stop else "warm, finishing the current job")
+
+    def _drain_wakeups(self) -> None:
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while os.read(self._wake_r, 512):
+                pass
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep, ticking, but wake early on a signal."""
+        deadline = time.monotonic() + seconds
+        while not self._stop_requested:
+            self._tick()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            select.select([self._wake_r], [], [], min(left, 1.0))
+            self._drain_wakeups()
+
+    # -- the main loop -----------------------------------------------------------------
+    def run(self, burst: bool = False, max_jobs: int | None = None) -> int:
+        """Run until stopped; returns the number of jobs executed."""
+        self._install_signal_handlers()
+        self._tick()
+        if not self._bootstrap_with_retry():
+            return 0
+        self.live.set_state("idle")
+        completed = 0
+        try:
+            while not self._stop_requested:
+                self._tick()
+                try:
+                    self._housekeeping()
+                    if is_suspended(self.connection, self):
+                        if burst:
+                            log.info("queues suspended (rq suspend); burst mode exits")
+                            break
+                        self._sleep(self.settings.poll_interval)
+                        continue
+                    result = self.queue_class.dequeue_any(
+                        self._ordered_queues,
+                        None if burst else self.settings.poll_interval,
+                        connection=self.connection,
+                        job_class=self.job_class,
+                        serializer=self.serializer,
+                        death_penalty_class=self.death_penalty_class,
+                    )
+                    self._redis_back()
+                except DequeueTimeout:
+                    self._redis_back()
+                    continue
+                except REDIS_ERRORS as exc:
+                    self._redis_lost(exc)
+                    continue
+                if result is None:
+                    if burst:
+                        log.info("queues empty, burst mode exits")
+                        break
+                    continue
+                job, queue = result
+                self.execute_job(job, queue)
+                completed += 1
+                if max_jobs is not None and completed >= max_jobs:
+                    log.info("executed %d jobs (--max-jobs), exiting", completed)
+                    break
+        finally:
+            self.live.set_state("draining")
+            self._teardown_quietly()
+        return completed
+
+    def _bootstrap_with_retry(self) -> bool:
+        while not self._stop_requested:
+            self._tick()
+            try:
+                self.bootstrap(self.settings.log_level)
+                self._redis_back()
+                return True
+            except REDIS_ERRORS as exc:
+                self._redis_lost(exc)
+        return False
+
+    def _redis_lost(self, exc: BaseException) -> None:
+        self.live.redis_ok = False
+        delay = self._backoff.next()
+        log.warning("Redis unavailable (%s); retrying in %.1fs", type(exc).__name__, delay)
+        self._sleep(delay)
+
+    def _redis_back(self) -> None:
+        if self.live.redis_ok is False:
+            log.info("Redis is back")
+        self.live.redis_ok = True
+        self._backoff.reset()
+
+    def _housekeeping(self) -> None:
+        """Periodic Redis work: worker heartbeat, RQ maintenance, due scheduled jobs."""
+        t = time.monotonic()
+        if t - self._last_redis_beat >= min(15, self.worker_ttl / 3):
+            self.heartbeat()
+            self._last_redis_beat = t
+        if self.should_run_maintenance_tasks:
+            self.run_maintenance_tasks()
+        if t - self._last_schedule >= 1:
+            self._last_schedule = t
+            self._enqueue_due_jobs()
+
+    def _enqueue_due_jobs(self) -> None:
+        """Move due scheduled jobs (retries with a delay) to their queues, as RQ's scheduler
+        does, without a separate scheduler process; RQ's locks keep it to one worker per queue."""
+        if self._scheduler is None:
+            self._scheduler = RQScheduler(
+                self.queue_names(), connection=self.connection, serializer=self.serializer, name=self.name
+            )
+        sched = self._scheduler
+        if sched.should_reacquire_locks:
+            sched.acquire_locks()
+        elif sched.acquired_locks:
+            sched.heartbeat()
+        if sched.acquired_locks:
+            sched.enqueue_scheduled_jobs()
+
+    def _teardown_quietly(self) -> None:
+        try:
+            if self._scheduler is not None and self._scheduler.acquired_locks:
+                self._scheduler.release_locks()
+            self.teardown()
+        except REDIS_ERRORS as exc:
+            log.warning("could not register worker death in Redis (%s)", type(exc).__name__)
+
+    # -- one job -----------------------------------------------------------------------
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        try:
+            execution = self.prepare_execution(job)
+        except REDIS_ERRORS as exc:
+            # Dequeued but not yet registered as started: put it back or it would be lost.
+            log.warning("Redis failed before job %s started (%s); putting it back", job.id, type(exc).__name__)
+            self._put_back(job, queue, execution=None)
+            return
+        self.live.job_started(
+            CurrentJob(
+                id=job.id,
+                function=func_name(job),
+                queue=queue.name,
+                started=time.monotonic(),
+                timeout=float(job.timeout) if job.timeout and job.timeout > 0 else None,
+            )
+        )
+        self.fork_work_horse(job, queue)
+        self.monitor_work_horse(job, queue, execution)
+        with contextlib.suppress(*REDIS_ERRORS):
+            self.set_state(WorkerStatus.IDLE)
+
+    def main_work_horse(self, job: Job, queue: Queue) -> None:
+        signal.set_wakeup_fd(-1)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        if self.settings.horse_memory_mb > 0:
+            import resource
+
+            limit = self.settings.horse_memory_mb * 1024 * 1024
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        super().main_work_horse(job, queue)
+
+    def _finalize_failure(self, job, queue, execution, exc_info) -> None:  # runs in the horse
+        exc = exc_info[1]
+        if isinstance(exc, BadInputError):
+            job.retries_left = 0  # bad input is final, whatever Retry the client asked for
+        elif is_transient(exc) and job.retries_left is None:
+            job.retries_left = len(RETRY_INTERVALS)
+            job.retry_intervals = list(RETRY_INTERVALS)
+        super()._finalize_failure(job, queue, execution, exc_info)
+
+    def monitor_work_horse(self, job: Job, queue: Queue, execution) -> None:
+        pid = self._horse_pid
+        started = time.monotonic()
+        job.started_at = now()
+        pidfd = os.pidfd_open(pid)
+        status: int | None = None
+        put_back = False
+        last_beat = started
+        try:
+            while True:
+                self._tick()
+                select.select([pidfd, self._wake_r], [], [], self.settings.poll_interval)
+                self._drain_wakeups()
+                wpid, wstatus, _ = os.wait4(pid, os.WNOHANG)
+                if wpid == pid:
+                    status = wstatus
+                    break
+                t = time.monotonic()
+                past_deadline = self.warm_stop_at is not None and t - self.warm_stop_at >= self.settings.shutdown_timeout
+                if self.cold_stop or past_deadline:
+                    why = "cold shutdown" if self.cold_stop else f"still running after SHUTDOWN_TIMEOUT={self.settings.shutdown_timeout}s"
+                    log.warning("job %s %s: killing the horse and putting the job back", job.id, why)
+                    self._kill_and_reap(pid)
+                    put_back = True
+                    break
+                if job.timeout and job.timeout > 0 and t - started > job.timeout + self.settings.job_grace:
+                    log.error("job %s outlived its timeout by %ss; killing the horse", job.id, self.settings.job_grace)
+                    status = self._kill_and_reap(pid)
+                    break
+                if t - last_beat >= self.job_monitoring_interval:
+                    last_beat = t
+                    try:
+                        self.maintain_heartbeats(job, execution)
+                    except REDIS_ERRORS as exc:
+                        log.warning("heartbeat for job %s failed (%s)", job.id, type(exc).__name__)
+        finally:
+            os.close(pidfd)
+        self._horse_pid = 0
+        self.executions.pop(execution.id, None)
+        duration = time.monotonic() - started
+        if put_back:
+            self._put_back(job, queue, execution)
+            self._job_ended(job, queue, "requeued", duration, None)
+            return
+        try:
+            if status != 0:
+                self._handle_dead_horse(job, queue, execution, status)
+            outcome, etype = self._outcome(job)
+            counters = job.get_meta(refresh=True).get("counters") or {}
+        except REDIS_ERRORS as exc:
+            log.warning("could not read the outcome of job %s (%s)", job.id, type(exc).__name__)
+            outcome, etype, counters = "unknown", None, {}
+        self._job_ended(job, queue, outcome, duration, etype, counters)
+
+    def _kill_and_reap(self, pid: int) -> int | None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)  # the horse leads its own process group
+        with contextlib.suppress(ChildProcessError):
+            return os.wait4(pid, 0)[1]
+        return None
+
+    def _handle_dead_horse(self, job: Job, queue: Queue, execution, status: int | None) -> None:
+        """The horse exited abnormally (killed, crashed, out of memory): fail the job clearly."""
+        try:
+            job_status = job.get_status(refresh=True)
+        except InvalidJobOperation:
+            return
+        if job_status in (JobStatus.FINISHED, JobStatus.FAILED):
+            return
+        job.ended_at = now()
+        if status is not None and os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            how = f"killed by signal {sig} ({signal.Signals(sig).name})"
+        else:
+            how = f"exited with status {os.waitstatus_to_exitcode(status) if status is not None else '?'}"
+        exc_string = f"worker.errors.WorkHorseDied: the work-horse running this job {how}"
+        log.warning("job %s: %s", job.id, exc_string)
+        self.handle_work_horse_killed(job, None, status, None)
+        self.handle_job_failure(job, queue=queue, exc_string=exc_string, execution=execution)
+
+    def _outcome(self, job: Job) -> tuple[str, str | None]:
+        try:
+            job_status = job.get_status(refresh=True)
+        except InvalidJobOperation:
+            return "ok", None  # finished and already expired (result_ttl=0)
+        if job_status == JobStatus.FINISHED:
+            return "ok", None
+        if job_status in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
+            return "retried", self._error_type(job)
+        if job_status == JobStatus.STOPPED:
+            return "stopped", None
+        return "failed", self._error_type(job)
+
+    @staticmethod
+    def _error_type(job: Job) -> str | None:
+        result = job.latest_result()
+        return error_type(result.exc_string) if result is not None else None
+
+    def _put_back(self, job: Job, queue: Queue, execution) -> None:
+        """Put a job we could not finish back at the front of its queue, retrying until Redis
+        answers (a job in hand is never dropped). Gives up only on cold shutdown; then the
+        job stays in the started registry, where recovery finds it."""
+        backoff = Backoff()
+        while True:
+            try:
+                with self.connection.pipeline() as pipe:
+                    if execution is not None:
+                        self.cleanup_execution(job, pipeline=pipe, execution=execution)
+                    job.meta["requeued"] = int(job.meta.get("requeued", 0)) + 1
+                    job.save_meta()
+                    job.set_status(JobStatus.QUEUED, pipeline=pipe)
+                    queue.push_job_id(job.id, pipeline=pipe, at_front=True)
+                    pipe.execute()
+                log.info("job %s put back at the front of %s", job.id, queue.name)
+                return
+            except REDIS_ERRORS as exc:
+                if self.cold_stop and backoff.current >= 4:
+                    log.error("could not put job %s back (%s); recovery will", job.id, type(exc).__name__)
+                    return
+                delay = backoff.next()
+                log.warning("putting job %s back failed (%s); retrying in %.1fs", job.id, type(exc).__name__, delay)
+                time.sleep(delay)
+                self.live.beat()
+
+    def _job_ended(self, job, queue, outcome, duration, etype, counters=None) -> None:
+        self.live.job_ended(outcome, duration, counters)
+        level = logging.INFO if outcome in ("ok", "requeued") else logging.WARNING
+        log.log(
+            level,
+            "job %s %s in %.3fs",
+            job.id,
+            outcome,
+            duration,
+            extra={
+                "job_id": job.id,
+                "function": func_name(job),
+                "queue": queue.name,
+                "duration": round(duration, 6),
+                "outcome": outcome,
+                "error_type": etype,
+                "worker": self.name,
+            },
+        )
+

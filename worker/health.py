@@ -1,0 +1,213 @@
+"""The health server: /healthz (/livez), /readyz and /metrics over plain HTTP.
+
+A `ThreadingHTTPServer` in a daemon thread. Liveness answers from the in-memory state
+only (no Redis, no disk), so a Redis outage never gets the worker restarted. Readiness
+pings Redis over a connection of its own with a short timeout. The server knows nothing
+of the daemon: it reads a `LiveState` and calls the checks it is given.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from worker import __version__
+from worker.state import LiveState
+
+log = logging.getLogger(__name__)
+
+# (ok, reason) pairs, e.g. model availability.
+Check = Callable[[], tuple[bool, str]]
+
+
+class RedisProbe:
+    """PING Redis with a short timeout, remembering the answer for `cache_seconds`."""
+
+    def __init__(self, client_factory: Callable[[], object], cache_seconds: float = 1.0) -> None:
+        self._factory = client_factory
+        self._client: object | None = None
+        self._cache_seconds = cache_seconds
+        self._lock = threading.Lock()
+        self._checked = 0.0
+        self._result: dict = {"ok": False, "latency_ms": None, "error": "not checked yet"}
+
+    def check(self) -> dict:
+        with self._lock:
+            if time.monotonic() - self._checked < self._cache_seconds:
+                return self._result
+            start = time.perf_counter()
+            try:
+                if self._client is None:
+                    self._client = self._factory()
+                self._client.ping()  # type: ignore[attr-defined]
+                result = {"ok": True, "latency_ms": round((time.perf_counter() - start) * 1000, 3), "error": None}
+            except Exception as exc:  # any failure means not ready; say which kind, never the URL
+                result = {"ok": False, "latency_ms": None, "error": type(exc).__name__}
+            self._result = result
+            self._checked = time.monotonic()
+            return result
+
+    @property
+    def last(self) -> dict:
+        return self._result
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: HealthServer
+    protocol_version = "HTTP/1.1"
+    timeout = 5  # seconds to send a whole request; slow clients are cut off
+    server_version = f"worker/{__version__}"
+    sys_version = ""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self._dispatch(head=False)
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._dispatch(head=True)
+
+    def _not_allowed(self) -> None:
+        self._send(405, {"error": "method not allowed"}, head=False, extra={"Allow": "GET, HEAD"})
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed  # noqa: N815
+
+    def _dispatch(self, head: bool) -> None:
+        path = self.path.split("?", 1)[0]
+        if path in ("/healthz", "/livez"):
+            status, body = self.server.liveness()
+            self._send(status, body, head)
+        elif path == "/readyz":
+            status, body = self.server.readiness()
+            self._send(status, body, head)
+        elif path == "/metrics":
+            text = self.server.metrics()
+            self._send_raw(200, text.encode(), "text/plain; version=0.0.4; charset=utf-8", head)
+        else:
+            self._send(404, {"error": "not found", "paths": ["/healthz", "/livez", "/readyz", "/metrics"]}, head)
+
+    def _send(self, status: int, body: dict, head: bool, extra: dict | None = None) -> None:
+        self._send_raw(status, json.dumps(body).encode() + b"\n", "application/json", head, extra)
+
+    def _send_raw(self, status: int, data: bytes, ctype: str, head: bool, extra: dict | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-store")
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if not head:
+            self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        log.debug("health %s - %s", self.address_string(), format % args)
+
+
+class HealthServer(ThreadingHTTPServer):
+    """Serves health endpoints in a daemon thread, with a bound on concurrent connections."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 64
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        state: LiveState,
+        redis_probe: RedisProbe,
+        checks: dict[str, Check] | None = None,
+        metrics: Callable[[], str] | None = None,
+        max_connections: int = 64,
+    ) -> None:
+        self.state = state
+        self.redis_probe = redis_probe
+        self.checks = checks or {}
+        self._metrics = metrics or (lambda: "")
+        self._slots = threading.BoundedSemaphore(max_connections)
+        if ":" in host:
+            self.address_family = socket.AF_INET6
+        super().__init__((host, port), _Handler)
+        self._thread: threading.Thread | None = None
+        # A forked work-horse must not keep the listening socket: if the parent dies, the
+        # horse would hold the port and the replacement worker could not bind it.
+        os.register_at_fork(after_in_child=self._close_in_child)
+
+    def _close_in_child(self) -> None:
+        try:
+            self.socket.close()
+        except OSError:
+            pass
+
+    # Bound the number of handler threads: past the limit, refuse at once instead of
+    # letting a flood of clients starve everyone.
+    def process_request(self, request, client_address) -> None:  # type: ignore[override]
+        if not self._slots.acquire(blocking=False):
+            try:
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:  # type: ignore[override]
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    def start(self) -> HealthServer:
+        self._thread = threading.Thread(target=self.serve_forever, name="health", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+    # -- the answers -----------------------------------------------------------------
+    def _common(self) -> dict:
+        body = self.state.snapshot()
+        body["redis"] = {k: v for k, v in self.redis_probe.last.items() if k != "error"}
+        body["version"] = __version__
+        return body
+
+    def liveness(self) -> tuple[int, dict]:
+        alive, reason = self.state.liveness()
+        body = {"status": "ok" if alive else "fail", "reason": reason, **self._common()}
+        return (200 if alive else 503), body
+
+    def readiness(self) -> tuple[int, dict]:
+        reasons = []
+        redis = self.redis_probe.check()
+        if not redis["ok"]:
+            reasons.append(f"redis unreachable ({redis['error']})")
+        for name, check in self.checks.items():
+            try:
+                ok, why = check()
+            except Exception as exc:  # a broken check is a failed check
+                ok, why = False, type(exc).__name__
+            if not ok:
+                reasons.append(f"{name}: {why}")
+        if self.state.state == "draining":
+            reasons.append("draining: shutdown requested")
+        elif self.state.state == "starting":
+            reasons.append("starting")
+        alive, why = self.state.liveness()
+        if not alive:
+            reasons.append(why)
+        body = {"status": "ok" if not reasons else "fail", "reasons": reasons, **self._common()}
+        return (200 if not reasons else 503), body
+
+    def metrics(self) -> str:
+        return self._metrics()

@@ -1,0 +1,96 @@
+"""Prometheus text exposition (format 0.0.4) of the worker's state and its queues.
+
+Job counts come from the parent's in-memory `LiveState`, recorded when each work-horse
+ends, so every job is counted once whichever horse ran it. Queue figures are read from
+Redis with the health server's own short-timeout connection; when Redis is away they are
+left out and `worker_redis_up` says 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from worker.state import DURATION_BUCKETS, LiveState
+
+STATES = ("starting", "idle", "busy", "draining")
+COUNTER_HELP = {
+    "pages": "PDF pages extracted",
+    "pages_without_text": "PDF pages that had no text layer",
+    "chunks": "Text chunks produced",
+    "embedding_tokens": "Word pieces run through the embedding model",
+    "embedding_texts": "Texts embedded",
+}
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(**labels: str) -> str:
+    inner = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items())
+    return "{" + inner + "}" if inner else ""
+
+
+def _fmt(value: float) -> str:
+    if value == float("inf"):
+        return "+Inf"
+    return repr(float(value)) if isinstance(value, float) and not value.is_integer() else str(int(value))
+
+
+def queue_figures(client, queues: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Depth, started and failed counts per queue, in one pipelined round trip."""
+    pipe = client.pipeline(transaction=False)
+    for q in queues:
+        pipe.llen(f"rq:queue:{q}")
+        pipe.zcard(f"rq:wip:{q}")
+        pipe.zcard(f"rq:failed:{q}")
+    values = pipe.execute()
+    return {q: {"depth": values[3 * i], "started": values[3 * i + 1], "failed": values[3 * i + 2]} for i, q in enumerate(queues)}
+
+
+def render(state: LiveState, redis_up: bool, queues: dict[str, dict[str, int]] | None) -> str:
+    snap = state.metrics_snapshot()
+    worker = state.name
+    out: list[str] = []
+
+    def family(name: str, kind: str, help_text: str) -> None:
+        out.append(f"# HELP {name} {help_text}")
+        out.append(f"# TYPE {name} {kind}")
+
+    family("worker_jobs", "counter", "Jobs ended in this worker, by queue, function and outcome")
+    for (queue, function, outcome), n in sorted(snap["outcomes"].items()):
+        out.append(f"worker_jobs_total{_labels(worker=worker, queue=queue, function=function, outcome=outcome)} {n}")
+
+    family("worker_job_duration_seconds", "histogram", "Wall time of jobs, from fork to the horse's exit")
+    for queue, hist in sorted(snap["durations"].items()):
+        cumulative = 0
+        for bound, n in zip(DURATION_BUCKETS, hist.buckets, strict=True):
+            cumulative = n  # buckets are already cumulative (value <= bound counted in each)
+            out.append(f"worker_job_duration_seconds_bucket{_labels(worker=worker, queue=queue, le=_fmt(bound))} {cumulative}")
+        out.append(f'worker_job_duration_seconds_bucket{_labels(worker=worker, queue=queue, le="+Inf")} {hist.count}')
+        out.append(f"worker_job_duration_seconds_sum{_labels(worker=worker, queue=queue)} {_fmt(hist.total)}")
+        out.append(f"worker_job_duration_seconds_count{_labels(worker=worker, queue=queue)} {hist.count}")
+
+    for name, help_text in COUNTER_HELP.items():
+        family(f"worker_{name}", "counter", help_text)
+        out.append(f"worker_{name}_total{_labels(worker=worker)} {_fmt(snap['counters'].get(name, 0))}")
+
+    family("worker_state", "gauge", "1 for the worker's current state")
+    for s in STATES:
+        out.append(f"worker_state{_labels(worker=worker, state=s)} {1 if snap['state'] == s else 0}")
+
+    family("worker_redis_up", "gauge", "1 when Redis answered the last PING")
+    out.append(f"worker_redis_up{_labels(worker=worker)} {1 if redis_up else 0}")
+
+    if queues:
+        family("worker_queue_depth", "gauge", "Jobs waiting in the queue")
+        for q, fig in queues.items():
+            out.append(f"worker_queue_depth{_labels(queue=q)} {fig['depth']}")
+        family("worker_queue_started", "gauge", "Jobs in the queue's started registry")
+        for q, fig in queues.items():
+            out.append(f"worker_queue_started{_labels(queue=q)} {fig['started']}")
+        family("worker_queue_failed", "gauge", "Jobs in the queue's failed registry")
+        for q, fig in queues.items():
+            out.append(f"worker_queue_failed{_labels(queue=q)} {fig['failed']}")
+    out.append("")
+    return "\n".join(out)

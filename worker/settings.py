@@ -1,0 +1,214 @@
+"""All configuration, read once from the environment; command-line flags override.
+
+This module is a leaf: it imports nothing from the rest of the package, and every other
+module reads its settings from here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+
+class SettingsError(ValueError):
+    """A setting has a value we cannot use."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name, "")
+    if raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(name, "")
+    if raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env.get(name, "").strip().lower() or default
+    if value not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def redact_url(url: str) -> str:
+    """Return `url` without its password (and user), safe for logs and health bodies."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    if parts.password or parts.username:
+        host = f"***@{host}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def sqlite_path(store_url: str, cwd: Path | None = None) -> Path:
+    """Path of the SQLite file named by a SQLAlchemy-style URL.
+
+    `sqlite:///relative.db` is relative to the working directory,
+    `sqlite:////absolute/path.db` is absolute.
+    """
+    prefix = "sqlite:///"
+    if not store_url.startswith(prefix):
+        raise SettingsError(f"STORE_URL must start with {prefix!r} (SQLite is the only store), got {store_url!r}")
+    rest = store_url[len(prefix) :]
+    if not rest:
+        raise SettingsError("STORE_URL names no file")
+    path = Path(rest)
+    if not path.is_absolute():
+        path = (cwd or Path.cwd()) / path
+    return path
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    queues: tuple[str, ...] = ("high", "default", "low")
+    worker_name: str | None = None
+    health_host: str = "127.0.0.1"
+    health_port: int = 8001
+    store_url: str = "sqlite:///var/worker.db"
+    input_roots: tuple[Path, ...] = field(default_factory=lambda: (Path.cwd(),))
+    job_timeout: int = 600
+    shutdown_timeout: int = 25
+    log_level: str = "INFO"
+    log_format: str = "text"
+    serializer: str = "json"
+    embed_model_dir: Path = field(default_factory=lambda: Path.cwd() / "var" / "model")
+    embed_precision: str = "fp32"
+    embed_threads: int = 0  # 0: cores divided by worker processes on the host
+    workers_per_host: int = 1
+    # Liveness: the main loop must have ticked within this many seconds.
+    liveness_timeout: float = 30.0
+    # Grace beyond a job's own timeout before liveness reports the job as stuck.
+    job_grace: float = 60.0
+    # Idle dequeue blocks at most this long, so the main loop ticks while idle.
+    poll_interval: int = 1
+    max_pdf_bytes: int = 100 * 1024 * 1024
+    max_inline_bytes: int = 10 * 1024 * 1024
+    max_pages: int = 2000
+    chunk_tokens: int = 256
+    chunk_overlap: int = 32
+    # Address-space limit of a work-horse in MiB (0: none).
+    horse_memory_mb: int = 0
+    # Attempts after which a job that keeps killing its worker is failed.
+    max_attempts: int = 3
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        cwd = Path.cwd()
+        queues = tuple(q.strip() for q in env.get("WORKER_QUEUES", "high,default,low").split(",") if q.strip())
+        if not queues:
+            raise SettingsError("WORKER_QUEUES names no queue")
+        roots_raw = env.get("INPUT_ROOTS", "")
+        roots = tuple(Path(p).expanduser() for p in roots_raw.split(":") if p.strip()) or (cwd,)
+        log_level = env.get("LOG_LEVEL", "INFO").strip().upper() or "INFO"
+        if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise SettingsError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
+        model_dir = env.get("EMBED_MODEL_DIR", "").strip()
+        settings = cls(
+            redis_url=env.get("REDIS_URL", "").strip() or cls.redis_url,
+            queues=queues,
+            worker_name=env.get("WORKER_NAME", "").strip() or None,
+            health_host=env.get("HEALTH_HOST", "").strip() or cls.health_host,
+            health_port=_int(env, "HEALTH_PORT", cls.health_port),
+            store_url=env.get("STORE_URL", "").strip() or cls.store_url,
+            input_roots=roots,
+            job_timeout=_int(env, "JOB_TIMEOUT", cls.job_timeout, 1),
+            shutdown_timeout=_int(env, "SHUTDOWN_TIMEOUT", cls.shutdown_timeout, 0),
+            log_level=log_level,
+            log_format=_choice(env, "LOG_FORMAT", "text", ("text", "json")),
+            serializer=_choice(env, "WORKER_SERIALIZER", "json", ("json", "pickle")),
+            embed_model_dir=Path(model_dir).expanduser() if model_dir else cwd / "var" / "model",
+            embed_precision=_choice(env, "EMBED_PRECISION", "fp32", ("fp32", "int8")),
+            embed_threads=_int(env, "EMBED_THREADS", 0),
+            workers_per_host=_int(env, "WORKERS_PER_HOST", 1, 1),
+            liveness_timeout=_float(env, "LIVENESS_TIMEOUT", cls.liveness_timeout, 1.0),
+            job_grace=_float(env, "JOB_GRACE", cls.job_grace),
+            poll_interval=_int(env, "POLL_INTERVAL", cls.poll_interval, 1),
+            max_pdf_bytes=_int(env, "MAX_PDF_BYTES", cls.max_pdf_bytes, 1),
+            max_inline_bytes=_int(env, "MAX_INLINE_BYTES", cls.max_inline_bytes, 1),
+            max_pages=_int(env, "MAX_PAGES", cls.max_pages, 1),
+            chunk_tokens=_int(env, "CHUNK_TOKENS", cls.chunk_tokens, 16),
+            chunk_overlap=_int(env, "CHUNK_OVERLAP", cls.chunk_overlap, 0),
+            horse_memory_mb=_int(env, "HORSE_MEMORY_MB", 0),
+            max_attempts=_int(env, "MAX_ATTEMPTS", cls.max_attempts, 1),
+        )
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError(f"REDIS_URL must be a redis://, rediss:// or unix:// URL, got {redact_url(self.redis_url)}")
+        if not 0 <= self.health_port <= 65535:
+            raise SettingsError(f"HEALTH_PORT must be 0..65535, got {self.health_port}")
+        if self.chunk_tokens > 256:
+            raise SettingsError("CHUNK_TOKENS cannot exceed the model's window of 256")
+        if self.chunk_overlap >= self.chunk_tokens // 2:
+            raise SettingsError("CHUNK_OVERLAP must be less than half of CHUNK_TOKENS")
+        sqlite_path(self.store_url)
+
+    def override(self, **changes: object) -> Settings:
+        """A copy with the given fields changed (None values are ignored: flag not given)."""
+        known = {f.name for f in fields(self)}
+        unknown = set(changes) - known
+        if unknown:
+            raise SettingsError(f"unknown settings: {', '.join(sorted(unknown))}")
+        changed = replace(self, **{k: v for k, v in changes.items() if v is not None})
+        changed.validate()
+        return changed
+
+    @property
+    def store_path(self) -> Path:
+        return sqlite_path(self.store_url)
+
+    @property
+    def safe_redis_url(self) -> str:
+        return redact_url(self.redis_url)
+
+    def threads_per_process(self) -> int:
+        """onnxruntime intra-op threads: EMBED_THREADS, or the cores shared among the host's workers."""
+        if self.embed_threads > 0:
+            return self.embed_threads
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, cores // self.workers_per_host)
+
+
+_settings: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    global _settings
+    if _settings is None:
+        _settings = Settings.from_env()
+    return _settings
+
+
+def set_settings(settings: Settings) -> None:
+    """Install settings built elsewhere (the CLI, after applying flags)."""
+    global _settings
+    _settings = settings

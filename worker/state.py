@@ -1,0 +1,135 @@
+"""What the daemon knows about itself, in memory, shared with the health server.
+
+The main loop writes (heartbeat, state, current job, outcomes); the health thread reads a
+snapshot. Liveness is decided from this alone, with no I/O. Counts are made here, in the
+long-lived parent, when a work-horse ends, so nothing counted is lost with the horse.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+# Job duration histogram buckets, in seconds.
+DURATION_BUCKETS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+@dataclass(frozen=True)
+class CurrentJob:
+    id: str
+    function: str
+    queue: str
+    started: float  # time.monotonic()
+    timeout: float | None
+
+
+@dataclass
+class Histogram:
+    buckets: list[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS))
+    count: int = 0
+    total: float = 0.0
+
+    def observe(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+        for i, bound in enumerate(DURATION_BUCKETS):
+            if value <= bound:
+                self.buckets[i] += 1
+
+
+class LiveState:
+    def __init__(self, name: str = "", liveness_timeout: float = 30.0, job_grace: float = 60.0) -> None:
+        self._lock = threading.Lock()
+        self.name = name
+        self.liveness_timeout = liveness_timeout
+        self.job_grace = job_grace
+        self.born = time.monotonic()
+        self.last_beat = self.born
+        self.state = "starting"
+        self.current: CurrentJob | None = None
+        self.jobs_done = 0
+        self.jobs_failed = 0
+        self.outcomes: dict[tuple[str, str, str], int] = defaultdict(int)  # (queue, function, outcome)
+        self.durations: dict[str, Histogram] = defaultdict(Histogram)  # by queue
+        self.counters: dict[str, float] = defaultdict(float)  # pages, chunks, tokens...
+        self.redis_ok: bool | None = None
+
+    # -- written by the main loop ------------------------------------------------------
+    def beat(self) -> None:
+        self.last_beat = time.monotonic()  # a float store is atomic; no lock needed
+
+    def set_state(self, state: str) -> None:
+        with self._lock:
+            self.state = state
+
+    def job_started(self, job: CurrentJob) -> None:
+        with self._lock:
+            self.current = job
+            if self.state != "draining":
+                self.state = "busy"
+
+    def job_ended(self, outcome: str, duration: float, counters: dict[str, float] | None = None) -> None:
+        """Record how the current job ended: ok, failed, retried or requeued."""
+        with self._lock:
+            job = self.current
+            self.current = None
+            if self.state == "busy":
+                self.state = "idle"
+            if job is None:
+                return
+            self.outcomes[(job.queue, job.function, outcome)] += 1
+            self.durations[job.queue].observe(duration)
+            if outcome == "ok":
+                self.jobs_done += 1
+            elif outcome == "failed":
+                self.jobs_failed += 1
+            for name, value in (counters or {}).items():
+                if isinstance(value, int | float):
+                    self.counters[name] += value
+
+    # -- read by the health server ---------------------------------------------------
+    def liveness(self, now: float | None = None) -> tuple[bool, str]:
+        now = time.monotonic() if now is None else now
+        age = now - self.last_beat
+        if age > self.liveness_timeout:
+            return False, f"main loop stalled: no heartbeat for {age:.1f}s"
+        job = self.current
+        if job is not None and job.timeout and job.timeout > 0:
+            elapsed = now - job.started
+            if elapsed > job.timeout + self.job_grace:
+                return False, f"job {job.id} running {elapsed:.0f}s, past its timeout {job.timeout:.0f}s + grace"
+        return True, "ok"
+
+    def snapshot(self) -> dict:
+        now = time.monotonic()
+        with self._lock:
+            job = self.current
+            return {
+                "worker": self.name,
+                "state": self.state,
+                "current_job": (
+                    {
+                        "id": job.id,
+                        "function": job.function,
+                        "queue": job.queue,
+                        "elapsed_seconds": round(now - job.started, 3),
+                    }
+                    if job
+                    else None
+                ),
+                "jobs_done": self.jobs_done,
+                "jobs_failed": self.jobs_failed,
+                "heartbeat_age_seconds": round(now - self.last_beat, 3),
+                "uptime_seconds": round(now - self.born, 3),
+            }
+
+    def metrics_snapshot(self) -> dict:
+        with self._lock:
+            return {
+                "state": self.state,
+                "outcomes": dict(self.outcomes),
+                "durations": {q: Histogram(list(h.buckets), h.count, h.total) for q, h in self.durations.items()},
+                "counters": dict(self.counters),
+            }
