@@ -13,7 +13,9 @@ What `embed` does, and why:
 - The graph returns the last hidden state; mean pooling over the attention mask and L2
   normalization happen here in numpy. Results come back in input order.
 
-Fork (RQ forks a work-horse per job): an onnxruntime session created in the parent keeps
+Fork (RQ forks a work-horse per job; it leaves with os._exit, as multiprocessing's children do,
+which matters: a forked child that runs a normal interpreter exit hangs or aborts in onnxruntime's
+static destructors, onnxruntime 1.32, whatever is done here): an onnxruntime session created in the parent keeps
 working in a forked child, but single-threaded whatever it was configured with. So the daemon
 `preload`s one session with ONE intra-op thread before forking (no thread pool to lose); a
 horse uses that inherited session for small inputs (a query, a few sentences: no model load),
@@ -24,11 +26,13 @@ threshold are in README.md, "## Embeddings".
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -111,6 +115,7 @@ class Embedder:
         self._session_threads = 0
         self._session_pid = 0
         self._session = self._new_session(session_threads or self.threads)
+        _instances.add(self)
         inputs = {i.name for i in self._session.get_inputs()}
         if not {"input_ids", "attention_mask"} <= inputs:
             raise _unavailable(self.model_dir, f"model inputs {sorted(inputs)} lack input_ids/attention_mask")
@@ -151,6 +156,7 @@ class Embedder:
         # A single-threaded one is fine for small inputs; large ones deserve every thread.
         forked = self._session_pid != os.getpid()
         if forked and (self._session_threads > 1 or (tokens >= FORK_RELOAD_TOKENS and self.threads > 1)):
+            _abandon(self._session)
             self._session = self._new_session(self.threads)
         return self._session
 
@@ -226,6 +232,26 @@ def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return (vectors / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+
+
+# -- fork safety -----------------------------------------------------------------------------
+_instances: weakref.WeakSet[Embedder] = weakref.WeakSet()
+
+
+def _abandon(session) -> None:
+    """Never destroy a session inherited across fork: its destructor joins thread-pool threads that
+    exist only in the parent, and hangs forever (seen here). One extra reference keeps it alive
+    until the process ends; its memory is the parent's, shared copy-on-write."""
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(session))
+
+
+def _after_fork_in_child() -> None:
+    for embedder in list(_instances):
+        if embedder._session_threads > 1:  # would hang if dropped here, even if never used here
+            _abandon(embedder._session)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # -- one embedder per process and model ----------------------------------------------------
