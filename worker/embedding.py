@@ -50,7 +50,11 @@ DEFAULT_MAX_LENGTH = 256
 DEFAULT_BATCH_TOKENS = 2048
 # In a forked horse, inputs of at least this many tokens get a session of their own with all
 # the process's threads; smaller ones use the single-threaded session inherited from the parent.
-FORK_RELOAD_TOKENS = 1024
+# Break-even = load time / (per-token time on 1 thread - on N threads). Measured here (2 cores,
+# bench/bench_embed.py): load 0.12 s, 0.150 vs 0.117 ms a token with the other core busy
+# (break-even ~3,600 tokens), about 0.15 vs 0.08 with it free (~1,700). A one-sentence query
+# (~20 tokens) takes ~10 ms inherited against ~120 ms for a load.
+FORK_RELOAD_TOKENS = 2048
 
 
 def _missing_files(model_dir: Path, precision: str) -> list[str]:
