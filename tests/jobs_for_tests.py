@@ -39,3 +39,11 @@ def spin(seconds: float) -> int:
     while time.perf_counter() < end:
         n += 1
     return n
+
+
+def counted(pages: int = 0, chunks: int = 0) -> dict:
+    """Report ingestion counters from inside the horse, as ingest_pdf does."""
+    from worker.progress import count
+
+    count(pages=pages, chunks=chunks)
+    return {"pages": pages, "chunks": chunks}

@@ -130,7 +130,8 @@ def test_a_forked_child_never_notifies(notify_socket):
 
 
 def test_ready_status_watchdog_and_stopping_from_the_real_daemon(start_worker, redis_conn, notify_socket):
-    w = start_worker(extra_env={"NOTIFY_SOCKET": notify_socket.env_value, "WATCHDOG_USEC": str(WATCHDOG_USEC)})
+    env = {"NOTIFY_SOCKET": notify_socket.env_value, "WATCHDOG_USEC": str(WATCHDOG_USEC)}
+    w = start_worker(extra_env=env)
     notify_socket.wait(has("READY", "1"), message="READY=1")
     ready = next(f for _, _, f in notify_socket.snapshot() if f.get("READY") == "1")
     assert ready["STATUS"].startswith("idle; 0 jobs done")
@@ -145,8 +146,8 @@ def test_ready_status_watchdog_and_stopping_from_the_real_daemon(start_worker, r
     for i in range(40):
         q.enqueue("worker.jobs.ping", f"p{i}")
     sleeper = q.enqueue("tests.jobs_for_tests.sleep", 2.5)
-    notify_socket.wait(status_contains(f"busy: job {sleeper.id} (tests.jobs_for_tests.sleep) on default"),
-                       message="busy STATUS with the job id")
+    busy = f"busy: job {sleeper.id} (tests.jobs_for_tests.sleep) on default"
+    notify_socket.wait(status_contains(busy), message="busy STATUS with the job id")
     notify_socket.wait(status_contains("idle; 41 jobs done, 0 failed"), message="idle STATUS with the count")
 
     # SIGTERM during a job: STOPPING=1 at once, with a draining STATUS naming the job.
@@ -185,7 +186,8 @@ def test_a_watchdog_meant_for_another_pid_is_not_pinged(start_worker, notify_soc
 def test_ready_waits_for_the_model(start_worker, notify_socket, tmp_path):
     empty = tmp_path / "no-model"
     empty.mkdir()
-    w = start_worker(ready=False, extra_env={"NOTIFY_SOCKET": notify_socket.env_value, "EMBED_MODEL_DIR": str(empty)})
+    env = {"NOTIFY_SOCKET": notify_socket.env_value, "EMBED_MODEL_DIR": str(empty)}
+    w = start_worker(ready=False, extra_env=env)
     notify_socket.wait(status_contains("starting: waiting for model"), message="waiting-for-model STATUS")
     time.sleep(1.5)
     assert not has("READY")(notify_socket.snapshot())
@@ -230,7 +232,8 @@ def test_a_hung_main_loop_stops_the_watchdog_pings(start_worker, redis_conn, not
     t_drain = time.monotonic()
     notify_socket.wait(lambda m: any(t > t_drain for t in notify_socket.times_of("WATCHDOG")),
                        message="pings to resume")
-    wait_for(lambda: all(j.get_status(refresh=True) == "finished" for j in jobs), timeout=60, message="jobs done")
+    wait_for(lambda: all(j.get_status(refresh=True) == "finished" for j in jobs), timeout=60,
+             message="jobs done")
     w.signal(signal.SIGTERM)
     assert w.wait(30) == 0
     reader.join(5)

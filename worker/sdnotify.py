@@ -19,6 +19,7 @@ check, and the socket is closed in the child after fork).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -85,10 +86,8 @@ class Notifier:
         sock, self._sock = self._sock, None
         self.address = None
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 sock.close()
-            except OSError:
-                pass
 
     def notify(self, *lines: str) -> bool:
         """Send one message made of `lines` (e.g. "READY=1", "STATUS=idle"); True if sent."""
@@ -118,7 +117,9 @@ class SystemdNotifier:
     STATUS_MIN_INTERVAL = 1.0  # seconds between STATUS updates of the same kind
     CHECK_INTERVAL = 1.0  # seconds between readiness checks while not ready
 
-    def __init__(self, notifier: Notifier, checks: Mapping[str, Check] | None = None, tick: float = 1.0) -> None:
+    def __init__(
+        self, notifier: Notifier, checks: Mapping[str, Check] | None = None, tick: float = 1.0
+    ) -> None:
         """`tick`: the longest the main loop goes between beats (POLL_INTERVAL)."""
         self.notifier = notifier
         self.checks = dict(checks or {})
@@ -149,9 +150,10 @@ class SystemdNotifier:
 
     def _on_event(self, state, event: str) -> None:
         now = time.monotonic()
-        if event == "beat" and self.watchdog_min_gap is not None and now - self._last_watchdog >= self.watchdog_min_gap:
-            if self.notifier.notify("WATCHDOG=1"):
-                self._last_watchdog = now
+        gap = self.watchdog_min_gap
+        due = event == "beat" and gap is not None and now - self._last_watchdog >= gap
+        if due and self.notifier.notify("WATCHDOG=1"):
+            self._last_watchdog = now
         snap = state.snapshot()
         kind = snap["state"]
         if kind == "draining" and not self.stopping:
