@@ -102,7 +102,8 @@ def password_url(redis_url: str):
     admin.close()
 
 
-STABLE_FIELDS = ("time", "level", "worker", "job_id", "function", "queue", "duration", "outcome", "error_type")
+STABLE_FIELDS = ("time", "level", "worker", "job_id", "function", "queue", "duration", "outcome",
+                 "error_type")
 
 
 def test_json_logs_have_stable_fields_and_no_password(start_worker, redis_conn, password_url, tmp_path):

@@ -1,0 +1,112 @@
+"""The deployment files: systemd units verified by systemd itself, the Containerfile linted
+with hadolint, the Kubernetes manifests validated against the API schemas, all offline."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from worker.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+SYSTEMD = ROOT / "deploy" / "systemd"
+KUBE = ROOT / "deploy" / "kubernetes"
+VENV_BIN = Path(sys.executable).parent
+INSTALLED_PYTHON = "/opt/worker/.venv/bin/python"
+
+
+def unit_settings(path: Path) -> dict[str, list[str]]:
+    """Key -> values of a unit file (keys may repeat)."""
+    values: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", ";", "[")) and "=" in line:
+            key, value = line.split("=", 1)
+            values.setdefault(key.strip(), []).append(value.strip())
+    return values
+
+
+def seconds(value: str) -> float:
+    units = {"": 1, "s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600, "ms": 0.001}
+    total = 0.0
+    for number, unit in re.findall(r"(\d+(?:\.\d+)?)\s*([a-z]*)", value):
+        total += float(number) * units[unit]
+    return total
+
+
+systemd_analyze = shutil.which("systemd-analyze")
+needs_systemd = pytest.mark.skipif(systemd_analyze is None, reason="systemd-analyze is not installed")
+
+
+def staged_units(tmp_path: Path) -> Path:
+    """The units with ExecStart's interpreter pointed at this venv's Python: verify checks the
+    executable exists, and /opt/worker is where an install puts it, not where tests run."""
+    out = tmp_path / "units"
+    out.mkdir()
+    for unit in SYSTEMD.glob("*.service"):
+        text = unit.read_text()
+        assert INSTALLED_PYTHON in text
+        (out / unit.name).write_text(text.replace(INSTALLED_PYTHON, sys.executable))
+    (out / "worker@3.service").symlink_to("worker@.service")
+    return out
+
+
+@needs_systemd
+@pytest.mark.parametrize("unit", ["worker.service", "worker@3.service"])
+def test_systemd_verify_is_clean(tmp_path, unit):
+    staged = staged_units(tmp_path)
+    proc = subprocess.run([systemd_analyze, "verify", "--man=no", str(staged / unit)],
+                          capture_output=True, text=True, timeout=60)
+    # verify exits 0 on unknown keys and bad values, and only says so: demand silence.
+    assert proc.returncode == 0 and proc.stderr.strip() == "" and proc.stdout.strip() == "", proc.stderr
+
+
+@needs_systemd
+def test_systemd_verify_catches_a_mistake(tmp_path):
+    """The check above is not vacuous: a misspelt value is reported."""
+    staged = staged_units(tmp_path)
+    broken = staged / "worker.service"
+    broken.write_text(broken.read_text().replace("KillMode=mixed", "KillMode=mixd"))
+    proc = subprocess.run([systemd_analyze, "verify", "--man=no", str(broken)], capture_output=True, text=True,
+                          timeout=60)
+    assert "mixd" in proc.stderr
+
+
+@needs_systemd
+def test_systemd_security_exposure_is_low(tmp_path):
+    staged = staged_units(tmp_path)
+    proc = subprocess.run([systemd_analyze, "security", "--offline=yes", "--no-pager", str(staged / "worker.service")],
+                          capture_output=True, text=True, timeout=60)
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", proc.stdout + proc.stderr)
+    if proc.returncode != 0 and not found:
+        pytest.skip(f"systemd-analyze security --offline unsupported here: {proc.stderr.strip()[:200]}")
+    assert found and float(found.group(1)) <= 4.0, proc.stdout[-2000:]
+
+
+@pytest.mark.parametrize("name", ["worker.service", "worker@.service"])
+def test_unit_contract(name):
+    unit = unit_settings(SYSTEMD / name)
+    one = {k: v[-1] for k, v in unit.items()}
+    assert one["Type"] == "notify"
+    assert one["NotifyAccess"] == "main"
+    assert one["KillMode"] == "mixed"
+    assert one["Restart"] == "on-failure"
+    assert seconds(one["TimeoutStopSec"]) > Settings().shutdown_timeout + 5
+    assert seconds(one["WatchdogSec"]) >= 2 * Settings().poll_interval + 10
+    assert one["ExecStart"].split()[:4] == [INSTALLED_PYTHON, "-m", "worker", "run"]
+    assert unit["EnvironmentFile"][0] == "-/etc/worker/worker.env"
+    for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp", "DynamicUser"):
+        assert one[key] == "yes", key
+    assert one["ProtectSystem"] == "strict"
+    assert one["StateDirectory"] and one["RuntimeDirectory"]
+    # The store lives in the state directory, the only writable place under ProtectSystem=strict.
+    env = dict(e.split("=", 1) for e in unit["Environment"])
+    assert env["STORE_URL"].startswith("sqlite:////var/lib/" + one["StateDirectory"] + "/")
+    if name == "worker@.service":
+        assert env["HEALTH_PORT"] == "800%i"
+        assert "WORKER_NAME" not in env
