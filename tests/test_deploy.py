@@ -3,8 +3,10 @@ with hadolint, the Kubernetes manifests validated against the API schemas, all o
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -72,16 +74,16 @@ def test_systemd_verify_catches_a_mistake(tmp_path):
     staged = staged_units(tmp_path)
     broken = staged / "worker.service"
     broken.write_text(broken.read_text().replace("KillMode=mixed", "KillMode=mixd"))
-    proc = subprocess.run([systemd_analyze, "verify", "--man=no", str(broken)], capture_output=True, text=True,
-                          timeout=60)
+    args = [systemd_analyze, "verify", "--man=no", str(broken)]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=60)
     assert "mixd" in proc.stderr
 
 
 @needs_systemd
 def test_systemd_security_exposure_is_low(tmp_path):
     staged = staged_units(tmp_path)
-    proc = subprocess.run([systemd_analyze, "security", "--offline=yes", "--no-pager", str(staged / "worker.service")],
-                          capture_output=True, text=True, timeout=60)
+    args = [systemd_analyze, "security", "--offline=yes", "--no-pager", str(staged / "worker.service")]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=60)
     found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", proc.stdout + proc.stderr)
     if proc.returncode != 0 and not found:
         pytest.skip(f"systemd-analyze security --offline unsupported here: {proc.stderr.strip()[:200]}")
@@ -110,3 +112,90 @@ def test_unit_contract(name):
     if name == "worker@.service":
         assert env["HEALTH_PORT"] == "800%i"
         assert "WORKER_NAME" not in env
+
+
+# -- the container ---------------------------------------------------------------------------
+
+CONTAINERFILE = ROOT / "Containerfile"
+
+
+def tool(name: str) -> str:
+    found = VENV_BIN / name
+    if found.exists():
+        return str(found)
+    path = shutil.which(name)
+    assert path, f"{name} is missing: it comes with the dev extra (make venv)"
+    return path
+
+
+def containerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    text = re.sub(r"\\\n\s*", " ", "\n".join(
+        line for line in CONTAINERFILE.read_text().splitlines() if not line.lstrip().startswith("#")))
+    out = []
+    for line in text.splitlines():
+        if line.strip():
+            word, _, rest = line.strip().partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def test_containerfile_lints_clean():
+    args = [tool("hadolint"), "--format", "json", "--failure-threshold", "info", str(CONTAINERFILE)]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() in ("", "[]"), proc.stdout + proc.stderr
+
+
+def test_containerfile_contract():
+    steps = containerfile_instructions()
+    final = steps[max(i for i, (word, _) in enumerate(steps) if word == "FROM"):]
+    assert sum(word == "FROM" for word, _ in steps) >= 3  # multi-stage: build, model, final
+    assert "slim" in next(args for word, args in steps if word == "ARG" and args.startswith("PYTHON_IMAGE"))
+    final_words = dict(final)
+    assert final_words["USER"].split(":")[0] not in ("0", "root")
+    assert final_words["STOPSIGNAL"] == "SIGTERM"
+    # Exec form: JSON arrays, so no shell stands between the runtime and the worker (PID 1).
+    assert json.loads(final_words["ENTRYPOINT"]) == ["python", "-m", "worker"]
+    assert json.loads(final_words["CMD"]) == ["run"]
+    health = final_words["HEALTHCHECK"]
+    assert json.loads(health.split("CMD", 1)[1]) == ["python", "-m", "worker", "healthcheck"]
+    # The model is built into the image, by the command `make model` runs.
+    assert any(word == "RUN" and "tools/build_model.py" in args for word, args in steps)
+    assert any(word == "COPY" and "--from=model" in args and "/opt/worker/var/model" in args
+               for word, args in final)
+
+
+def container_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for word, args in containerfile_instructions():
+        if word == "FROM":
+            env = {}
+        elif word == "ENV":
+            env.update(re.findall(r"(\w+)=(\S+)", args))
+    return env
+
+
+def test_container_settings_are_valid_and_listen_beyond_the_container():
+    env = container_env()
+    settings = Settings.from_env(env)
+    assert settings.health_host == "0.0.0.0"
+    assert str(settings.embed_model_dir) == "/opt/worker/var/model"
+    assert settings.store_path == Path("/var/lib/worker/worker.db")
+    # Below Kubernetes' default 30 s grace. Docker and Podman stop after 10 s unless told more:
+    # the README says to pass --stop-timeout 40.
+    assert settings.shutdown_timeout < 30
+
+
+def test_the_image_healthcheck_command_against_a_worker_on_all_interfaces(start_worker):
+    """HEALTHCHECK runs `python -m worker healthcheck` with the image's HEALTH_HOST=0.0.0.0."""
+    w = start_worker(extra_env={"HEALTH_HOST": "0.0.0.0"})
+    env = {**w.env, "HEALTH_HOST": "0.0.0.0"}
+
+    def healthcheck() -> int:
+        return subprocess.run([sys.executable, "-m", "worker", "healthcheck"], env=env, cwd=w.tmp,
+                              capture_output=True, timeout=30).returncode
+
+    assert healthcheck() == 0
+    w.signal(signal.SIGTERM)
+    assert w.wait(30) == 0
+    assert healthcheck() != 0
