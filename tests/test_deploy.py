@@ -199,3 +199,62 @@ def test_the_image_healthcheck_command_against_a_worker_on_all_interfaces(start_
     w.signal(signal.SIGTERM)
     assert w.wait(30) == 0
     assert healthcheck() != 0
+
+
+# -- Kubernetes ------------------------------------------------------------------------------
+
+
+def manifests() -> dict[str, dict]:
+    import yaml  # PyYAML comes with kubernetes-validate
+
+    found = {}
+    for path in sorted(KUBE.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("kind") != "Kustomization":
+                found[doc["kind"]] = doc
+    return found
+
+
+def test_kubernetes_manifests_validate_offline():
+    import kubernetes_validate
+
+    docs = manifests()
+    assert set(docs) >= {"Deployment", "ConfigMap", "Secret"}
+    for doc in docs.values():
+        # strict: unknown fields (a typo such as `readinesProbe`) fail too.
+        kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_kubernetes_validation_is_not_vacuous():
+    import kubernetes_validate
+
+    deployment = manifests()["Deployment"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["readinesProbe"] = container.pop("readinessProbe")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_kubernetes_deployment_contract():
+    docs = manifests()
+    config = docs["ConfigMap"]["data"]
+    pod = docs["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    # Settings from the ConfigMap, REDIS_URL from the Secret; together they are valid settings.
+    assert container["envFrom"] == [{"configMapRef": {"name": docs["ConfigMap"]["metadata"]["name"]}}]
+    redis = next(e for e in container["env"] if e["name"] == "REDIS_URL")["valueFrom"]["secretKeyRef"]
+    assert redis["name"] == docs["Secret"]["metadata"]["name"]
+    assert "REDIS_URL" not in config
+    settings = Settings.from_env({**config, "REDIS_URL": docs["Secret"]["stringData"][redis["key"]]})
+    assert settings.health_host == "0.0.0.0"
+    assert pod["terminationGracePeriodSeconds"] > settings.shutdown_timeout + 5
+    port = next(p for p in container["ports"] if p["name"] == "health")
+    assert port["containerPort"] == settings.health_port
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # Liveness and start-up never depend on Redis: only /readyz checks it.
+    assert container["startupProbe"]["httpGet"]["path"] == "/livez"
+    limits, requests = container["resources"]["limits"], container["resources"]["requests"]
+    assert {"cpu", "memory"} <= set(limits) and {"cpu", "memory"} <= set(requests)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
