@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
 from pathlib import Path
 
@@ -50,7 +51,10 @@ def model_check(settings: Settings):
 
 
 def default_worker_name() -> str:
-    return f"{socket.gethostname()}.{os.getpid()}"
+    """host.pid plus a random tag. In a container the pid is always 1 and the hostname stays the
+    same across restarts: without the tag, a worker restarted after a crash (OOM, SIGKILL) would
+    find its dead predecessor's name still registered in Redis and RQ would refuse to start."""
+    return f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(3)}"
 
 
 def run_daemon(settings: Settings, burst: bool = False, max_jobs: int | None = None) -> int:
