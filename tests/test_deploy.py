@@ -258,3 +258,13 @@ def test_kubernetes_deployment_contract():
     assert {"cpu", "memory"} <= set(limits) and {"cpu", "memory"} <= set(requests)
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_kustomization_renders_every_manifest():
+    import yaml
+
+    proc = subprocess.run(["kubectl", "kustomize", str(KUBE)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    kinds = {doc["kind"] for doc in yaml.safe_load_all(proc.stdout) if doc}
+    assert kinds == set(manifests())
