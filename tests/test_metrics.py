@@ -10,6 +10,7 @@ import uuid
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
+from rq import Worker
 
 from tests.conftest import queue, wait_for
 
@@ -89,6 +90,9 @@ def test_counts_after_n_ok_and_m_failed_jobs_through_forked_horses(start_worker,
 
     body = w.get("/healthz")[1]
     assert (body["jobs_done"], body["jobs_failed"]) == (n_ok + n_counted, n_failed + 1)
+    # RQ's own per-worker counts in Redis (what `rq info` shows) agree.
+    rq_worker = Worker.find_by_key(Worker.redis_worker_namespace_prefix + body["worker"], connection=redis_conn)
+    assert (rq_worker.successful_job_count, rq_worker.failed_job_count) == (n_ok + n_counted, n_failed + 1)
 
 
 @pytest.fixture()

@@ -241,3 +241,30 @@ def test_a_hung_main_loop_stops_the_watchdog_pings(start_worker, redis_conn, not
     w.signal(signal.SIGTERM)
     assert w.wait(30) == 0
     reader.join(5)
+
+
+def test_a_redis_outage_keeps_the_watchdog_fed_and_shows_in_status(start_worker, notify_socket, tmp_path):
+    """Restarting a worker never fixes Redis: during an outage the loop keeps pinging."""
+    from worker.devredis import RedisServer
+
+    server = RedisServer(directory=tmp_path / "own-redis").start()
+    try:
+        env = {"NOTIFY_SOCKET": notify_socket.env_value, "WATCHDOG_USEC": str(WATCHDOG_USEC),
+               "REDIS_URL": server.url}
+        w = start_worker(extra_env=env)
+        notify_socket.wait(has("READY", "1"), message="READY=1")
+        server.kill()
+        t_down = time.monotonic()
+        notify_socket.wait(status_contains("Redis unavailable"), message="outage in STATUS")
+        time.sleep(5)
+        pings = [t for t in notify_socket.times_of("WATCHDOG") if t >= t_down]
+        assert len(pings) >= 3, pings
+        assert max(gaps([t_down, *pings, time.monotonic()])) < WATCHDOG_USEC / 1e6
+        assert w.proc.poll() is None
+        server = RedisServer(port=server.port, directory=tmp_path / "own-redis").start()
+        notify_socket.wait(lambda m: notify_socket.statuses()[-1].startswith("idle; "), timeout=40,
+                           message="STATUS back to idle")
+        w.signal(signal.SIGTERM)
+        assert w.wait(30) == 0
+    finally:
+        server.stop()

@@ -155,6 +155,7 @@ class SystemdNotifier:
         if due and self.notifier.notify("WATCHDOG=1"):
             self._last_watchdog = now
         snap = state.snapshot()
+        snap["redis_ok"] = state.redis_ok
         kind = snap["state"]
         if kind == "draining" and not self.stopping:
             self.stopping = True
@@ -197,6 +198,8 @@ class SystemdNotifier:
         if kind == "draining":
             what = f"finishing job {job['id']}" if job else "stopping"
             return f"draining: {what}; {counts}"
+        if snap.get("redis_ok") is False:
+            return f"{kind}, Redis unavailable (retrying); {counts}"
         return f"{kind}; {counts}"
 
     def _status(self, now: float, snap: dict, extra: tuple[str, ...] = (), force: bool = False) -> None:
