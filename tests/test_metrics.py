@@ -91,7 +91,8 @@ def test_counts_after_n_ok_and_m_failed_jobs_through_forked_horses(start_worker,
     body = w.get("/healthz")[1]
     assert (body["jobs_done"], body["jobs_failed"]) == (n_ok + n_counted, n_failed + 1)
     # RQ's own per-worker counts in Redis (what `rq info` shows) agree.
-    rq_worker = Worker.find_by_key(Worker.redis_worker_namespace_prefix + body["worker"], connection=redis_conn)
+    key = Worker.redis_worker_namespace_prefix + body["worker"]
+    rq_worker = Worker.find_by_key(key, connection=redis_conn)
     assert (rq_worker.successful_job_count, rq_worker.failed_job_count) == (n_ok + n_counted, n_failed + 1)
 
 
