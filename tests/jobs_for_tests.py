@@ -47,3 +47,8 @@ def counted(pages: int = 0, chunks: int = 0) -> dict:
 
     count(pages=pages, chunks=chunks)
     return {"pages": pages, "chunks": chunks}
+
+
+def getenv(name: str) -> str | None:
+    """The horse's view of an environment variable."""
+    return os.environ.get(name)

@@ -130,7 +130,8 @@ def test_a_forked_child_never_notifies(notify_socket):
 
 
 def test_ready_status_watchdog_and_stopping_from_the_real_daemon(start_worker, redis_conn, notify_socket):
-    env = {"NOTIFY_SOCKET": notify_socket.env_value, "WATCHDOG_USEC": str(WATCHDOG_USEC)}
+    env = {"NOTIFY_SOCKET": notify_socket.env_value, "WATCHDOG_USEC": str(WATCHDOG_USEC),
+           "EXTRA_JOBS": "tests.jobs_for_tests.sleep,tests.jobs_for_tests.getenv"}
     w = start_worker(extra_env=env)
     notify_socket.wait(has("READY", "1"), message="READY=1")
     ready = next(f for _, _, f in notify_socket.snapshot() if f.get("READY") == "1")
@@ -143,12 +144,15 @@ def test_ready_status_watchdog_and_stopping_from_the_real_daemon(start_worker, r
     # Busy: a burst of quick jobs spins the loop fast; pings stay rate-limited. Then a job
     # long enough to be seen in STATUS.
     q = queue(redis_conn)
-    for i in range(40):
+    for i in range(39):
         q.enqueue("worker.jobs.ping", f"p{i}")
+    # Jobs (and programs they start) do not inherit the protocol's variables.
+    seen = q.enqueue("tests.jobs_for_tests.getenv", "NOTIFY_SOCKET")
     sleeper = q.enqueue("tests.jobs_for_tests.sleep", 2.5)
     busy = f"busy: job {sleeper.id} (tests.jobs_for_tests.sleep) on default"
     notify_socket.wait(status_contains(busy), message="busy STATUS with the job id")
     notify_socket.wait(status_contains("idle; 41 jobs done, 0 failed"), message="idle STATUS with the count")
+    assert seen.get_status(refresh=True) == "finished" and seen.return_value() is None
 
     # SIGTERM during a job: STOPPING=1 at once, with a draining STATUS naming the job.
     last = q.enqueue("tests.jobs_for_tests.sleep", 2)
