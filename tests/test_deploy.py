@@ -146,9 +146,14 @@ def test_containerfile_lints_clean():
     assert proc.returncode == 0 and proc.stdout.strip() in ("", "[]"), proc.stdout + proc.stderr
 
 
+def final_stage() -> list[tuple[str, str]]:
+    steps = containerfile_instructions()
+    return steps[max(i for i, (word, _) in enumerate(steps) if word == "FROM"):]
+
+
 def test_containerfile_contract():
     steps = containerfile_instructions()
-    final = steps[max(i for i, (word, _) in enumerate(steps) if word == "FROM"):]
+    final = final_stage()
     assert sum(word == "FROM" for word, _ in steps) >= 3  # multi-stage: build, model, final
     assert "slim" in next(args for word, args in steps if word == "ARG" and args.startswith("PYTHON_IMAGE"))
     final_words = dict(final)
@@ -268,3 +273,62 @@ def test_kustomization_renders_every_manifest():
     assert proc.returncode == 0, proc.stderr
     kinds = {doc["kind"] for doc in yaml.safe_load_all(proc.stdout) if doc}
     assert kinds == set(manifests())
+
+
+def stage(name: str) -> list[tuple[str, str]]:
+    steps, current = [], None
+    for word, args in containerfile_instructions():
+        if word == "FROM":
+            current = args.split()[-1] if " AS " in args.upper() else None
+        elif current == name:
+            steps.append((word, args))
+    return steps
+
+
+@pytest.mark.slow
+def test_image_simulated_without_an_engine(redis_conn, redis_url, tmp_path):
+    """No container engine here, so play the image's parts by hand: the `build` stage's COPY
+    and RUN steps in a scratch directory (a fresh virtualenv, a non-editable install: no
+    access to the source tree), then the final stage's ENV, ENTRYPOINT + CMD and HEALTHCHECK.
+    The model stage needs the model build (make model); its output is used from var/model."""
+    from tests.conftest import MODEL_DIR, queue, wait_for
+    from worker.devredis import free_port
+
+    context, venv, home = tmp_path / "src", tmp_path / "venv", tmp_path / "home"
+    context.mkdir()
+    home.mkdir()
+    for word, args in stage("build"):
+        if word == "COPY":
+            *sources, _dest = args.split()
+            for src in sources:
+                (shutil.copytree if (ROOT / src).is_dir() else shutil.copy)(ROOT / src, context / src)
+        elif word == "RUN":
+            cmd = args.replace("/opt/worker/.venv", str(venv))
+            cmd = cmd.replace("python -m venv", f"{sys.executable} -m venv")
+            subprocess.run(["sh", "-c", cmd], cwd=context, check=True, timeout=600, capture_output=True)
+    env = {**container_env(), "PATH": f"{venv}/bin:/usr/bin:/bin", "REDIS_URL": redis_url,
+           "HEALTH_PORT": str(free_port()), "EMBED_MODEL_DIR": str(MODEL_DIR),
+           "STORE_URL": f"sqlite:///{home}/worker.db", "INPUT_ROOTS": str(home)}
+    final = dict(final_stage())
+    command = json.loads(final["ENTRYPOINT"]) + json.loads(final["CMD"])
+    healthcheck = json.loads(final["HEALTHCHECK"].split("CMD", 1)[1])
+    log = open(tmp_path / "image.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(command, env=env, cwd=home, stdout=log, stderr=log)
+    try:
+        def health_ok() -> bool:
+            assert proc.poll() is None, (tmp_path / "image.log").read_text()
+            return subprocess.run(healthcheck, env=env, cwd=home, capture_output=True).returncode == 0
+
+        wait_for(health_ok, timeout=30, interval=0.3, message="the image's HEALTHCHECK to pass")
+        job = queue(redis_conn).enqueue("worker.jobs.ping", "from the image")
+        wait_for(lambda: job.get_status(refresh=True) == "finished", message="a job done")
+        proc.send_signal(signal.SIGTERM)  # STOPSIGNAL
+        assert proc.wait(30) == 0
+        lines = [json.loads(line) for line in (tmp_path / "image.log").read_text().splitlines() if line]
+        # LOG_FORMAT=json from the image's ENV
+        assert any(rec.get("job_id") == job.id and rec.get("outcome") == "ok" for rec in lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
