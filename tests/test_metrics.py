@@ -120,6 +120,8 @@ def test_json_logs_have_stable_fields_and_no_password(start_worker, redis_conn, 
     wait_for(lambda: all(j.get_status(refresh=True) in ("finished", "failed") for j in (ok, bad)),
              message="jobs ended")
     wait_for(lambda: w.get("/healthz")[1]["jobs_failed"] == 1, message="the parent to count")
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert secret not in json.dumps(w.get(path)[1])
     w.signal(signal.SIGTERM)
     assert w.wait(30) == 0
 
