@@ -114,7 +114,7 @@ class Notifier:
 class SystemdNotifier:
     """Listens to a `LiveState` and keeps systemd informed. Call it from the main loop only."""
 
-    STATUS_MIN_INTERVAL = 1.0  # seconds between STATUS updates of the same kind
+    STATUS_MIN_INTERVAL = 1.0  # seconds between STATUS updates (READY and STOPPING go at once)
     CHECK_INTERVAL = 1.0  # seconds between readiness checks while not ready
 
     def __init__(
@@ -170,9 +170,9 @@ class SystemdNotifier:
                 self.ready = True
                 self._status(now, snap, extra=("READY=1",), force=True)
                 return
-        # A change of kind (idle -> busy) shows at once; job-to-job changes at most every second.
-        force = self._sent_status is None or not self._sent_status.startswith(kind)
-        self._status(now, snap, force=force)
+        # At most one STATUS a second (a busy worker runs dozens of jobs a second); a person
+        # reading `systemctl status` sees the state as of the last second.
+        self._status(now, snap, force=self._sent_status is None)
 
     def _failing_checks(self) -> str:
         reasons = []
