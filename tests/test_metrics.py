@@ -14,8 +14,7 @@ from rq import Worker
 
 from tests.conftest import queue, wait_for
 
-TEST_JOBS = ("tests.jobs_for_tests.sleep,tests.jobs_for_tests.record,tests.jobs_for_tests.fail,"
-             "tests.jobs_for_tests.crash,tests.jobs_for_tests.spin,tests.jobs_for_tests.counted")
+TEST_JOBS = "tests.jobs_for_tests.fail,tests.jobs_for_tests.crash,tests.jobs_for_tests.counted"
 
 
 def families(text: str) -> dict:

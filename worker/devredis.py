@@ -42,11 +42,11 @@ def free_port() -> int:
 
 
 def answers(host: str, port: int, timeout: float = 0.3) -> bool:
-    """True when something on host:port replies +PONG to PING."""
+    """True when a Redis answers on host:port (+PONG, or -NOAUTH from one with a password)."""
     try:
         with socket.create_connection((host, port), timeout=timeout) as s:
             s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
+            return s.recv(16).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
 
@@ -54,29 +54,45 @@ def answers(host: str, port: int, timeout: float = 0.3) -> bool:
 class RedisServer:
     """A throwaway redis-server process on loopback."""
 
-    def __init__(self, port: int | None = None, directory: Path | None = None, persist: bool = False) -> None:
+    def __init__(
+        self, port: int | None = None, directory: Path | None = None, persist: bool = False, password: str = ""
+    ) -> None:
         self.port = port or free_port()
         self.directory = Path(directory or Path("var") / "redis")
         self.persist = persist
+        self.password = password
         self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         args = [
             find_redis_server(),
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.directory.resolve()),
-            "--daemonize", "no",
-            "--logfile", "redis.log",
-            "--protected-mode", "yes",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.directory.resolve()),
+            "--daemonize",
+            "no",
+            "--logfile",
+            "redis.log",
+            "--protected-mode",
+            "yes",
         ]
-        args += ["--appendonly", "yes"] if self.persist else ["--save", "", "--appendonly", "no"]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        args += (
+            ["--appendonly", "yes", "--appendfsync", "always"] if self.persist else ["--save", "", "--appendonly", "no"]
+        )
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         deadline = time.monotonic() + timeout
         while not answers("127.0.0.1", self.port):
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -106,18 +122,27 @@ class RedisServer:
 
 
 def main(argv: list[str]) -> int:
-    if argv and argv[0] == "--":
-        argv = argv[1:]
-    if not argv:
-        print("usage: python -m worker.devredis -- COMMAND...", file=sys.stderr)
+    probe_port, private_port = 6379, 6399
+    if "--" not in argv:
+        print("usage: python -m worker.devredis [--probe-port P] [--port P] -- COMMAND...", file=sys.stderr)
         return 2
+    options, argv = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
+    for flag, value in zip(options[::2], options[1::2], strict=False):
+        if flag == "--probe-port":
+            probe_port = int(value)
+        elif flag == "--port":
+            private_port = int(value)
     env = dict(os.environ)
     server: RedisServer | None = None
-    if not env.get("REDIS_URL") and not answers("127.0.0.1", 6379):
-        server = RedisServer(port=6399 if not answers("127.0.0.1", 6399) else None, persist=True).start()
+    if not env.get("REDIS_URL") and not answers("127.0.0.1", probe_port):
+        port = private_port if not answers("127.0.0.1", private_port) else None
+        server = RedisServer(port=port, persist=True).start()
         env["REDIS_URL"] = server.url
-        print(f"worker: no Redis on 127.0.0.1:6379; started a private redis-server at {server.url} (data in var/redis)",
-              file=sys.stderr, flush=True)
+        print(
+            f"worker: no Redis on 127.0.0.1:6379; started a private redis-server at {server.url} (data in var/redis)",
+            file=sys.stderr,
+            flush=True,
+        )
     child = subprocess.Popen(argv, env=env)
     # Pass signals on to the worker; it decides how to shut down.
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

@@ -8,6 +8,7 @@ of the daemon: it reads a `LiveState` and calls the checks it is given.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -65,6 +66,19 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = f"worker/{__version__}"
     sys_version = ""
 
+    def handle_one_request(self) -> None:
+        self.server.mark_pending(self.connection)  # waiting for a request: evictable
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()  # request line and headers are in
+        self.server.clear_pending(self.connection)
+        return ok
+
+    def finish(self) -> None:
+        self.server.clear_pending(self.connection)
+        super().finish()
+
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         self._dispatch(head=False)
 
@@ -105,7 +119,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        log.debug("health %s - %s", self.address_string(), format % args)
+        """No access log: the health thread does no I/O but its socket, so a blocked log
+        stream (a full pipe) cannot stall the probes."""
 
 
 class HealthServer(ThreadingHTTPServer):
@@ -130,6 +145,8 @@ class HealthServer(ThreadingHTTPServer):
         self.checks = checks or {}
         self._metrics = metrics or (lambda: "")
         self._slots = threading.BoundedSemaphore(max_connections)
+        self._pending: dict[socket.socket, float] = {}
+        self._pending_lock = threading.Lock()
         if ":" in host:
             self.address_family = socket.AF_INET6
         super().__init__((host, port), _Handler)
@@ -139,19 +156,37 @@ class HealthServer(ThreadingHTTPServer):
         os.register_at_fork(after_in_child=self._close_in_child)
 
     def _close_in_child(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.socket.close()
-        except OSError:
-            pass
 
-    # Bound the number of handler threads: past the limit, refuse at once instead of
-    # letting a flood of clients starve everyone.
+    # Handler threads are bounded. When all are taken, the connection that has waited longest
+    # without sending a whole request (a slow or idle client) is cut off to make room, so a
+    # flood of slow clients cannot starve a probe that sends its request at once.
+    def mark_pending(self, conn: socket.socket) -> None:
+        with self._pending_lock:
+            self._pending[conn] = time.monotonic()
+
+    def clear_pending(self, conn: socket.socket) -> None:
+        with self._pending_lock:
+            self._pending.pop(conn, None)
+
+    def _evict_oldest_pending(self) -> None:
+        with self._pending_lock:
+            if not self._pending:
+                return
+            oldest = min(self._pending, key=self._pending.__getitem__)
+            del self._pending[oldest]
+        with contextlib.suppress(OSError):
+            oldest.shutdown(socket.SHUT_RDWR)
+
     def process_request(self, request, client_address) -> None:  # type: ignore[override]
-        if not self._slots.acquire(blocking=False):
-            try:
+        acquired = self._slots.acquire(blocking=False)
+        if not acquired:
+            self._evict_oldest_pending()
+            acquired = self._slots.acquire(timeout=1.0)
+        if not acquired:
+            with contextlib.suppress(OSError):
                 request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-            except OSError:
-                pass
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)
@@ -161,6 +196,9 @@ class HealthServer(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that hangs up mid-answer is its own problem; print no traceback (no I/O here)."""
 
     @property
     def port(self) -> int:
