@@ -8,20 +8,21 @@ What `embed` does, and why:
 - An empty string (or one that is only whitespace) becomes `[CLS] [SEP]` and gets the same
   fixed vector sentence-transformers gives it: never an error, never a zero vector.
 - Sort by length, then cut batches so that batch size x longest text stays within
-  `EMBED_BATCH_TOKENS` (2048): no padding beyond each batch, bounded memory, and in fp32
-  the vectors do not depend on how texts were batched.
+  `EMBED_BATCH_TOKENS` (2048): no padding beyond each batch, bounded memory; the vectors do
+  not depend on how texts were batched (int8 too: its activation scales are per token).
 - The graph returns the last hidden state; mean pooling over the attention mask and L2
   normalization happen here in numpy. Results come back in input order.
 
-Fork (RQ forks a work-horse per job; it leaves with os._exit, as multiprocessing's children do,
-which matters: a forked child that runs a normal interpreter exit hangs or aborts in onnxruntime's
-static destructors, onnxruntime 1.32, whatever is done here): an onnxruntime session created in the parent keeps
+Fork: RQ forks a work-horse per job. An onnxruntime session created in the parent keeps
 working in a forked child, but single-threaded whatever it was configured with. So the daemon
 `preload`s one session with ONE intra-op thread before forking (no thread pool to lose); a
 horse uses that inherited session for small inputs (a query, a few sentences: no model load),
 and creates its own session with `threads_per_process()` threads for inputs of at least
-`FORK_RELOAD_TOKENS` tokens, where the ~0.2 s load pays for itself. The figures behind the
-threshold are in README.md, "## Embeddings".
+`FORK_RELOAD_TOKENS` tokens, where the ~0.13 s load pays for itself. An inherited session is
+never destroyed in the child (see `_abandon`). The horse leaves with os._exit, as
+multiprocessing's children do; that matters: a forked child that runs a normal interpreter exit
+hangs or aborts in onnxruntime's static destructors (onnxruntime 1.32), whatever is done here.
+The figures are in README.md, "## Embeddings".
 """
 
 from __future__ import annotations
@@ -51,9 +52,9 @@ DEFAULT_BATCH_TOKENS = 2048
 # In a forked horse, inputs of at least this many tokens get a session of their own with all
 # the process's threads; smaller ones use the single-threaded session inherited from the parent.
 # Break-even = load time / (per-token time on 1 thread - on N threads). Measured here (2 cores,
-# bench/bench_embed.py): load 0.12 s, 0.150 vs 0.117 ms a token with the other core busy
-# (break-even ~3,600 tokens), about 0.15 vs 0.08 with it free (~1,700). A one-sentence query
-# (~20 tokens) takes ~10 ms inherited against ~120 ms for a load.
+# bench/bench_embed.py): load 0.12-0.13 s; 0.138 vs 0.070 ms a token on its texts (~1,800
+# tokens), 0.155 vs 0.119 in its fork test with the other core busy (~3,600). A one-sentence
+# query (~20 tokens) takes ~9 ms on the inherited session against ~120 ms for a load.
 FORK_RELOAD_TOKENS = 2048
 
 
