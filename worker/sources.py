@@ -66,7 +66,7 @@ def _load_path(raw: object, settings: Settings) -> SourceBytes:
     real = resolve_path(raw, settings)
     limit = settings.max_pdf_bytes
     try:
-        # O_NOFOLLOW is moot after resolve(); fstat on the open file avoids a check/use race.
+        # fstat on the open file, not stat on the name: no check-then-use race.
         fd = os.open(real, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise InputNotFoundError(f"{raw!r} does not exist") from None
@@ -74,10 +74,11 @@ def _load_path(raw: object, settings: Settings) -> SourceBytes:
         raise InputNotFoundError(f"{raw!r} is not a regular file") from None
     except PermissionError:
         raise InputNotFoundError(f"{raw!r} is not readable") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise InputNotFoundError(f"{raw!r} is not a regular file")
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise InputNotFoundError(f"{raw!r} is not a regular file")
         if st.st_size > limit:
             raise InputTooLargeError(
                 f"{real.name} is {st.st_size} bytes, over the limit of {limit} (MAX_PDF_BYTES)")
