@@ -66,8 +66,15 @@ def http_get(url: str, method: str = "GET", timeout: float = 3.0) -> tuple[int, 
 class WorkerProcess:
     """`python -m worker run` in a real process, with its own health port."""
 
-    def __init__(self, redis_url: str, tmp: Path, extra_env: dict | None = None, args: list[str] | None = None,
-                 stdout=None, stderr=None) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        tmp: Path,
+        extra_env: dict | None = None,
+        args: list[str] | None = None,
+        stdout=None,
+        stderr=None,
+    ) -> None:
         self.port = free_port()
         self.tmp = tmp
         self.log_path = tmp / f"worker-{self.port}.log"
@@ -80,7 +87,7 @@ class WorkerProcess:
             INPUT_ROOTS=str(tmp),
             EMBED_MODEL_DIR=str(MODEL_DIR),
             EXTRA_JOBS="tests.jobs_for_tests.sleep,tests.jobs_for_tests.record,tests.jobs_for_tests.fail,"
-                       "tests.jobs_for_tests.crash,tests.jobs_for_tests.spin",
+            "tests.jobs_for_tests.crash,tests.jobs_for_tests.spin",
             PYTHONPATH=str(ROOT),
             LOG_LEVEL="INFO",
         )
@@ -88,11 +95,14 @@ class WorkerProcess:
         self.env = env
         self._log = None
         if stderr is None:
-            self._log = open(self.log_path, "ab")
+            self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop())
             stderr = self._log
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "worker", "run", *(args or [])],
-            env=env, cwd=tmp, stdout=stdout if stdout is not None else stderr, stderr=stderr,
+            env=env,
+            cwd=tmp,
+            stdout=stdout if stdout is not None else stderr,
+            stderr=stderr,
         )
 
     @property
@@ -108,8 +118,8 @@ class WorkerProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"worker exited with {self.proc.returncode}: {self.log()}")
             try:
-                status, _ = self.get("/healthz")
-                if status == 200 and self.get("/readyz")[0] == 200:
+                status, body = self.get("/healthz")
+                if status == 200 and body["state"] in ("idle", "busy"):
                     return
             except OSError:
                 pass

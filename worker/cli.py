@@ -120,8 +120,11 @@ def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
         job = queue.enqueue(args.function, source, job_timeout=settings.job_timeout)
         jobs.append((path, job))
         if not args.wait:
-            _emit(args.json, {"file": str(path), "job_id": job.id, "queue": args.queue, "status": "queued"},
-                  f"{path}: queued as {job.id} on {args.queue}")
+            _emit(
+                args.json,
+                {"file": str(path), "job_id": job.id, "queue": args.queue, "status": "queued"},
+                f"{path}: queued as {job.id} on {args.queue}",
+            )
     if not args.wait:
         return 0
     deadline = time.monotonic() + args.timeout if args.timeout else None
@@ -145,7 +148,11 @@ def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
         if pending:
             if deadline is not None and time.monotonic() > deadline:
                 for path, job in pending.values():
-                    _emit(args.json, {"file": str(path), "job_id": job.id, "status": "timeout"}, f"{path}: still {job.get_status()} (gave up waiting)")
+                    _emit(
+                        args.json,
+                        {"file": str(path), "job_id": job.id, "status": "timeout"},
+                        f"{path}: still {job.get_status()} (gave up waiting)",
+                    )
                 return 1
             time.sleep(0.2)
     return 1 if failed else 0

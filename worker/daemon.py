@@ -309,9 +309,15 @@ class DaemonWorker(Worker):
                     status = wstatus
                     break
                 t = time.monotonic()
-                past_deadline = self.warm_stop_at is not None and t - self.warm_stop_at >= self.settings.shutdown_timeout
+                past_deadline = (
+                    self.warm_stop_at is not None and t - self.warm_stop_at >= self.settings.shutdown_timeout
+                )
                 if self.cold_stop or past_deadline:
-                    why = "cold shutdown" if self.cold_stop else f"still running after SHUTDOWN_TIMEOUT={self.settings.shutdown_timeout}s"
+                    why = (
+                        "cold shutdown"
+                        if self.cold_stop
+                        else f"still running after SHUTDOWN_TIMEOUT={self.settings.shutdown_timeout}s"
+                    )
                     log.warning("job %s %s: killing the horse and putting the job back", job.id, why)
                     self._kill_and_reap(pid)
                     put_back = True
@@ -434,4 +440,3 @@ class DaemonWorker(Worker):
                 "worker": self.name,
             },
         )
-

@@ -68,15 +68,23 @@ class RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         args = [
             find_redis_server(),
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.directory.resolve()),
-            "--daemonize", "no",
-            "--logfile", "redis.log",
-            "--protected-mode", "yes",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.directory.resolve()),
+            "--daemonize",
+            "no",
+            "--logfile",
+            "redis.log",
+            "--protected-mode",
+            "yes",
         ]
         args += ["--appendonly", "yes"] if self.persist else ["--save", "", "--appendonly", "no"]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         deadline = time.monotonic() + timeout
         while not answers("127.0.0.1", self.port):
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -116,8 +124,11 @@ def main(argv: list[str]) -> int:
     if not env.get("REDIS_URL") and not answers("127.0.0.1", 6379):
         server = RedisServer(port=6399 if not answers("127.0.0.1", 6399) else None, persist=True).start()
         env["REDIS_URL"] = server.url
-        print(f"worker: no Redis on 127.0.0.1:6379; started a private redis-server at {server.url} (data in var/redis)",
-              file=sys.stderr, flush=True)
+        print(
+            f"worker: no Redis on 127.0.0.1:6379; started a private redis-server at {server.url} (data in var/redis)",
+            file=sys.stderr,
+            flush=True,
+        )
     child = subprocess.Popen(argv, env=env)
     # Pass signals on to the worker; it decides how to shut down.
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

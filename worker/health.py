@@ -8,6 +8,7 @@ of the daemon: it reads a `LiveState` and calls the checks it is given.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -105,7 +106,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        log.debug("health %s - %s", self.address_string(), format % args)
+        """No access log: the health thread does no I/O but its socket, so a blocked log
+        stream (a full pipe) cannot stall the probes."""
 
 
 class HealthServer(ThreadingHTTPServer):
@@ -139,19 +141,15 @@ class HealthServer(ThreadingHTTPServer):
         os.register_at_fork(after_in_child=self._close_in_child)
 
     def _close_in_child(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.socket.close()
-        except OSError:
-            pass
 
     # Bound the number of handler threads: past the limit, refuse at once instead of
     # letting a flood of clients starve everyone.
     def process_request(self, request, client_address) -> None:  # type: ignore[override]
         if not self._slots.acquire(blocking=False):
-            try:
+            with contextlib.suppress(OSError):
                 request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-            except OSError:
-                pass
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)

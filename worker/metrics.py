@@ -45,7 +45,10 @@ def queue_figures(client, queues: Sequence[str]) -> dict[str, dict[str, int]]:
         pipe.zcard(f"rq:wip:{q}")
         pipe.zcard(f"rq:failed:{q}")
     values = pipe.execute()
-    return {q: {"depth": values[3 * i], "started": values[3 * i + 1], "failed": values[3 * i + 2]} for i, q in enumerate(queues)}
+    return {
+        q: {"depth": values[3 * i], "started": values[3 * i + 1], "failed": values[3 * i + 2]}
+        for i, q in enumerate(queues)
+    }
 
 
 def render(state: LiveState, redis_up: bool, queues: dict[str, dict[str, int]] | None) -> str:
@@ -66,8 +69,10 @@ def render(state: LiveState, redis_up: bool, queues: dict[str, dict[str, int]] |
         cumulative = 0
         for bound, n in zip(DURATION_BUCKETS, hist.buckets, strict=True):
             cumulative = n  # buckets are already cumulative (value <= bound counted in each)
-            out.append(f"worker_job_duration_seconds_bucket{_labels(worker=worker, queue=queue, le=_fmt(bound))} {cumulative}")
-        out.append(f'worker_job_duration_seconds_bucket{_labels(worker=worker, queue=queue, le="+Inf")} {hist.count}')
+            out.append(
+                f"worker_job_duration_seconds_bucket{_labels(worker=worker, queue=queue, le=_fmt(bound))} {cumulative}"
+            )
+        out.append(f"worker_job_duration_seconds_bucket{_labels(worker=worker, queue=queue, le='+Inf')} {hist.count}")
         out.append(f"worker_job_duration_seconds_sum{_labels(worker=worker, queue=queue)} {_fmt(hist.total)}")
         out.append(f"worker_job_duration_seconds_count{_labels(worker=worker, queue=queue)} {hist.count}")
 

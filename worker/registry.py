@@ -35,9 +35,7 @@ def registered_names() -> tuple[str, ...]:
 def resolve(func_name: str | None) -> Callable[..., Any]:
     """The callable for a registered dotted name, or ForbiddenJobError."""
     if not func_name or func_name not in registered_names():
-        raise ForbiddenJobError(
-            f"{func_name!r} is not a registered job; registered: {', '.join(registered_names())}"
-        )
+        raise ForbiddenJobError(f"{func_name!r} is not a registered job; registered: {', '.join(registered_names())}")
     module_name, _, attr = func_name.rpartition(".")
     func = getattr(importlib.import_module(module_name), attr, None)
     if not callable(func):

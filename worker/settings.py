@@ -165,7 +165,9 @@ class Settings:
 
     def validate(self) -> None:
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise SettingsError(f"REDIS_URL must be a redis://, rediss:// or unix:// URL, got {redact_url(self.redis_url)}")
+            raise SettingsError(
+                f"REDIS_URL must be a redis://, rediss:// or unix:// URL, got {redact_url(self.redis_url)}"
+            )
         if not 0 <= self.health_port <= 65535:
             raise SettingsError(f"HEALTH_PORT must be 0..65535, got {self.health_port}")
         if self.chunk_tokens > 256:

@@ -1,0 +1,233 @@
+"""The daemon as a user meets it: a real worker process, real Redis, real signals, real HTTP."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from redis import Redis
+from rq import Queue, Worker
+from rq.job import Job
+
+from tests.conftest import ROOT, queue, wait_for
+from worker.devredis import RedisServer, free_port
+
+
+def failed_error(job: Job) -> str:
+    job.refresh()
+    result = job.latest_result()
+    return result.exc_string if result is not None else ""
+
+
+def test_ping_job_runs_and_is_counted(start_worker, redis_conn):
+    w = start_worker()
+    job = queue(redis_conn).enqueue("worker.jobs.ping", "hello")
+    wait_for(lambda: job.get_status(refresh=True) == "finished", message="ping finished")
+    assert job.return_value()["message"] == "hello"
+    assert job.return_value()["pid"] != w.proc.pid  # ran in a forked work-horse
+    status, body = w.get("/healthz")
+    assert status == 200 and body["jobs_done"] == 1 and body["status"] == "ok"
+
+
+def test_forbidden_function_runs_nothing(start_worker, redis_conn, tmp_path):
+    w = start_worker()
+    marker = tmp_path / "pwned"
+    q = queue(redis_conn)
+    bad = q.enqueue("os.system", f"touch {marker}")
+    wrong_args = q.enqueue("worker.jobs.ping", "a", "b", "c", unknown=1)
+    good = q.enqueue("worker.jobs.ping", "after")
+    wait_for(lambda: good.get_status(refresh=True) == "finished", message="good job after bad ones")
+    assert bad.get_status(refresh=True) == "failed"
+    assert "ForbiddenJobError" in failed_error(bad) and "'os.system' is not a registered job" in failed_error(bad)
+    assert not marker.exists()
+    assert wrong_args.get_status(refresh=True) == "failed"
+    assert "InvalidArgumentsError" in failed_error(wrong_args)
+    assert w.get("/healthz")[1]["jobs_failed"] == 2
+
+
+def test_pickle_payload_refused_by_json_worker(start_worker, redis_conn, tmp_path):
+    """A pickle payload is code execution; the JSON worker must not unpickle it."""
+    start_worker()
+    marker = tmp_path / "unpickled"
+    pickle_q = Queue("default", connection=redis_conn)  # RQ's default serializer: pickle
+    pickle_q.enqueue("os.system", f"touch {marker}")
+    good = queue(redis_conn).enqueue("worker.jobs.ping", "after")
+    wait_for(lambda: good.get_status(refresh=True) == "finished", message="good job after pickle")
+    wait_for(lambda: redis_conn.zcard("rq:failed:default") == 1, message="pickle job failed")
+    assert not marker.exists()
+
+
+def test_strict_priority(start_worker, redis_conn):
+    low, default, high = (queue(redis_conn, n) for n in ("low", "default", "high"))
+    for i in range(3):
+        low.enqueue("tests.jobs_for_tests.record", f"low{i}")
+        default.enqueue("tests.jobs_for_tests.record", f"default{i}")
+        high.enqueue("tests.jobs_for_tests.record", f"high{i}")
+    start_worker(args=["--burst"], ready=False).wait(30)
+    order = [x.decode() for x in redis_conn.lrange("test:order", 0, -1)]
+    assert order == [f"{q}{i}" for q in ("high", "default", "low") for i in range(3)]
+
+
+def test_health_endpoints_answer_404_405_and_head(start_worker):
+    w = start_worker()
+    assert w.get("/nope")[0] == 404
+    assert w.get("/healthz", method="POST")[0] == 405
+    assert w.get("/metrics", method="DELETE")[0] == 405
+    assert w.get("/livez", method="HEAD")[0] == 200
+    status, body = w.get("/livez")
+    assert status == 200
+    for key in (
+        "status",
+        "worker",
+        "state",
+        "current_job",
+        "jobs_done",
+        "jobs_failed",
+        "redis",
+        "uptime_seconds",
+        "version",
+    ):
+        assert key in body
+    metrics = w.get("/metrics")[1]
+    assert "worker_redis_up" in metrics and 'worker_queue_depth{queue="default"} 0' in metrics
+
+
+def test_rq_info_lists_our_worker(start_worker, redis_url):
+    w = start_worker(extra_env={"WORKER_NAME": "visible-worker"})
+    out = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "rq"),
+            "info",
+            "--url",
+            redis_url,
+            "--serializer",
+            "rq.serializers.JSONSerializer",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert "visible-worker" in out.stdout, out.stdout + out.stderr
+    assert w.get("/healthz")[1]["worker"] == "visible-worker"
+
+
+def test_sigterm_mid_job_finishes_it_and_exits_0(start_worker, redis_conn):
+    w = start_worker(extra_env={"SHUTDOWN_TIMEOUT": "20"})
+    job = queue(redis_conn).enqueue("tests.jobs_for_tests.sleep", 2, marker="warm")
+    wait_for(lambda: redis_conn.llen("test:started:warm") == 1, message="job started")
+    w.signal(signal.SIGTERM)
+    # draining: not ready any more, still alive
+    wait_for(
+        lambda: w.get("/readyz")[0] == 503 and "draining" in str(w.get("/readyz")[1]["reasons"]),
+        timeout=5,
+        message="readyz 503 draining",
+    )
+    assert w.wait(30) == 0
+    assert job.get_status(refresh=True) == "finished"
+    assert redis_conn.llen("test:done:warm") == 1
+
+
+def test_sigterm_past_shutdown_timeout_requeues_the_job_once(start_worker, redis_conn):
+    w = start_worker(extra_env={"SHUTDOWN_TIMEOUT": "1"})
+    q = queue(redis_conn)
+    job = q.enqueue("tests.jobs_for_tests.sleep", 4, marker="slow")
+    other = q.enqueue("worker.jobs.ping", "queued behind")
+    wait_for(lambda: redis_conn.llen("test:started:slow") == 1, message="job started")
+    w.signal(signal.SIGTERM)
+    assert w.wait(15) == 0
+    assert job.get_status(refresh=True) == "queued"
+    assert q.job_ids[0] == job.id  # put back at the front, ahead of the job that was waiting
+    assert redis_conn.llen("test:done:slow") == 0
+    assert q.started_job_registry.count == 0
+    # a new worker runs it to the end, once
+    start_worker(args=["--burst"], ready=False).wait(30)
+    assert job.get_status(refresh=True) == "finished"
+    assert other.get_status(refresh=True) == "finished"
+    assert redis_conn.llen("test:started:slow") == 2 and redis_conn.llen("test:done:slow") == 1
+
+
+def test_second_sigterm_is_cold_shutdown_and_requeues(start_worker, redis_conn):
+    w = start_worker(extra_env={"SHUTDOWN_TIMEOUT": "60"})
+    q = queue(redis_conn)
+    job = q.enqueue("tests.jobs_for_tests.sleep", 30, marker="cold")
+    wait_for(lambda: redis_conn.llen("test:started:cold") == 1, message="job started")
+    w.signal(signal.SIGTERM)
+    time.sleep(0.5)
+    w.signal(signal.SIGTERM)
+    assert w.wait(10) == 0
+    assert job.get_status(refresh=True) == "queued" and q.job_ids == [job.id]
+    pids = [int(p) for p in redis_conn.lrange("test:started:cold", 0, -1)]
+    with pytest.raises(ProcessLookupError):  # the horse went with the worker
+        os.kill(pids[0], 0)
+
+
+def test_redis_outage_keeps_liveness_and_turns_readiness(start_worker, tmp_path):
+    port = free_port()
+    server = RedisServer(port=port, directory=tmp_path / "r").start()
+    try:
+        w = start_worker(extra_env={"REDIS_URL": server.url})
+        server.kill()
+        wait_for(lambda: w.get("/readyz")[0] == 503, timeout=10, message="readyz 503 without Redis")
+        reasons = w.get("/readyz")[1]["reasons"]
+        assert any("redis" in r for r in reasons)
+        time.sleep(3)  # the worker keeps failing to reach Redis for a while
+        assert w.get("/healthz")[0] == 200
+        assert w.proc.poll() is None
+        server = RedisServer(port=port, directory=tmp_path / "r").start()
+        job = queue(Redis.from_url(server.url)).enqueue("worker.jobs.ping", "back")
+        wait_for(lambda: job.get_status(refresh=True) == "finished", timeout=40, message="job after Redis is back")
+        assert w.get("/healthz")[0] == 200
+        assert "redis" not in " ".join(w.get("/readyz")[1]["reasons"])
+    finally:
+        server.stop()
+
+
+def test_hung_main_loop_fails_liveness(start_worker, redis_conn):
+    """A main loop blocked writing to a full log pipe stops its heartbeat: /healthz turns 503."""
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, 1031, 4096)  # F_SETPIPE_SZ: a small pipe fills after a few lines
+    try:
+        # DEBUG: the idle main loop itself logs every second or so (scheduler heartbeats)
+        w = start_worker(extra_env={"LIVENESS_TIMEOUT": "2", "LOG_LEVEL": "DEBUG"}, stderr=write_end, ready=False)
+        os.close(write_end)
+        write_end = -1
+
+        def stalled() -> bool:
+            try:
+                return w.get("/healthz")[0] == 503
+            except OSError:  # not listening yet
+                return False
+
+        wait_for(stalled, timeout=30, message="liveness 503 while the loop is stuck")
+        assert "main loop stalled" in w.get("/healthz")[1]["reason"]
+        os.set_blocking(read_end, False)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and w.get("/healthz")[0] != 200:  # unblock it: liveness recovers
+            try:
+                os.read(read_end, 65536)
+            except BlockingIOError:
+                time.sleep(0.05)
+        assert w.get("/healthz")[0] == 200
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
+
+
+def test_bad_settings_exit_2(redis_url, tmp_path):
+    env = dict(os.environ, REDIS_URL=redis_url, HEALTH_PORT="notaport", PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-m", "worker", "run"], env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    assert "HEALTH_PORT must be an integer" in out.stderr
+
+
+def test_rq_worker_object_sees_state(start_worker, redis_conn):
+    start_worker(extra_env={"WORKER_NAME": "stateful"})
+    workers = {w.name: w for w in Worker.all(connection=redis_conn)}
+    assert workers["stateful"].get_state() in ("idle", "started")
