@@ -108,3 +108,10 @@ def test_bad_settings_refused(tokenizer) -> None:
 def test_missing_tokenizer_is_model_unavailable(tmp_path) -> None:
     with pytest.raises(ModelUnavailableError, match="make model"):
         load_tokenizer(tmp_path)
+
+
+def test_short_pages_get_a_chunk_each_without_overlap(tokenizer) -> None:
+    pages = [pdfs.VOLCANO, pdfs.BREAD, "", pdfs.TOWER]
+    chunks = Chunker(tokenizer, chunk_tokens=256, overlap=32).chunk_pages(pages)
+    assert [(c.page_start, c.page_end) for c in chunks] == [(1, 1), (2, 2), (4, 4)]
+    assert [c.text for c in chunks] == [p.strip() for p in pages if p]

@@ -3,9 +3,10 @@
 Every word piece of the text lands in at least one chunk: nothing is silently truncated. A
 chunk holds at most `chunk_tokens` pieces *including* the model's special tokens ([CLS] and
 [SEP]), so the embedder never truncates it either. Cuts fall on the strongest boundary in the
-last half of the window: a page break, a paragraph break, then a sentence end, a line break, a space,
-and only for a single "word" longer than a whole window (a hash, a URL) inside a word.
-Consecutive chunks share about `chunk_overlap` pieces, starting on a word boundary.
+last half of the window: a paragraph break, then a sentence end, a line break, a space, and
+only for a single "word" longer than a whole window (a hash, a URL) inside a word. A page break
+is taken earlier, past an eighth of the window, so that most chunks lie on one page. Chunks
+share about `chunk_overlap` pieces, starting on a word boundary (none across a page cut).
 
 Offsets: a chunk runs from `char_start` in page `page_start` to `char_end` (exclusive) in page
 `page_end`, pages numbered from 1; within one page, `text == page[char_start:char_end]`.
@@ -116,8 +117,15 @@ class Chunker:
         return chunks
 
     def _cut(self, level: list[int], start: int, n: int) -> int:
-        """End (exclusive) of the chunk starting at `start`: the best boundary in the window's last half."""
-        limit = start + self.budget
+        """End (exclusive) of the chunk starting at `start`.
+
+        The first page break past an eighth of the window, so that a chunk names its page
+        exactly whenever it can; else the best boundary in the window's last half.
+        """
+        limit = min(start + self.budget, n)
+        for i in range(start + max(1, self.budget // 8), limit):
+            if level[i] == PAGE:
+                return i
         if limit >= n:
             return n
         best, best_level = limit, -1
@@ -129,7 +137,7 @@ class Chunker:
         return best
 
     def _next_start(self, level: list[int], start: int, end: int) -> int:
-        if self.overlap == 0:
+        if self.overlap == 0 or level[end] == PAGE:  # no overlap across a page cut: pages stay exact
             return end
         s = max(end - self.overlap, start + 1)
         while s < end and level[s] < SPACE:  # begin the overlap on a word boundary
