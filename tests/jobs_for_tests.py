@@ -39,3 +39,29 @@ def spin(seconds: float) -> int:
     while time.perf_counter() < end:
         n += 1
     return n
+
+
+def kill_worker() -> None:
+    """A poison job: kills the worker that runs it (its parent), then itself."""
+    import signal
+
+    Redis.from_url(os.environ["REDIS_URL"]).rpush("test:poison", os.getpid())
+    os.kill(os.getppid(), signal.SIGKILL)
+    os._exit(1)
+
+
+def flaky(key: str, failures: int) -> int:
+    """Fail with a transient error the first `failures` times, then succeed."""
+    from worker.errors import StoreBusyError
+
+    n = Redis.from_url(os.environ["REDIS_URL"]).incr(f"test:flaky:{key}")
+    if n <= failures:
+        raise StoreBusyError(f"attempt {n}: store locked")
+    return n
+
+
+def bad_input() -> None:
+    from worker.errors import NotAPdfError
+
+    Redis.from_url(os.environ["REDIS_URL"]).incr("test:bad_input")
+    raise NotAPdfError("this is not a PDF")

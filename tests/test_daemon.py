@@ -231,3 +231,18 @@ def test_rq_worker_object_sees_state(start_worker, redis_conn):
     start_worker(extra_env={"WORKER_NAME": "stateful"})
     workers = {w.name: w for w in Worker.all(connection=redis_conn)}
     assert workers["stateful"].get_state() in ("idle", "started")
+
+
+def test_transient_errors_are_retried_bad_input_is_not(start_worker, redis_conn):
+    from rq import Retry
+
+    start_worker(extra_env={"RETRY_INTERVALS": "0,1"})
+    q = queue(redis_conn)
+    flaky = q.enqueue("tests.jobs_for_tests.flaky", "a", 2)
+    bad = q.enqueue("tests.jobs_for_tests.bad_input", retry=Retry(max=3))  # the client asks for retries
+    wait_for(lambda: flaky.get_status(refresh=True) == "finished", timeout=20, message="flaky job finished")
+    assert flaky.return_value() == 3
+    wait_for(lambda: bad.get_status(refresh=True) == "failed", message="bad input failed")
+    time.sleep(1)
+    assert int(redis_conn.get("test:bad_input")) == 1  # run once, never retried
+    assert "NotAPdfError: this is not a PDF" in failed_error(bad)

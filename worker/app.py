@@ -102,6 +102,7 @@ def run_daemon(settings: Settings, burst: bool = False, max_jobs: int | None = N
         settings=settings,
         live=state,
         default_result_ttl=86400,
+        job_monitoring_interval=max(1, int(settings.heartbeat_interval)),
         prepare_for_work=False,
     )
     worker.hostname = socket.gethostname()

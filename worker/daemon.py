@@ -33,6 +33,7 @@ from rq.suspension import is_suspended
 from rq.utils import now
 from rq.worker.base import WorkerStatus
 
+from worker import recovery
 from worker.errors import BadInputError, TransientError
 from worker.registry import GuardedJob
 from worker.settings import Settings
@@ -41,7 +42,6 @@ from worker.state import CurrentJob, LiveState
 log = logging.getLogger("worker.daemon")
 
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError)
-RETRY_INTERVALS = (5, 30, 120)  # seconds between automatic retries of transient failures
 
 
 def is_transient(exc: BaseException | None) -> bool:
@@ -97,6 +97,7 @@ class DaemonWorker(Worker):
         os.set_blocking(self._wake_w, False)
         self._last_redis_beat = 0.0
         self._last_schedule = 0.0
+        self._last_sweep = 0.0
         self._scheduler: RQScheduler | None = None
         self._backoff = Backoff()
 
@@ -199,6 +200,13 @@ class DaemonWorker(Worker):
                 return True
             except REDIS_ERRORS as exc:
                 self._redis_lost(exc)
+            except ValueError as exc:  # RQ: "There exists an active worker named ... already"
+                if recovery.worker_alive(self.connection, self.name, self.settings.dead_worker_after):
+                    log.error("%s; waiting for it to go away", exc)
+                    self._sleep(self.settings.heartbeat_interval)
+                else:
+                    log.warning("worker %s left a stale registration (it died); taking over", self.name)
+                    self.connection.hset(self.key, "death", "stale")
         return False
 
     def _redis_lost(self, exc: BaseException) -> None:
@@ -216,7 +224,8 @@ class DaemonWorker(Worker):
     def _housekeeping(self) -> None:
         """Periodic Redis work: worker heartbeat, RQ maintenance, due scheduled jobs."""
         t = time.monotonic()
-        if t - self._last_redis_beat >= min(15, self.worker_ttl / 3):
+        interval = self.settings.heartbeat_interval
+        if t - self._last_redis_beat >= interval:
             self.heartbeat()
             self._last_redis_beat = t
         if self.should_run_maintenance_tasks:
@@ -224,6 +233,26 @@ class DaemonWorker(Worker):
         if t - self._last_schedule >= 1:
             self._last_schedule = t
             self._enqueue_due_jobs()
+        if t - self._last_sweep >= interval:
+            self._last_sweep = t
+            self._recover_abandoned()
+
+    def _recover_abandoned(self, current_job_id: str | None = None) -> None:
+        try:
+            recovery.sweep(
+                self.connection,
+                self.queues,
+                self.name,
+                current_job_id,
+                self.settings.dead_worker_after,
+                self.settings.max_attempts,
+                job_class=self.job_class,
+                serializer=self.serializer,
+            )
+        except REDIS_ERRORS:
+            raise
+        except Exception:  # a sweep must never take the worker down
+            log.exception("recovery sweep failed")
 
     def _enqueue_due_jobs(self) -> None:
         """Move due scheduled jobs (retries with a delay) to their queues, as RQ's scheduler
@@ -286,9 +315,9 @@ class DaemonWorker(Worker):
         exc = exc_info[1]
         if isinstance(exc, BadInputError):
             job.retries_left = 0  # bad input is final, whatever Retry the client asked for
-        elif is_transient(exc) and job.retries_left is None:
-            job.retries_left = len(RETRY_INTERVALS)
-            job.retry_intervals = list(RETRY_INTERVALS)
+        elif is_transient(exc) and job.retries_left is None and self.settings.retry_intervals:
+            job.retries_left = len(self.settings.retry_intervals)
+            job.retry_intervals = list(self.settings.retry_intervals)
         super()._finalize_failure(job, queue, execution, exc_info)
 
     def monitor_work_horse(self, job: Job, queue: Queue, execution) -> None:
@@ -326,10 +355,11 @@ class DaemonWorker(Worker):
                     log.error("job %s outlived its timeout by %ss; killing the horse", job.id, self.settings.job_grace)
                     status = self._kill_and_reap(pid)
                     break
-                if t - last_beat >= self.job_monitoring_interval:
+                if t - last_beat >= self.settings.heartbeat_interval:
                     last_beat = t
                     try:
                         self.maintain_heartbeats(job, execution)
+                        self._recover_abandoned(job.id)
                     except REDIS_ERRORS as exc:
                         log.warning("heartbeat for job %s failed (%s)", job.id, type(exc).__name__)
         finally:

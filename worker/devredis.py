@@ -114,15 +114,21 @@ class RedisServer:
 
 
 def main(argv: list[str]) -> int:
-    if argv and argv[0] == "--":
-        argv = argv[1:]
-    if not argv:
-        print("usage: python -m worker.devredis -- COMMAND...", file=sys.stderr)
+    probe_port, private_port = 6379, 6399
+    if "--" not in argv:
+        print("usage: python -m worker.devredis [--probe-port P] [--port P] -- COMMAND...", file=sys.stderr)
         return 2
+    options, argv = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
+    for flag, value in zip(options[::2], options[1::2], strict=False):
+        if flag == "--probe-port":
+            probe_port = int(value)
+        elif flag == "--port":
+            private_port = int(value)
     env = dict(os.environ)
     server: RedisServer | None = None
-    if not env.get("REDIS_URL") and not answers("127.0.0.1", 6379):
-        server = RedisServer(port=6399 if not answers("127.0.0.1", 6399) else None, persist=True).start()
+    if not env.get("REDIS_URL") and not answers("127.0.0.1", probe_port):
+        port = private_port if not answers("127.0.0.1", private_port) else None
+        server = RedisServer(port=port, persist=True).start()
         env["REDIS_URL"] = server.url
         print(
             f"worker: no Redis on 127.0.0.1:6379; started a private redis-server at {server.url} (data in var/redis)",

@@ -43,6 +43,19 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0
     return value
 
 
+def _int_list(env: Mapping[str, str], name: str, default: tuple[int, ...]) -> tuple[int, ...]:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        values = tuple(int(v) for v in raw.split(",") if v.strip())
+    except ValueError:
+        raise SettingsError(f"{name} must be comma-separated integers, got {raw!r}") from None
+    if any(v < 0 for v in values):
+        raise SettingsError(f"{name} values must be >= 0")
+    return values
+
+
 def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
     value = env.get(name, "").strip().lower() or default
     if value not in choices:
@@ -117,6 +130,10 @@ class Settings:
     horse_memory_mb: int = 0
     # Attempts after which a job that keeps killing its worker is failed.
     max_attempts: int = 3
+    # Seconds between automatic retries of transient failures (their count is the number of retries).
+    retry_intervals: tuple[int, ...] = (5, 30, 120)
+    # A worker silent this long is dead: its started jobs are put back on their queues.
+    dead_worker_after: float = 45.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -159,6 +176,8 @@ class Settings:
             store_busy_timeout=_float(env, "STORE_BUSY_TIMEOUT", cls.store_busy_timeout, 0.0),
             horse_memory_mb=_int(env, "HORSE_MEMORY_MB", 0),
             max_attempts=_int(env, "MAX_ATTEMPTS", cls.max_attempts, 1),
+            retry_intervals=_int_list(env, "RETRY_INTERVALS", cls.retry_intervals),
+            dead_worker_after=_float(env, "DEAD_WORKER_AFTER", cls.dead_worker_after, 2.0),
         )
         settings.validate()
         return settings
@@ -185,6 +204,11 @@ class Settings:
         changed = replace(self, **{k: v for k, v in changes.items() if v is not None})
         changed.validate()
         return changed
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """How often the worker heartbeats in Redis (and sweeps for dead workers' jobs)."""
+        return max(0.5, min(10.0, self.dead_worker_after / 4))
 
     @property
     def store_path(self) -> Path:

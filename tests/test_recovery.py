@@ -1,0 +1,73 @@
+"""Jobs whose worker died are found and finished by another worker; dead horses fail clearly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from tests.conftest import queue, wait_for
+
+FAST = {"DEAD_WORKER_AFTER": "3"}
+
+
+def test_job_of_a_killed_worker_is_requeued_and_finished_by_another(start_worker, redis_conn):
+    a = start_worker(extra_env=FAST)
+    q = queue(redis_conn)
+    job = q.enqueue("tests.jobs_for_tests.sleep", 3, marker="orphan")
+    wait_for(lambda: redis_conn.llen("test:started:orphan") == 1, message="job started")
+    horse = int(redis_conn.lindex("test:started:orphan", 0))
+    # kill the worker and its horse (the horse is in its own process group: kill it too)
+    os.kill(a.proc.pid, signal.SIGKILL)
+    os.kill(horse, signal.SIGKILL)
+    a.proc.wait(5)
+    killed_at = time.monotonic()
+    assert job.get_status(refresh=True) == "started"  # RQ alone would leave it here
+    start_worker(extra_env=FAST)
+    wait_for(lambda: job.get_status(refresh=True) == "finished", timeout=30, message="orphan finished")
+    recovered_in = time.monotonic() - killed_at
+    assert recovered_in < 20
+    assert redis_conn.llen("test:done:orphan") == 1
+    assert q.started_job_registry.count == 0
+    assert job.get_meta(refresh=True)["abandoned"] == 1
+
+
+def test_poison_job_stops_after_max_attempts(start_worker, redis_conn):
+    env = {**FAST, "MAX_ATTEMPTS": "2"}
+    q = queue(redis_conn)
+    job = q.enqueue("tests.jobs_for_tests.kill_worker")
+    good = q.enqueue("worker.jobs.ping", "still served")
+    for round_ in (1, 2):
+        w = start_worker(extra_env=env, ready=False)
+        wait_for(lambda r=round_: redis_conn.llen("test:poison") == r, timeout=30, message=f"poison run {round_}")
+        w.proc.wait(10)
+    start_worker(extra_env=env)
+    wait_for(lambda: job.get_status(refresh=True) == "failed", timeout=30, message="poison job failed")
+    wait_for(lambda: good.get_status(refresh=True) == "finished", timeout=30, message="good job served")
+    exc = job.latest_result().exc_string
+    assert "WorkerDiedError" in exc and "died 2 times" in exc
+    assert redis_conn.llen("test:poison") == 2
+    assert job.id in q.failed_job_registry
+
+
+def test_dead_horse_fails_its_job_clearly_and_worker_goes_on(start_worker, redis_conn):
+    w = start_worker()
+    q = queue(redis_conn)
+    crashed = q.enqueue("tests.jobs_for_tests.crash", 9)
+    after = q.enqueue("worker.jobs.ping", "after the crash")
+    wait_for(lambda: after.get_status(refresh=True) == "finished", message="job after crash")
+    assert crashed.get_status(refresh=True) == "failed"
+    assert "WorkHorseDied" in crashed.latest_result().exc_string
+    assert "exited with status 9" in crashed.latest_result().exc_string
+    assert w.get("/healthz")[1]["jobs_failed"] == 1
+
+
+def test_restart_with_same_name_after_kill_takes_over(start_worker, redis_conn):
+    env = {**FAST, "WORKER_NAME": "fixed-name"}
+    a = start_worker(extra_env=env)
+    os.kill(a.proc.pid, signal.SIGKILL)
+    a.proc.wait(5)
+    b = start_worker(extra_env=env, ready=False)
+    b.wait_ready(timeout=30)
+    job = queue(redis_conn).enqueue("worker.jobs.ping", "hi")
+    wait_for(lambda: job.get_status(refresh=True) == "finished", message="served by the restarted worker")

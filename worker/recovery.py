@@ -1,0 +1,105 @@
+"""Find jobs whose worker died (SIGKILL, OOM, power loss) and put them back on their queue.
+
+RQ alone notices such a job only when its started-registry entry expires (90 s after the
+last heartbeat) *and* a worker runs maintenance (every 10 minutes by default), and then it
+only marks the job failed. Here every live worker sweeps the started registries of its
+queues every few seconds (one at a time, under a short Redis lock): an entry whose worker
+has not heartbeated for `DEAD_WORKER_AFTER` seconds, or whose worker registered its death,
+is put back at the front of its queue. Ingestion is idempotent, so a re-run is safe. A job
+that keeps killing its worker (a poison input) is failed after `MAX_ATTEMPTS` with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from redis import Redis
+from rq.job import Job, JobStatus
+from rq.job_lifecycle import record_job_failure
+from rq.queue import Queue
+from rq.utils import as_text, now, parse_composite_key, utcparse
+
+log = logging.getLogger("worker.recovery")
+
+LOCK_KEY = "worker:recovery:lock"
+
+
+def worker_alive(conn: Redis, name: str, dead_after: float) -> bool:
+    if not name:
+        return False
+    data = conn.hmget(f"rq:worker:{name}", ["last_heartbeat", "death"])
+    last, death = (as_text(v) if v is not None else None for v in data)
+    if death or not last:
+        return False
+    return now() - utcparse(last) < timedelta(seconds=dead_after)
+
+
+def sweep(
+    conn: Redis,
+    queues: list[Queue],
+    me: str,
+    my_job_id: str | None,
+    dead_after: float,
+    max_attempts: int,
+    job_class: type[Job] = Job,
+    serializer=None,
+    lock_seconds: int = 5,
+) -> list[tuple[str, str]]:
+    """Recover abandoned jobs; returns (job id, what happened) pairs."""
+    if not conn.set(LOCK_KEY, me, nx=True, ex=lock_seconds):
+        return []
+    done: list[tuple[str, str]] = []
+    for queue in queues:
+        registry = queue.started_job_registry
+        for raw in conn.zrange(registry.key, 0, -1):
+            composite = as_text(raw)
+            job_id, execution_id = parse_composite_key(composite)
+            if job_id == my_job_id:
+                continue
+            owner = as_text(conn.hget(f"rq:execution:{composite}", "worker_name") or b"")
+            if owner and owner != me and worker_alive(conn, owner, dead_after):
+                continue
+            outcome = _recover(conn, queue, registry, composite, job_id, owner, max_attempts, job_class, serializer)
+            if outcome:
+                done.append((job_id, outcome))
+    return done
+
+
+def _recover(conn, queue, registry, composite, job_id, owner, max_attempts, job_class, serializer) -> str | None:
+    try:
+        job = job_class.fetch(job_id, connection=conn, serializer=serializer)
+    except Exception:  # gone, or a payload we cannot read: drop the stale entry
+        conn.zrem(registry.key, composite)
+        return None
+    if job.get_status(refresh=False) != JobStatus.STARTED:
+        conn.zrem(registry.key, composite)  # finished or failed after all: a leftover entry
+        return None
+    attempts = int(job.meta.get("abandoned", 0)) + 1
+    job.meta["abandoned"] = attempts
+    who = owner or "an unknown worker"
+    with conn.pipeline() as pipe:
+        pipe.zrem(registry.key, composite)
+        pipe.delete(f"rq:execution:{composite}")
+        job.save_meta()
+        if attempts >= max_attempts:
+            reason = (
+                f"worker.errors.WorkerDiedError: the worker running this job ({who}) died {attempts} times; "
+                "not retried again (a poison input?)"
+            )
+            record_job_failure(job, reason, pipe)
+            outcome = "failed"
+        else:
+            job.set_status(JobStatus.QUEUED, pipeline=pipe)
+            queue.push_job_id(job.id, pipeline=pipe, at_front=True)
+            outcome = "requeued"
+        pipe.execute()
+    log.warning(
+        "job %s abandoned by dead worker %s (attempt %d): %s",
+        job_id,
+        who,
+        attempts,
+        outcome,
+        extra={"job_id": job_id, "queue": queue.name, "outcome": f"recovered-{outcome}"},
+    )
+    return outcome
