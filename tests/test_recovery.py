@@ -71,3 +71,31 @@ def test_restart_with_same_name_after_kill_takes_over(start_worker, redis_conn):
     b.wait_ready(timeout=30)
     job = queue(redis_conn).enqueue("worker.jobs.ping", "hi")
     wait_for(lambda: job.get_status(refresh=True) == "finished", message="served by the restarted worker")
+
+
+def test_redis_restart_mid_job_loses_nothing(start_worker, tmp_path):
+    """Redis dies while a job runs and comes back (with its append-only file): the job still ends finished."""
+    from redis import Redis
+
+    from worker.devredis import RedisServer, free_port
+
+    port = free_port()
+    server = RedisServer(port=port, directory=tmp_path / "aof", persist=True).start()
+    try:
+        w = start_worker(extra_env={**FAST, "REDIS_URL": server.url})
+        conn = Redis.from_url(server.url)
+        q = queue(conn)
+        job = q.enqueue("tests.jobs_for_tests.sleep", 2, marker="outage")
+        later = q.enqueue("worker.jobs.ping", "queued during the outage")
+        wait_for(lambda: conn.llen("test:started:outage") == 1, message="job started")
+        server.kill()
+        time.sleep(5)  # the horse finishes while Redis is away: it cannot record its result
+        assert w.proc.poll() is None
+        server = RedisServer(port=port, directory=tmp_path / "aof", persist=True).start()
+        conn = Redis.from_url(server.url)
+        wait_for(lambda: job.get_status(refresh=True) == "finished", timeout=40, message="job finished after outage")
+        wait_for(lambda: later.get_status(refresh=True) == "finished", timeout=20, message="queued job finished")
+        assert q.started_job_registry.count == 0 and len(q) == 0
+        assert w.get("/healthz")[0] == 200
+    finally:
+        server.stop()

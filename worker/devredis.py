@@ -42,11 +42,11 @@ def free_port() -> int:
 
 
 def answers(host: str, port: int, timeout: float = 0.3) -> bool:
-    """True when something on host:port replies +PONG to PING."""
+    """True when a Redis answers on host:port (+PONG, or -NOAUTH from one with a password)."""
     try:
         with socket.create_connection((host, port), timeout=timeout) as s:
             s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
+            return s.recv(16).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
 
@@ -54,15 +54,19 @@ def answers(host: str, port: int, timeout: float = 0.3) -> bool:
 class RedisServer:
     """A throwaway redis-server process on loopback."""
 
-    def __init__(self, port: int | None = None, directory: Path | None = None, persist: bool = False) -> None:
+    def __init__(
+        self, port: int | None = None, directory: Path | None = None, persist: bool = False, password: str = ""
+    ) -> None:
         self.port = port or free_port()
         self.directory = Path(directory or Path("var") / "redis")
         self.persist = persist
+        self.password = password
         self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -81,7 +85,11 @@ class RedisServer:
             "--protected-mode",
             "yes",
         ]
-        args += ["--appendonly", "yes"] if self.persist else ["--save", "", "--appendonly", "no"]
+        args += (
+            ["--appendonly", "yes", "--appendfsync", "always"] if self.persist else ["--save", "", "--appendonly", "no"]
+        )
+        if self.password:
+            args += ["--requirepass", self.password]
         self.process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )

@@ -66,6 +66,19 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = f"worker/{__version__}"
     sys_version = ""
 
+    def handle_one_request(self) -> None:
+        self.server.mark_pending(self.connection)  # waiting for a request: evictable
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()  # request line and headers are in
+        self.server.clear_pending(self.connection)
+        return ok
+
+    def finish(self) -> None:
+        self.server.clear_pending(self.connection)
+        super().finish()
+
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         self._dispatch(head=False)
 
@@ -132,6 +145,8 @@ class HealthServer(ThreadingHTTPServer):
         self.checks = checks or {}
         self._metrics = metrics or (lambda: "")
         self._slots = threading.BoundedSemaphore(max_connections)
+        self._pending: dict[socket.socket, float] = {}
+        self._pending_lock = threading.Lock()
         if ":" in host:
             self.address_family = socket.AF_INET6
         super().__init__((host, port), _Handler)
@@ -144,10 +159,32 @@ class HealthServer(ThreadingHTTPServer):
         with contextlib.suppress(OSError):
             self.socket.close()
 
-    # Bound the number of handler threads: past the limit, refuse at once instead of
-    # letting a flood of clients starve everyone.
+    # Handler threads are bounded. When all are taken, the connection that has waited longest
+    # without sending a whole request (a slow or idle client) is cut off to make room, so a
+    # flood of slow clients cannot starve a probe that sends its request at once.
+    def mark_pending(self, conn: socket.socket) -> None:
+        with self._pending_lock:
+            self._pending[conn] = time.monotonic()
+
+    def clear_pending(self, conn: socket.socket) -> None:
+        with self._pending_lock:
+            self._pending.pop(conn, None)
+
+    def _evict_oldest_pending(self) -> None:
+        with self._pending_lock:
+            if not self._pending:
+                return
+            oldest = min(self._pending, key=self._pending.__getitem__)
+            del self._pending[oldest]
+        with contextlib.suppress(OSError):
+            oldest.shutdown(socket.SHUT_RDWR)
+
     def process_request(self, request, client_address) -> None:  # type: ignore[override]
-        if not self._slots.acquire(blocking=False):
+        acquired = self._slots.acquire(blocking=False)
+        if not acquired:
+            self._evict_oldest_pending()
+            acquired = self._slots.acquire(timeout=1.0)
+        if not acquired:
             with contextlib.suppress(OSError):
                 request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
             self.shutdown_request(request)
@@ -159,6 +196,9 @@ class HealthServer(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that hangs up mid-answer is its own problem; print no traceback (no I/O here)."""
 
     @property
     def port(self) -> int:

@@ -1,0 +1,37 @@
+"""Zero lost jobs under restarts, crashes and Redis outages (issue: reliability).
+
+The short run is part of `make test`; `make chaos` runs the long one and prints its table.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.chaos import run_chaos, run_rq_alone
+
+
+def _check(report) -> None:
+    print("\n" + report.table())
+    assert report.lost == [], report.lost
+    assert report.wrongly_failed == [], report.wrongly_failed
+    assert report.duplicates == 0
+    assert report.missing_documents == 0
+    assert report.chunk_mismatches == 0
+    assert report.recovered == report.interrupted
+
+
+def test_chaos_short(tmp_path):
+    _check(run_chaos(tmp_path, documents=8, embed_jobs=6, slow_jobs=8, bad_jobs=4, faults=8, workers=2))
+
+
+@pytest.mark.slow
+def test_chaos_full(tmp_path):
+    _check(run_chaos(tmp_path, documents=60, embed_jobs=60, slow_jobs=60, bad_jobs=40, faults=60, workers=3))
+
+
+@pytest.mark.slow
+def test_rq_alone_under_the_same_fault(tmp_path):
+    """What plain RQ does with jobs whose worker was SIGKILLed: after a minute they are still not done."""
+    result = run_rq_alone(tmp_path, jobs=4, observe=60)
+    print("\nRQ alone:", result)
+    assert result["finished"] == 0

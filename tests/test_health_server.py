@@ -1,0 +1,95 @@
+"""The health server on its own: real sockets, slow and garbage clients, bounded threads."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from tests.conftest import http_get
+from worker.health import HealthServer, RedisProbe
+from worker.state import CurrentJob, LiveState
+
+
+class DeadRedis:
+    def ping(self):
+        raise ConnectionError("down")
+
+
+@pytest.fixture()
+def server():
+    state = LiveState("unit", liveness_timeout=1.0, job_grace=0.5)
+    state.set_state("idle")
+    srv = HealthServer("127.0.0.1", 0, state, RedisProbe(DeadRedis), max_connections=8).start()
+    yield srv
+    srv.stop()
+
+
+def url(srv: HealthServer, path: str) -> str:
+    return f"http://127.0.0.1:{srv.port}{path}"
+
+
+def test_liveness_follows_the_heartbeat_not_redis(server):
+    status, body = http_get(url(server, "/healthz"))
+    assert status == 200 and body["status"] == "ok"
+    status, body = http_get(url(server, "/readyz"))
+    assert status == 503 and any("redis" in r for r in body["reasons"])
+    time.sleep(1.3)  # nobody beats: the main loop is stuck
+    status, body = http_get(url(server, "/healthz"))
+    assert status == 503 and "main loop stalled" in body["reason"]
+    server.state.beat()
+    assert http_get(url(server, "/healthz"))[0] == 200
+
+
+def test_job_past_timeout_plus_grace_fails_liveness(server):
+    server.state.job_started(CurrentJob("j1", "worker.jobs.ping", "default", time.monotonic() - 5, timeout=1))
+    server.state.beat()
+    status, body = http_get(url(server, "/livez"))
+    assert status == 503 and "past its timeout" in body["reason"]
+    assert body["current_job"]["id"] == "j1"
+
+
+def test_slow_clients_cannot_stall_probes(server):
+    """Far more half-open requests than handler threads: a probe still gets its answer."""
+    slow = []
+    try:
+        for _ in range(100):
+            s = socket.create_connection(("127.0.0.1", server.port))
+            s.sendall(b"GET /heal")  # never finishes its request line
+            slow.append(s)
+        for _ in range(5):
+            server.state.beat()
+            status, body = http_get(url(server, "/healthz"), timeout=5)
+            assert status == 200, body
+    finally:
+        for s in slow:
+            s.close()
+
+
+def test_huge_header_is_refused_and_server_goes_on(server):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n")
+        reply = s.recv(200)
+    assert reply.startswith(b"HTTP/1.1 431") or reply.startswith(b"HTTP/1.0 431")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(b"\x00\xff garbage\r\n\r\n")
+        assert b"400" in s.recv(1000)
+    assert http_get(url(server, "/healthz"))[0] == 200
+
+
+def test_body_never_shows_secrets():
+    state = LiveState("unit")
+    state.set_state("idle")
+
+    class Failing:
+        def ping(self):
+            raise ConnectionError("redis://:hunter2@10.0.0.1:6379 refused")
+
+    srv = HealthServer("127.0.0.1", 0, state, RedisProbe(Failing)).start()
+    try:
+        for path in ("/healthz", "/readyz", "/metrics"):
+            status, body = http_get(url(srv, path))
+            assert "hunter2" not in str(body)
+    finally:
+        srv.stop()
