@@ -134,6 +134,7 @@ def ingest_pdf(source: object, document_id: str | None = None, metadata: dict | 
             progress.report("embed", i, len(chunks))
             parts.append(embedder.embed([c.text for c in chunks[i : i + EMBED_BATCH]]))
         progress.report("embed", len(chunks), len(chunks))
+        progress.count(embedding_tokens=sum(c.n_tokens for c in chunks), embedding_texts=len(chunks))
         vectors = np.concatenate(parts) if parts else np.zeros((0, embedder.dim), dtype=np.float32)
         timings["embed"] = time.perf_counter() - t
 
