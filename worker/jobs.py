@@ -84,7 +84,7 @@ def ingest_pdf(source: object, document_id: str | None = None, metadata: dict | 
     import numpy as np
 
     from worker import progress
-    from worker.chunking import Chunker, load_tokenizer
+    from worker.chunking import Chunker
     from worker.embedding import get_embedder
     from worker.pdf import Throttle, extract, open_pdf, sha256
     from worker.settings import get_settings
@@ -122,7 +122,7 @@ def ingest_pdf(source: object, document_id: str | None = None, metadata: dict | 
 
         t = time.perf_counter()
         progress.report("chunk", 0, 1)
-        chunker = Chunker(_tokenizer(load_tokenizer, settings.embed_model_dir), settings.chunk_tokens,
+        chunker = Chunker(_chunk_tokenizer(embedder, settings.embed_model_dir), settings.chunk_tokens,
                           settings.chunk_overlap)
         chunks = chunker.chunk_pages(doc.pages)
         progress.report("chunk", 1, 1, chunks=len(chunks))
@@ -160,12 +160,12 @@ def _rounded(timings: dict[str, float], t_start: float) -> dict[str, float]:
     return out
 
 
-_tokenizers: dict = {}
+def _chunk_tokenizer(embedder, model_dir):
+    """The embedder's own tokenizer (loaded once, inherited by work-horses) when it neither
+    truncates nor pads, as chunking needs every piece; else a fresh one from the model dir."""
+    from worker.chunking import load_tokenizer
 
-
-def _tokenizer(loader, model_dir):
-    """The chunking tokenizer, loaded once per process (a work-horse inherits it after fork)."""
-    key = str(model_dir)
-    if key not in _tokenizers:
-        _tokenizers[key] = loader(model_dir)
-    return _tokenizers[key]
+    tok = getattr(embedder, "tokenizer", None)
+    if tok is not None and tok.truncation is None and tok.padding is None:
+        return tok
+    return load_tokenizer(model_dir)
