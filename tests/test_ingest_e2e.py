@@ -10,6 +10,7 @@ import base64
 import importlib.util
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -261,3 +262,23 @@ def test_locked_store_is_transient_and_retried(start_worker, redis_conn, tmp_pat
     assert _finish(job, 60) == "finished", job.latest_result().exc_string
     assert job.return_value()["already_stored"] is False
     assert _store_counts(tmp_path)[0] == 1
+
+
+@needs_embedding
+def test_enqueue_wait_shows_progress_and_search_prints_pages(start_worker, redis_url, tmp_path) -> None:
+    _start(start_worker)
+    path = tmp_path / "long.pdf"
+    path.write_bytes(pdfs.make_pdf([pdfs.long_page(f"part{i}", 60) for i in range(12)] + [pdfs.BREAD]))
+    env = dict(os.environ, REDIS_URL=redis_url, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-m", "worker", "enqueue", str(path), "--wait", "--timeout", "120"],
+                         env=env, capture_output=True, text=True, timeout=150)
+    assert out.returncode == 0, out.stderr
+    assert f"{path}: done" in out.stdout
+    stages = re.findall(r": started (extract|chunk|embed|store|read)(?: (\d+)/(\d+))?", out.stderr)
+    assert any(stage == "embed" and total for stage, _, total in stages), out.stderr
+
+    env.update(STORE_URL=f"sqlite:///{tmp_path}/store.db", EMBED_MODEL_DIR=str(MODEL_DIR))
+    out = subprocess.run([sys.executable, "-m", "worker", "search", "sourdough oven temperature", "-k", "1"],
+                         env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "long.pdf  p. 13" in out.stdout and "250 degrees" in out.stdout
