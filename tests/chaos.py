@@ -37,10 +37,28 @@ from tests.pdfs import make_pdf
 from worker.devredis import RedisServer, free_port
 
 BAD_INPUT_TYPES = {"NotAPdfError", "PathNotAllowedError", "InputNotFoundError", "EmptyInputError"}
-WORDS = (
-    "river mountain ledger invoice turbine harvest lantern quartz signal meadow copper violin "
-    "glacier archive beacon orchard compass saddle tundra prism"
-).split()
+WORDS = [
+    "river",
+    "mountain",
+    "ledger",
+    "invoice",
+    "turbine",
+    "harvest",
+    "lantern",
+    "quartz",
+    "signal",
+    "meadow",
+    "copper",
+    "violin",
+    "glacier",
+    "archive",
+    "beacon",
+    "orchard",
+    "compass",
+    "saddle",
+    "tundra",
+    "prism",
+]
 
 
 def children(pid: int) -> list[int]:
@@ -78,7 +96,10 @@ class Report:
         med = statistics.median(self.recover_seconds) if self.recover_seconds else float("nan")
         mx = max(self.recover_seconds) if self.recover_seconds else float("nan")
         rows = [
-            ("jobs", ", ".join(f"{k} {v}" for k, v in sorted(self.jobs.items())) + f" (total {sum(self.jobs.values())})"),
+            (
+                "jobs",
+                ", ".join(f"{k} {v}" for k, v in sorted(self.jobs.items())) + f" (total {sum(self.jobs.values())})",
+            ),
             ("faults injected", ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items()))),
             ("outcomes", ", ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items()))),
             ("jobs interrupted by a killed worker", str(self.interrupted)),
@@ -182,8 +203,18 @@ def make_documents(directory: Path, count: int, rng: random.Random) -> list[Path
     return paths
 
 
-def run_chaos(tmp: Path, *, documents: int, embed_jobs: int, slow_jobs: int, bad_jobs: int, faults: int,
-              workers: int = 3, seed: int = 7, settle_timeout: float = 240.0) -> Report:
+def run_chaos(
+    tmp: Path,
+    *,
+    documents: int,
+    embed_jobs: int,
+    slow_jobs: int,
+    bad_jobs: int,
+    faults: int,
+    workers: int = 3,
+    seed: int = 7,
+    settle_timeout: float = 240.0,
+) -> Report:
     rng = random.Random(seed)
     report = Report()
     docs = make_documents(tmp / "docs", documents, rng)
@@ -219,11 +250,16 @@ def run_chaos(tmp: Path, *, documents: int, embed_jobs: int, slow_jobs: int, bad
 
         work = [("ingest", "worker.jobs.ingest_pdf", str(p)) for p in docs]
         work += [("ingest", "worker.jobs.ingest_pdf", str(p)) for p in rng.sample(docs, max(1, documents // 4))]
-        work += [("embed", "worker.jobs.embed_texts", [f"text {i} " + " ".join(rng.sample(WORDS, 6))
-                                                       for _ in range(8)]) for i in range(embed_jobs)]
+        work += [
+            ("embed", "worker.jobs.embed_texts", [f"text {i} " + " ".join(rng.sample(WORDS, 6)) for _ in range(8)])
+            for i in range(embed_jobs)
+        ]
         work += [("slow", "tests.jobs_for_tests.sleep", rng.uniform(1.0, 3.0)) for _ in range(slow_jobs)]
-        bad = [("bad", "worker.jobs.ingest_pdf", str(outside)), ("bad", "worker.jobs.ingest_pdf",
-                str(tmp / "docs" / "notes.pdf")), ("bad", "worker.jobs.ingest_pdf", str(tmp / "docs" / "nope.pdf"))]
+        bad = [
+            ("bad", "worker.jobs.ingest_pdf", str(outside)),
+            ("bad", "worker.jobs.ingest_pdf", str(tmp / "docs" / "notes.pdf")),
+            ("bad", "worker.jobs.ingest_pdf", str(tmp / "docs" / "nope.pdf")),
+        ]
         work += [bad[i % len(bad)] for i in range(bad_jobs // 2)]
         rng.shuffle(work)
         for kind, func, arg in work:
@@ -352,8 +388,12 @@ def run_rq_alone(tmp: Path, jobs: int = 4, observe: float = 60.0) -> dict:
         for p in procs:
             p.send_signal(signal.SIGINT)
             p.wait(20)
-        return {"jobs": jobs, "observed_seconds": observe, "statuses": dict(statuses),
-                "finished": statuses.get("finished", 0)}
+        return {
+            "jobs": jobs,
+            "observed_seconds": observe,
+            "statuses": dict(statuses),
+            "finished": statuses.get("finished", 0),
+        }
     finally:
         server.stop()
 

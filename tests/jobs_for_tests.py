@@ -41,6 +41,19 @@ def spin(seconds: float) -> int:
     return n
 
 
+def counted(pages: int = 0, chunks: int = 0) -> dict:
+    """Report ingestion counters from inside the horse, as ingest_pdf does."""
+    from worker.progress import count
+
+    count(pages=pages, chunks=chunks)
+    return {"pages": pages, "chunks": chunks}
+
+
+def getenv(name: str) -> str | None:
+    """The horse's view of an environment variable."""
+    return os.environ.get(name)
+
+
 def kill_worker() -> None:
     """A poison job: kills the worker that runs it (its parent), then itself."""
     import signal

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
 from pathlib import Path
 
@@ -50,7 +51,10 @@ def model_check(settings: Settings):
 
 
 def default_worker_name() -> str:
-    return f"{socket.gethostname()}.{os.getpid()}"
+    """host.pid plus a random tag. In a container the pid is always 1 and the hostname stays the
+    same across restarts: without the tag, a worker restarted after a crash (OOM, SIGKILL) would
+    find its dead predecessor's name still registered in Redis and RQ would refuse to start."""
+    return f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(3)}"
 
 
 def run_daemon(settings: Settings, burst: bool = False, max_jobs: int | None = None) -> int:
@@ -58,11 +62,16 @@ def run_daemon(settings: Settings, burst: bool = False, max_jobs: int | None = N
     from worker.health import HealthServer, RedisProbe
     from worker.logs import setup_logging
     from worker.metrics import queue_figures, render
+    from worker.sdnotify import from_environment
     from worker.state import LiveState
 
     name = settings.worker_name or default_worker_name()
     setup_logging(settings.log_level, settings.log_format, name)
     state = LiveState(name, settings.liveness_timeout, settings.job_grace)
+    # READY=1 waits for the same model check as /readyz.
+    systemd = from_environment({"model": model_check(settings)}, tick=settings.poll_interval)
+    if systemd.enabled:
+        state.listener = systemd
 
     probe_client = redis_client(settings, timeout=0.5)  # the health thread's own connection
     probe = RedisProbe(lambda: probe_client)
@@ -107,9 +116,11 @@ def run_daemon(settings: Settings, burst: bool = False, max_jobs: int | None = N
     )
     worker.hostname = socket.gethostname()
     worker.pid = os.getpid()
+    done = 0
     try:
         done = worker.run(burst=burst, max_jobs=max_jobs)
     finally:
         health.stop()
+        systemd.stopped(done)
     log.info("worker %s stopped after %d jobs", name, done)
     return EXIT_OK

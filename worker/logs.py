@@ -46,9 +46,12 @@ class JsonFormatter(logging.Formatter):
             "message": redact(record.getMessage()),
             "worker": getattr(record, "worker", None) or self.worker,
         }
+        # A job event carries every job field, null when it does not apply (error_type of a
+        # job that succeeded), so that log queries can rely on the keys being there.
+        is_job_event = getattr(record, "job_id", None) is not None
         for key in JOB_FIELDS[1:]:
             value = getattr(record, key, None)
-            if value is not None:
+            if value is not None or is_job_event:
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = redact(self.formatException(record.exc_info))

@@ -60,24 +60,26 @@ def render(state: LiveState, redis_up: bool, queues: dict[str, dict[str, int]] |
         out.append(f"# HELP {name} {help_text}")
         out.append(f"# TYPE {name} {kind}")
 
-    family("worker_jobs", "counter", "Jobs ended in this worker, by queue, function and outcome")
+    # Counters are declared under their sample name, `..._total`, as text format 0.0.4 has it.
+    family("worker_jobs_total", "counter", "Jobs ended in this worker, by queue, function and outcome")
     for (queue, function, outcome), n in sorted(snap["outcomes"].items()):
-        out.append(f"worker_jobs_total{_labels(worker=worker, queue=queue, function=function, outcome=outcome)} {n}")
+        labels = _labels(worker=worker, queue=queue, function=function, outcome=outcome)
+        out.append(f"worker_jobs_total{labels} {n}")
 
     family("worker_job_duration_seconds", "histogram", "Wall time of jobs, from fork to the horse's exit")
     for queue, hist in sorted(snap["durations"].items()):
-        cumulative = 0
-        for bound, n in zip(DURATION_BUCKETS, hist.buckets, strict=True):
-            cumulative = n  # buckets are already cumulative (value <= bound counted in each)
-            out.append(
-                f"worker_job_duration_seconds_bucket{_labels(worker=worker, queue=queue, le=_fmt(bound))} {cumulative}"
-            )
-        out.append(f"worker_job_duration_seconds_bucket{_labels(worker=worker, queue=queue, le='+Inf')} {hist.count}")
-        out.append(f"worker_job_duration_seconds_sum{_labels(worker=worker, queue=queue)} {_fmt(hist.total)}")
-        out.append(f"worker_job_duration_seconds_count{_labels(worker=worker, queue=queue)} {hist.count}")
+        # Histogram.observe counts a value in every bucket whose bound it fits under, so the
+        # stored buckets are already cumulative, as the exposition format wants them.
+        bounds = [*DURATION_BUCKETS, float("inf")]
+        for bound, n in zip(bounds, [*hist.buckets, hist.count], strict=True):
+            labels = _labels(worker=worker, queue=queue, le=_fmt(bound))
+            out.append(f"worker_job_duration_seconds_bucket{labels} {n}")
+        labels = _labels(worker=worker, queue=queue)
+        out.append(f"worker_job_duration_seconds_sum{labels} {_fmt(hist.total)}")
+        out.append(f"worker_job_duration_seconds_count{labels} {hist.count}")
 
     for name, help_text in COUNTER_HELP.items():
-        family(f"worker_{name}", "counter", help_text)
+        family(f"worker_{name}_total", "counter", help_text)
         out.append(f"worker_{name}_total{_labels(worker=worker)} {_fmt(snap['counters'].get(name, 0))}")
 
     family("worker_state", "gauge", "1 for the worker's current state")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 # Job duration histogram buckets, in seconds.
@@ -55,20 +56,32 @@ class LiveState:
         self.durations: dict[str, Histogram] = defaultdict(Histogram)  # by queue
         self.counters: dict[str, float] = defaultdict(float)  # pages, chunks, tokens...
         self.redis_ok: bool | None = None
+        # Called as listener(self, event) after each change, in the main loop's thread (event:
+        # "beat", "state", "job_started", "job_ended"); e.g. systemd notification.
+        self.listener: Callable[[LiveState, str], None] | None = None
+
+    def _notify(self, event: str) -> None:
+        if self.listener is not None:
+            self.listener(self, event)
 
     # -- written by the main loop ------------------------------------------------------
     def beat(self) -> None:
         self.last_beat = time.monotonic()  # a float store is atomic; no lock needed
+        self._notify("beat")
 
     def set_state(self, state: str) -> None:
         with self._lock:
+            changed = self.state != state
             self.state = state
+        if changed:
+            self._notify("state")
 
     def job_started(self, job: CurrentJob) -> None:
         with self._lock:
             self.current = job
             if self.state != "draining":
                 self.state = "busy"
+        self._notify("job_started")
 
     def job_ended(self, outcome: str, duration: float, counters: dict[str, float] | None = None) -> None:
         """Record how the current job ended: ok, failed, retried or requeued."""
@@ -77,17 +90,17 @@ class LiveState:
             self.current = None
             if self.state == "busy":
                 self.state = "idle"
-            if job is None:
-                return
-            self.outcomes[(job.queue, job.function, outcome)] += 1
-            self.durations[job.queue].observe(duration)
-            if outcome == "ok":
-                self.jobs_done += 1
-            elif outcome == "failed":
-                self.jobs_failed += 1
-            for name, value in (counters or {}).items():
-                if isinstance(value, int | float):
-                    self.counters[name] += value
+            if job is not None:
+                self.outcomes[(job.queue, job.function, outcome)] += 1
+                self.durations[job.queue].observe(duration)
+                if outcome == "ok":
+                    self.jobs_done += 1
+                elif outcome == "failed":
+                    self.jobs_failed += 1
+                for name, value in (counters or {}).items():
+                    if isinstance(value, int | float):
+                        self.counters[name] += value
+        self._notify("job_ended")
 
     # -- read by the health server ---------------------------------------------------
     def liveness(self, now: float | None = None) -> tuple[bool, str]:
