@@ -126,7 +126,13 @@ def bench_ingest(paths: list[Path], workdir: Path) -> dict | None:
         for k in stages:
             stages[k] += summary["timings"][k]
     total = time.perf_counter() - t
-    return {"pages": pages, "chunks": chunks, "seconds": total, "pages_per_s": pages / total, "stages": stages}
+    from worker.settings import get_settings
+    from worker.store import Store
+
+    with Store.open(get_settings().store_url) as store:
+        tokens = store.conn.execute("SELECT sum(n_tokens) FROM chunks").fetchone()[0] or 0
+    return {"pages": pages, "chunks": chunks, "tokens": tokens, "seconds": total, "pages_per_s": pages / total,
+            "stages": stages}
 
 
 def bench_search(sizes: list[int], workdir: Path, dim: int = 384, queries: int = 20) -> dict[int, float]:
@@ -184,7 +190,8 @@ def main() -> int:
         if ing:
             split = ", ".join(f"{k} {v:.2f}s ({v / ing['seconds']:.0%})" for k, v in ing["stages"].items())
             print(f"ingest_pdf end to end: {ing['pages']} pages, {ing['chunks']} chunks in {ing['seconds']:.1f}s = "
-                  f"{ing['pages_per_s']:.1f} pages/s; {split}")
+                  f"{ing['pages_per_s']:.1f} pages/s; {split}; embedding "
+                  f"{ing['tokens'] / ing['stages']['embed']:.0f} tokens/s")
 
     sizes = [int(s) for s in args.search_sizes.split(",") if s.strip()]
     if sizes:
