@@ -49,8 +49,9 @@ end
 """
 
 
-def make_pdf(pages: list[str | None], title: str | None = None, author: str | None = None,
-             compress: bool = True) -> bytes:
+def make_pdf(
+    pages: list[str | None], title: str | None = None, author: str | None = None, compress: bool = True
+) -> bytes:
     """A PDF with one page per item: its text (lines split on newlines) or None for no text."""
     objects: list[bytes] = []
 
@@ -68,23 +69,32 @@ def make_pdf(pages: list[str | None], title: str | None = None, author: str | No
     pages_obj = add(b"")
     helv = add(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>")
     tounicode = add(stream(TOUNICODE))
-    descendant = add(b"<< /Type /Font /Subtype /CIDFontType2 /BaseFont /AnyUnicode"
-                     b" /CIDSystemInfo << /Registry (Adobe) /Ordering (Identity) /Supplement 0 >>"
-                     b" /FontDescriptor << /Type /FontDescriptor /FontName /AnyUnicode /Flags 4"
-                     b" /FontBBox [0 0 1000 1000] /ItalicAngle 0 /Ascent 800 /Descent -200 /CapHeight 700"
-                     b" /StemV 80 >> /DW 600 /CIDToGIDMap /Identity >>")
-    uni = add(b"<< /Type /Font /Subtype /Type0 /BaseFont /AnyUnicode /Encoding /Identity-H"
-              b" /DescendantFonts [%d 0 R] /ToUnicode %d 0 R >>" % (descendant, tounicode))
+    descendant = add(
+        b"<< /Type /Font /Subtype /CIDFontType2 /BaseFont /AnyUnicode"
+        b" /CIDSystemInfo << /Registry (Adobe) /Ordering (Identity) /Supplement 0 >>"
+        b" /FontDescriptor << /Type /FontDescriptor /FontName /AnyUnicode /Flags 4"
+        b" /FontBBox [0 0 1000 1000] /ItalicAngle 0 /Ascent 800 /Descent -200 /CapHeight 700"
+        b" /StemV 80 >> /DW 600 /CIDToGIDMap /Identity >>"
+    )
+    uni = add(
+        b"<< /Type /Font /Subtype /Type0 /BaseFont /AnyUnicode /Encoding /Identity-H"
+        b" /DescendantFonts [%d 0 R] /ToUnicode %d 0 R >>" % (descendant, tounicode)
+    )
     kids = []
     for text in pages:
         latin = text is None or all(ord(ch) < 128 for ch in text)
         content = add(stream(_content(text, "F1" if latin else "F2")))
-        kids.append(add(b"<< /Type /Page /Parent %d 0 R /MediaBox [0 0 612 792] /Contents %d 0 R"
-                        b" /Resources << /Font << /F1 %d 0 R /F2 %d 0 R >> >> >>"
-                        % (pages_obj, content, helv, uni)))
+        kids.append(
+            add(
+                b"<< /Type /Page /Parent %d 0 R /MediaBox [0 0 612 792] /Contents %d 0 R"
+                b" /Resources << /Font << /F1 %d 0 R /F2 %d 0 R >> >> >>" % (pages_obj, content, helv, uni)
+            )
+        )
     objects[catalog - 1] = b"<< /Type /Catalog /Pages %d 0 R >>" % pages_obj
     objects[pages_obj - 1] = b"<< /Type /Pages /Kids [%s] /Count %d >>" % (
-        b" ".join(b"%d 0 R" % k for k in kids), len(kids))
+        b" ".join(b"%d 0 R" % k for k in kids),
+        len(kids),
+    )
     info_parts = []
     if title:
         info_parts.append(b"/Title <" + ("\ufeff" + title).encode("utf-16-be").hex().encode() + b">")
@@ -103,8 +113,10 @@ def make_pdf(pages: list[str | None], title: str | None = None, author: str | No
     out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1))
     for off in offsets:
         out.write(b"%010d 00000 n \n" % off)
-    out.write(b"trailer\n<< /Size %d /Root %d 0 R /Info %d 0 R >>\nstartxref\n%d\n%%%%EOF\n"
-              % (len(objects) + 1, catalog, info, xref))
+    out.write(
+        b"trailer\n<< /Size %d /Root %d 0 R /Info %d 0 R >>\nstartxref\n%d\n%%%%EOF\n"
+        % (len(objects) + 1, catalog, info, xref)
+    )
     return out.getvalue()
 
 
@@ -169,8 +181,7 @@ GREEK_JAPANESE = """Ελληνικά και 日本語
 
 def long_page(topic: str, sentences: int = 120) -> str:
     """A page long enough to need several chunks."""
-    words = ["river", "stone", "market", "signal", "garden", "winter", "copper", "letter", "harbour",
-             "engine"]
+    words = ["river", "stone", "market", "signal", "garden", "winter", "copper", "letter", "harbour", "engine"]
     lines = []
     for i in range(sentences):
         w = [words[(i * 7 + j * 3) % len(words)] for j in range(9)]
@@ -182,5 +193,4 @@ def long_page(topic: str, sentences: int = 120) -> str:
 
 def sample_pdf() -> bytes:
     """Five pages: volcanoes, bread, no text, the Eiffel Tower, Greek/Japanese/Russian."""
-    return make_pdf([VOLCANO, BREAD, None, TOWER, GREEK_JAPANESE], title="Sample Δ document",
-                    author="Test Author")
+    return make_pdf([VOLCANO, BREAD, None, TOWER, GREEK_JAPANESE], title="Sample Δ document", author="Test Author")

@@ -89,8 +89,11 @@ def bad_inputs(tmp_path: Path, tmp_path_factory) -> list[tuple[object, dict, str
         (str(outside / "secret.pdf"), {}, "PathNotAllowedError"),
         (p("escape.pdf"), {}, "PathNotAllowedError"),
         (p("missing.pdf"), {}, "InputNotFoundError"),
-        ({"data_b64": base64.b64encode(b"%PDF-" + b"x" * 5000).decode(), "filename": "big.pdf"}, {},
-         "InputTooLargeError"),
+        (
+            {"data_b64": base64.b64encode(b"%PDF-" + b"x" * 5000).decode(), "filename": "big.pdf"},
+            {},
+            "InputTooLargeError",
+        ),
         ({"url": "http://example.com/a.pdf"}, {}, "InvalidArgumentsError"),
     ]
 
@@ -116,8 +119,9 @@ def _bad_then_good(redis_conn, tmp_path: Path, func: str, bad_inputs, check_good
         assert not q.scheduled_job_registry.get_job_ids()
 
 
-def test_extract_text_bad_inputs_fail_typed_and_next_job_succeeds(start_worker, redis_conn, tmp_path,
-                                                                   bad_inputs) -> None:
+def test_extract_text_bad_inputs_fail_typed_and_next_job_succeeds(
+    start_worker, redis_conn, tmp_path, bad_inputs
+) -> None:
     worker = _start(start_worker, **LIMITS)
 
     def check(result: dict) -> None:
@@ -145,10 +149,17 @@ def test_extract_text_result_and_progress(start_worker, redis_conn, tmp_path) ->
 
 
 def _search(tmp_path: Path, query: str, k: int = 3) -> list[dict]:
-    env = dict(os.environ, STORE_URL=f"sqlite:///{tmp_path}/store.db", EMBED_MODEL_DIR=str(MODEL_DIR),
-               PYTHONPATH=str(ROOT))
-    out = subprocess.run([sys.executable, "-m", "worker", "search", query, "-k", str(k), "--json"], env=env,
-                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    env = dict(
+        os.environ, STORE_URL=f"sqlite:///{tmp_path}/store.db", EMBED_MODEL_DIR=str(MODEL_DIR), PYTHONPATH=str(ROOT)
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "worker", "search", query, "-k", str(k), "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     return [json.loads(line) for line in out.stdout.splitlines()]
 
@@ -156,19 +167,21 @@ def _search(tmp_path: Path, query: str, k: int = 3) -> list[dict]:
 def _store_counts(tmp_path: Path) -> tuple[int, int]:
     conn = sqlite3.connect(tmp_path / "store.db")
     try:
-        return (conn.execute("SELECT count(*) FROM documents").fetchone()[0],
-                conn.execute("SELECT count(*) FROM chunks").fetchone()[0])
+        return (
+            conn.execute("SELECT count(*) FROM documents").fetchone()[0],
+            conn.execute("SELECT count(*) FROM chunks").fetchone()[0],
+        )
     finally:
         conn.close()
 
 
 @needs_embedding
-def test_ingest_then_search_finds_the_page_and_ingest_twice_stores_once(start_worker, redis_conn,
-                                                                         tmp_path) -> None:
+def test_ingest_then_search_finds_the_page_and_ingest_twice_stores_once(start_worker, redis_conn, tmp_path) -> None:
     _start(start_worker)
     path = tmp_path / "sample.pdf"
-    data = pdfs.make_pdf([pdfs.VOLCANO, pdfs.BREAD, None, pdfs.TOWER, pdfs.GREEK_JAPANESE,
-                          pdfs.long_page("filler")], title="Sample")
+    data = pdfs.make_pdf(
+        [pdfs.VOLCANO, pdfs.BREAD, None, pdfs.TOWER, pdfs.GREEK_JAPANESE, pdfs.long_page("filler")], title="Sample"
+    )
     path.write_bytes(data)
     q = queue(redis_conn)
     job = q.enqueue("worker.jobs.ingest_pdf", str(path), document_id="doc-1", metadata={"team": "x"})
@@ -212,8 +225,7 @@ def test_ingest_scan_without_text_is_stored_flagged(start_worker, redis_conn, tm
 
 
 @needs_embedding
-def test_ingest_bad_inputs_fail_typed_and_next_job_succeeds(start_worker, redis_conn, tmp_path,
-                                                             bad_inputs) -> None:
+def test_ingest_bad_inputs_fail_typed_and_next_job_succeeds(start_worker, redis_conn, tmp_path, bad_inputs) -> None:
     worker = _start(start_worker, **LIMITS)
 
     def check(result: dict) -> None:
@@ -230,8 +242,18 @@ def test_enqueue_wait_json(start_worker, redis_url, tmp_path) -> None:
     (tmp_path / "a.pdf").write_bytes(pdfs.sample_pdf())
     (tmp_path / "b.pdf").write_bytes(b"not a pdf")
     env = dict(os.environ, REDIS_URL=redis_url, PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "worker", "enqueue", str(tmp_path / "a.pdf"), str(tmp_path / "b.pdf"),
-           "--wait", "--json", "--timeout", "120"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "worker",
+        "enqueue",
+        str(tmp_path / "a.pdf"),
+        str(tmp_path / "b.pdf"),
+        "--wait",
+        "--json",
+        "--timeout",
+        "120",
+    ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150)
     lines = {Path(o["file"]).name: o for o in map(json.loads, out.stdout.splitlines())}
     assert out.returncode == 1  # one failed
@@ -270,15 +292,26 @@ def test_enqueue_wait_shows_progress_and_search_prints_pages(start_worker, redis
     path = tmp_path / "long.pdf"
     path.write_bytes(pdfs.make_pdf([pdfs.long_page(f"part{i}", 60) for i in range(12)] + [pdfs.BREAD]))
     env = dict(os.environ, REDIS_URL=redis_url, PYTHONPATH=str(ROOT))
-    out = subprocess.run([sys.executable, "-m", "worker", "enqueue", str(path), "--wait", "--timeout", "120"],
-                         env=env, capture_output=True, text=True, timeout=150)
+    out = subprocess.run(
+        [sys.executable, "-m", "worker", "enqueue", str(path), "--wait", "--timeout", "120"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
     assert out.returncode == 0, out.stderr
     assert f"{path}: done" in out.stdout
     stages = re.findall(r": started (extract|chunk|embed|store|read)(?: (\d+)/(\d+))?", out.stderr)
     assert any(stage == "embed" and total for stage, _, total in stages), out.stderr
 
     env.update(STORE_URL=f"sqlite:///{tmp_path}/store.db", EMBED_MODEL_DIR=str(MODEL_DIR))
-    out = subprocess.run([sys.executable, "-m", "worker", "search", "sourdough oven temperature", "-k", "1"],
-                         env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-m", "worker", "search", "sourdough oven temperature", "-k", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     assert "long.pdf  p. 13" in out.stdout and "250 degrees" in out.stdout

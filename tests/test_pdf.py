@@ -31,8 +31,13 @@ def test_text_per_page_metadata_and_pages_without_text() -> None:
     assert doc.pages_without_text == 1
     assert doc.page_errors == []
     assert doc.sha256 == hashlib.sha256(data).hexdigest()
-    assert doc.metadata == {"title": "Sample Δ document", "author": "Test Author", "producer": "worker tests",
-                            "creator": None, "page_count": 5}
+    assert doc.metadata == {
+        "title": "Sample Δ document",
+        "author": "Test Author",
+        "producer": "worker tests",
+        "creator": None,
+        "page_count": 5,
+    }
     assert seen == [(i, 5) for i in range(1, 6)]
 
 

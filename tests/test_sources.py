@@ -105,8 +105,17 @@ def test_inline_over_limit_refused_before_decoding(roots) -> None:
 
 @pytest.mark.parametrize(
     "source",
-    [42, None, ["a"], {"path": 3}, {"data_b64": "!!!notbase64"}, {"data_b64": 5}, {"path": "/x", "extra": 1},
-     {"filename": "a.pdf"}, {"data_b64": "", "filename": 7}],
+    [
+        42,
+        None,
+        ["a"],
+        {"path": 3},
+        {"data_b64": "!!!notbase64"},
+        {"data_b64": 5},
+        {"path": "/x", "extra": 1},
+        {"filename": "a.pdf"},
+        {"data_b64": "", "filename": 7},
+    ],
 )
 def test_malformed_sources(roots, source) -> None:
     with pytest.raises(InvalidArgumentsError):

@@ -21,14 +21,25 @@ def _unit(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def _chunks(n: int) -> list[Chunk]:
-    return [Chunk(seq=i, text=f"chunk {i}", page_start=i + 1, page_end=i + 1, char_start=0, char_end=7,
-                  n_tokens=5) for i in range(n)]
+    return [
+        Chunk(seq=i, text=f"chunk {i}", page_start=i + 1, page_end=i + 1, char_start=0, char_end=7, n_tokens=5)
+        for i in range(n)
+    ]
 
 
 def _add(store: Store, sha: str, vectors: np.ndarray, model: str = "m", **kw):
-    args = dict(document_id=kw.pop("document_id", sha), sha256=sha, model=model, name=f"{sha}.pdf",
-                meta={"title": "T"}, pages=len(vectors), pages_without_text=0, page_errors=[],
-                chunks=kw.pop("chunks", _chunks(len(vectors))), vectors=vectors)
+    args = dict(
+        document_id=kw.pop("document_id", sha),
+        sha256=sha,
+        model=model,
+        name=f"{sha}.pdf",
+        meta={"title": "T"},
+        pages=len(vectors),
+        pages_without_text=0,
+        page_errors=[],
+        chunks=kw.pop("chunks", _chunks(len(vectors))),
+        vectors=vectors,
+    )
     args.update(kw)
     return store.add_document(**args)
 
@@ -81,8 +92,7 @@ def test_document_without_text_is_stored_with_zero_chunks(url: str) -> None:
 
 def test_failure_part_way_leaves_no_half_document(url: str) -> None:
     chunks = _chunks(3)
-    chunks[2] = Chunk(seq=1, text="duplicate seq", page_start=1, page_end=1, char_start=0, char_end=1,
-                      n_tokens=3)
+    chunks[2] = Chunk(seq=1, text="duplicate seq", page_start=1, page_end=1, char_start=0, char_end=1, n_tokens=3)
     with Store.open(url) as store:
         with pytest.raises(sqlite3.IntegrityError):
             _add(store, "bad", _unit(np.random.default_rng(1), 3), chunks=chunks)

@@ -153,5 +153,6 @@ class Chunker:
             parts = [texts[p0][c0:]] + [texts[p] for p in range(p0 + 1, p1) if texts[p]] + [texts[p1][:c1]]
             text = "\n\n".join(parts)
         n_tokens = len(self.tokenizer.encode(text, add_special_tokens=True).ids)
-        return Chunk(seq=seq, text=text, page_start=p0 + 1, page_end=p1 + 1, char_start=c0, char_end=c1,
-                     n_tokens=n_tokens)
+        return Chunk(
+            seq=seq, text=text, page_start=p0 + 1, page_end=p1 + 1, char_start=c0, char_end=c1, n_tokens=n_tokens
+        )

@@ -239,6 +239,7 @@ class DaemonWorker(Worker):
             self.heartbeat()
             self._last_redis_beat = t
         if self.should_run_maintenance_tasks:
+            self._recover_abandoned(force=True)  # before RQ's clean-up, which would fail or drop them
             self.run_maintenance_tasks()
         if t - self._last_schedule >= 1:
             self._last_schedule = t
@@ -247,7 +248,7 @@ class DaemonWorker(Worker):
             self._last_sweep = t
             self._recover_abandoned()
 
-    def _recover_abandoned(self, current_job_id: str | None = None) -> None:
+    def _recover_abandoned(self, current_job_id: str | None = None, force: bool = False) -> None:
         try:
             recovery.sweep(
                 self.connection,
@@ -258,6 +259,7 @@ class DaemonWorker(Worker):
                 self.settings.max_attempts,
                 job_class=self.job_class,
                 serializer=self.serializer,
+                force=force,
             )
         except REDIS_ERRORS:
             raise

@@ -106,8 +106,9 @@ def extract_text(source: object, password: str | None = None) -> dict:
     }
 
 
-def ingest_pdf(source: object, document_id: str | None = None, metadata: dict | None = None,
-               password: str | None = None) -> dict:
+def ingest_pdf(
+    source: object, document_id: str | None = None, metadata: dict | None = None, password: str | None = None
+) -> dict:
     """Extract, chunk, embed and store a PDF; idempotent per (bytes, model).
 
     Returns document_id, sha256, pages, chunks, pages_without_text, already_stored and the
@@ -137,14 +138,20 @@ def ingest_pdf(source: object, document_id: str | None = None, metadata: dict | 
     timings["extract"] += time.perf_counter() - t_start
 
     embedder = get_embedder(settings)
-    summary = {"document_id": document_id or digest, "name": src.name, "sha256": digest,
-               "model": embedder.model_name}
+    summary = {"document_id": document_id or digest, "name": src.name, "sha256": digest, "model": embedder.model_name}
     with Store.open(settings.store_url, settings.store_busy_timeout) as store:
         existing = store.find(digest, embedder.model_name)
         if existing is not None:
-            return {**summary, "document_id": existing.document_id, "pages": existing.pages,
-                    "chunks": existing.chunks, "pages_without_text": existing.pages_without_text,
-                    "page_errors": [], "already_stored": True, "timings": _rounded(timings, t_start)}
+            return {
+                **summary,
+                "document_id": existing.document_id,
+                "pages": existing.pages,
+                "chunks": existing.chunks,
+                "pages_without_text": existing.pages_without_text,
+                "page_errors": [],
+                "already_stored": True,
+                "timings": _rounded(timings, t_start),
+            }
 
         t = time.perf_counter()
         on_page = Throttle(lambda done, total: progress.report("extract", done, total))
@@ -154,8 +161,9 @@ def ingest_pdf(source: object, document_id: str | None = None, metadata: dict | 
 
         t = time.perf_counter()
         progress.report("chunk", 0, 1)
-        chunker = Chunker(_chunk_tokenizer(embedder, settings.embed_model_dir), settings.chunk_tokens,
-                          settings.chunk_overlap)
+        chunker = Chunker(
+            _chunk_tokenizer(embedder, settings.embed_model_dir), settings.chunk_tokens, settings.chunk_overlap
+        )
         chunks = chunker.chunk_pages(doc.pages)
         progress.report("chunk", 1, 1, chunks=len(chunks))
         timings["chunk"] = time.perf_counter() - t
@@ -173,17 +181,32 @@ def ingest_pdf(source: object, document_id: str | None = None, metadata: dict | 
         t = time.perf_counter()
         progress.report("store", 0, 1)
         row, already = store.add_document(
-            document_id=document_id or digest, sha256=digest, model=embedder.model_name, name=src.name,
-            meta=doc.metadata, pages=doc.page_count, pages_without_text=doc.pages_without_text,
-            page_errors=doc.page_errors, chunks=chunks, vectors=vectors, caller_metadata=caller_metadata,
+            document_id=document_id or digest,
+            sha256=digest,
+            model=embedder.model_name,
+            name=src.name,
+            meta=doc.metadata,
+            pages=doc.page_count,
+            pages_without_text=doc.pages_without_text,
+            page_errors=doc.page_errors,
+            chunks=chunks,
+            vectors=vectors,
+            caller_metadata=caller_metadata,
         )
         progress.report("store", 1, 1)
         timings["store"] = time.perf_counter() - t
     if not already:
         progress.count(chunks=len(chunks))
-    return {**summary, "document_id": row.document_id, "pages": row.pages, "chunks": row.chunks,
-            "pages_without_text": row.pages_without_text, "page_errors": doc.page_errors,
-            "already_stored": already, "timings": _rounded(timings, t_start)}
+    return {
+        **summary,
+        "document_id": row.document_id,
+        "pages": row.pages,
+        "chunks": row.chunks,
+        "pages_without_text": row.pages_without_text,
+        "page_errors": doc.page_errors,
+        "already_stored": already,
+        "timings": _rounded(timings, t_start),
+    }
 
 
 def _rounded(timings: dict[str, float], t_start: float) -> dict[str, float]:

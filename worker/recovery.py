@@ -23,6 +23,7 @@ from rq.utils import as_text, now, parse_composite_key, utcparse
 log = logging.getLogger("worker.recovery")
 
 LOCK_KEY = "worker:recovery:lock"
+TERMINAL = (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
 
 
 def worker_alive(conn: Redis, name: str, dead_after: float) -> bool:
@@ -45,9 +46,12 @@ def sweep(
     job_class: type[Job] = Job,
     serializer=None,
     lock_seconds: int = 5,
+    force: bool = False,
 ) -> list[tuple[str, str]]:
-    """Recover abandoned jobs; returns (job id, what happened) pairs."""
-    if not conn.set(LOCK_KEY, me, nx=True, ex=lock_seconds):
+    """Recover abandoned jobs; returns (job id, what happened) pairs. One worker sweeps at a
+    time (a short lock) unless `force`: before RQ's own registry clean-up, which must not see
+    an abandoned entry first."""
+    if not force and not conn.set(LOCK_KEY, me, nx=True, ex=lock_seconds):
         return []
     done: list[tuple[str, str]] = []
     for queue in queues:
@@ -72,9 +76,13 @@ def _recover(conn, queue, registry, composite, job_id, owner, max_attempts, job_
     except Exception:  # gone, or a payload we cannot read: drop the stale entry
         conn.zrem(registry.key, composite)
         return None
-    if job.get_status(refresh=False) != JobStatus.STARTED:
-        conn.zrem(registry.key, composite)  # finished or failed after all: a leftover entry
+    status = job.get_status(refresh=False)
+    if status in TERMINAL or conn.lpos(queue.key, job.id) is not None:
+        conn.zrem(registry.key, composite)  # ended after all, or already back in its queue: a leftover
         return None
+    # STARTED, or still QUEUED: the worker died after registering the job but before its horse
+    # marked it started. Either way nobody else will run it: put it back. (RQ's own cleanup skips
+    # a non-STARTED job yet still drops its entry, which loses it.)
     attempts = int(job.meta.get("abandoned", 0)) + 1
     job.meta["abandoned"] = attempts
     who = owner or "an unknown worker"

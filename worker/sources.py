@@ -42,8 +42,7 @@ def load_source(source: object, settings: Settings | None = None) -> SourceBytes
         if "data_b64" in keys and keys <= {"data_b64", "filename"}:
             return _load_inline(source["data_b64"], source.get("filename"), settings)
         raise InvalidArgumentsError(
-            "source dict must be {'path': ...} or {'data_b64': ..., 'filename': ...},"
-            f" got keys {sorted(keys)}"
+            f"source dict must be {{'path': ...}} or {{'data_b64': ..., 'filename': ...}}, got keys {sorted(keys)}"
         )
     raise InvalidArgumentsError(f"source must be a path string or a dict, got {type(source).__name__}")
 
@@ -80,8 +79,7 @@ def _load_path(raw: object, settings: Settings) -> SourceBytes:
         raise InputNotFoundError(f"{raw!r} is not a regular file")
     with os.fdopen(fd, "rb") as f:
         if st.st_size > limit:
-            raise InputTooLargeError(
-                f"{real.name} is {st.st_size} bytes, over the limit of {limit} (MAX_PDF_BYTES)")
+            raise InputTooLargeError(f"{real.name} is {st.st_size} bytes, over the limit of {limit} (MAX_PDF_BYTES)")
         data = f.read(limit + 1)  # the file may grow while we read
     if len(data) > limit:
         raise InputTooLargeError(f"{real.name} is over the limit of {limit} bytes (MAX_PDF_BYTES)")
@@ -104,7 +102,6 @@ def _load_inline(data_b64: object, filename: object, settings: Settings) -> Sour
     except (binascii.Error, ValueError) as exc:
         raise InvalidArgumentsError(f"data_b64 is not valid base64: {exc}") from None
     if len(data) > limit:
-        raise InputTooLargeError(
-            f"inline data is {len(data)} bytes, over the limit of {limit} (MAX_INLINE_BYTES)")
+        raise InputTooLargeError(f"inline data is {len(data)} bytes, over the limit of {limit} (MAX_INLINE_BYTES)")
     name = Path(filename).name if filename else "inline.pdf"
     return SourceBytes(data=data, name=name[:255] or "inline.pdf", path=None)

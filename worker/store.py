@@ -117,8 +117,7 @@ class Store:
         if version == SCHEMA_VERSION:
             return
         if version > SCHEMA_VERSION:
-            raise StoreSchemaError(
-                f"{self.path} has schema {version}; this version knows up to {SCHEMA_VERSION}")
+            raise StoreSchemaError(f"{self.path} has schema {version}; this version knows up to {SCHEMA_VERSION}")
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             # Another process may have created it while we waited for the lock.
@@ -182,8 +181,19 @@ class Store:
         out = []
         for i, cid in zip(top, wanted, strict=True):
             doc, name, title, p0, p1, c0, c1, text = found[cid]
-            out.append({"document": doc, "name": name, "title": title, "page_start": p0, "page_end": p1,
-                        "char_start": c0, "char_end": c1, "score": round(float(scores[i]), 6), "text": text})
+            out.append(
+                {
+                    "document": doc,
+                    "name": name,
+                    "title": title,
+                    "page_start": p0,
+                    "page_end": p1,
+                    "char_start": c0,
+                    "char_end": c1,
+                    "score": round(float(scores[i]), 6),
+                    "text": text,
+                }
+            )
         return out
 
     # -- writes --------------------------------------------------------------------------
@@ -218,16 +228,42 @@ class Store:
                     "INSERT INTO documents (document_id, sha256, model, dim, name, title, author, producer,"
                     " pages, pages_without_text, chunks, no_text, page_errors, metadata, created_at)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (document_id, sha256, model, dim, name, meta.get("title"), meta.get("author"),
-                     meta.get("producer"), pages, pages_without_text, len(chunks), int(not chunks),
-                     json.dumps(list(page_errors)), json.dumps(caller_metadata or {}), time.time()),
+                    (
+                        document_id,
+                        sha256,
+                        model,
+                        dim,
+                        name,
+                        meta.get("title"),
+                        meta.get("author"),
+                        meta.get("producer"),
+                        pages,
+                        pages_without_text,
+                        len(chunks),
+                        int(not chunks),
+                        json.dumps(list(page_errors)),
+                        json.dumps(caller_metadata or {}),
+                        time.time(),
+                    ),
                 )
                 doc = cur.lastrowid
                 self.conn.executemany(
                     "INSERT INTO chunks (document, seq, page_start, page_end, char_start, char_end, n_tokens,"
                     " text, vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    ((doc, c.seq, c.page_start, c.page_end, c.char_start, c.char_end, c.n_tokens, c.text,
-                      vectors[i].tobytes()) for i, c in enumerate(chunks)),
+                    (
+                        (
+                            doc,
+                            c.seq,
+                            c.page_start,
+                            c.page_end,
+                            c.char_start,
+                            c.char_end,
+                            c.n_tokens,
+                            c.text,
+                            vectors[i].tobytes(),
+                        )
+                        for i, c in enumerate(chunks)
+                    ),
                 )
                 self.conn.execute("COMMIT")
             except BaseException:
