@@ -103,7 +103,7 @@ class Report:
             ("faults injected", ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items()))),
             ("outcomes", ", ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items()))),
             ("jobs interrupted by a killed worker", str(self.interrupted)),
-            ("of those recovered and finished", str(self.recovered)),
+            ("of those recovered and ended as they should", str(self.recovered)),
             ("time to recover (kill -> job finished)", f"median {med:.1f} s, max {mx:.1f} s"),
             ("duplicate documents in the store", str(self.duplicates)),
             ("documents missing from the store", str(self.missing_documents)),
@@ -337,7 +337,8 @@ def run_chaos(
         for job_id, killed_at in interrupted:
             report.interrupted += 1
             job = _retrying(lambda j=job_id: Job.fetch(j, connection=conn, serializer=JSONSerializer))
-            if job.get_status() == "finished" and job.ended_at:
+            done = "failed" if jobs.get(job_id) == "bad" else "finished"  # a bad input ends failed, as it should
+            if job.get_status() == done and job.ended_at:
                 report.recovered += 1
                 ended = job.ended_at.replace(tzinfo=UTC).timestamp()
                 report.recover_seconds.append(max(0.0, ended - killed_at))
