@@ -87,7 +87,7 @@ class WorkerProcess:
             INPUT_ROOTS=str(tmp),
             EMBED_MODEL_DIR=str(MODEL_DIR),
             EXTRA_JOBS="tests.jobs_for_tests.sleep,tests.jobs_for_tests.record,tests.jobs_for_tests.fail,"
-            "tests.jobs_for_tests.crash,tests.jobs_for_tests.spin,tests.jobs_for_tests.kill_worker,tests.jobs_for_tests.flaky,tests.jobs_for_tests.bad_input",
+            "tests.jobs_for_tests.crash,tests.jobs_for_tests.spin,tests.jobs_for_tests.kill_worker,tests.jobs_for_tests.flaky,tests.jobs_for_tests.bad_input,tests.jobs_for_tests.hog",
             PYTHONPATH=str(ROOT),
             LOG_LEVEL="INFO",
         )

@@ -78,3 +78,10 @@ def bad_input() -> None:
 
     Redis.from_url(os.environ["REDIS_URL"]).incr("test:bad_input")
     raise NotAPdfError("this is not a PDF")
+
+
+def hog(megabytes: int) -> int:
+    """Allocate and touch `megabytes` of memory (a runaway job)."""
+    block = bytearray(megabytes * 1024 * 1024)
+    block[::4096] = b"x" * len(block[::4096])
+    return len(block)

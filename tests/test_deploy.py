@@ -62,8 +62,9 @@ def staged_units(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("unit", ["worker.service", "worker@3.service"])
 def test_systemd_verify_is_clean(tmp_path, unit):
     staged = staged_units(tmp_path)
-    proc = subprocess.run([systemd_analyze, "verify", "--man=no", str(staged / unit)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [systemd_analyze, "verify", "--man=no", str(staged / unit)], capture_output=True, text=True, timeout=60
+    )
     # verify exits 0 on unknown keys and bad values, and only says so: demand silence.
     assert proc.returncode == 0 and proc.stderr.strip() == "" and proc.stdout.strip() == "", proc.stderr
 
@@ -130,8 +131,11 @@ def tool(name: str) -> str:
 
 def containerfile_instructions() -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
-    text = re.sub(r"\\\n\s*", " ", "\n".join(
-        line for line in CONTAINERFILE.read_text().splitlines() if not line.lstrip().startswith("#")))
+    text = re.sub(
+        r"\\\n\s*",
+        " ",
+        "\n".join(line for line in CONTAINERFILE.read_text().splitlines() if not line.lstrip().startswith("#")),
+    )
     out = []
     for line in text.splitlines():
         if line.strip():
@@ -148,7 +152,7 @@ def test_containerfile_lints_clean():
 
 def final_stage() -> list[tuple[str, str]]:
     steps = containerfile_instructions()
-    return steps[max(i for i, (word, _) in enumerate(steps) if word == "FROM"):]
+    return steps[max(i for i, (word, _) in enumerate(steps) if word == "FROM") :]
 
 
 def test_containerfile_contract():
@@ -166,8 +170,7 @@ def test_containerfile_contract():
     assert json.loads(health.split("CMD", 1)[1]) == ["python", "-m", "worker", "healthcheck"]
     # The model is built into the image, by the command `make model` runs.
     assert any(word == "RUN" and "tools/build_model.py" in args for word, args in steps)
-    assert any(word == "COPY" and "--from=model" in args and "/opt/worker/var/model" in args
-               for word, args in final)
+    assert any(word == "COPY" and "--from=model" in args and "/opt/worker/var/model" in args for word, args in final)
 
 
 def container_env() -> dict[str, str]:
@@ -197,8 +200,9 @@ def test_the_image_healthcheck_command_against_a_worker_on_all_interfaces(start_
     env = {**w.env, "HEALTH_HOST": "0.0.0.0"}
 
     def healthcheck() -> int:
-        return subprocess.run([sys.executable, "-m", "worker", "healthcheck"], env=env, cwd=w.tmp,
-                              capture_output=True, timeout=30).returncode
+        return subprocess.run(
+            [sys.executable, "-m", "worker", "healthcheck"], env=env, cwd=w.tmp, capture_output=True, timeout=30
+        ).returncode
 
     assert healthcheck() == 0
     w.signal(signal.SIGTERM)
@@ -306,15 +310,22 @@ def test_image_simulated_without_an_engine(redis_conn, redis_url, tmp_path):
             cmd = args.replace("/opt/worker/.venv", str(venv))
             cmd = cmd.replace("python -m venv", f"{sys.executable} -m venv")
             subprocess.run(["sh", "-c", cmd], cwd=context, check=True, timeout=600, capture_output=True)
-    env = {**container_env(), "PATH": f"{venv}/bin:/usr/bin:/bin", "REDIS_URL": redis_url,
-           "HEALTH_PORT": str(free_port()), "EMBED_MODEL_DIR": str(MODEL_DIR),
-           "STORE_URL": f"sqlite:///{home}/worker.db", "INPUT_ROOTS": str(home)}
+    env = {
+        **container_env(),
+        "PATH": f"{venv}/bin:/usr/bin:/bin",
+        "REDIS_URL": redis_url,
+        "HEALTH_PORT": str(free_port()),
+        "EMBED_MODEL_DIR": str(MODEL_DIR),
+        "STORE_URL": f"sqlite:///{home}/worker.db",
+        "INPUT_ROOTS": str(home),
+    }
     final = dict(final_stage())
     command = json.loads(final["ENTRYPOINT"]) + json.loads(final["CMD"])
     healthcheck = json.loads(final["HEALTHCHECK"].split("CMD", 1)[1])
     log = open(tmp_path / "image.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(command, env=env, cwd=home, stdout=log, stderr=log)
     try:
+
         def health_ok() -> bool:
             assert proc.poll() is None, (tmp_path / "image.log").read_text()
             return subprocess.run(healthcheck, env=env, cwd=home, capture_output=True).returncode == 0

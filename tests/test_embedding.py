@@ -44,8 +44,23 @@ def fp32() -> Embedder:
 
 def sentences(n: int, seed: int = 0) -> list[str]:
     rng = np.random.default_rng(seed)
-    words = ["the", "a", "report", "revenue", "model", "worker", "queue", "page", "chunk", "vector",
-             "search", "redis", "python", "fast", "slow"]
+    words = [
+        "the",
+        "a",
+        "report",
+        "revenue",
+        "model",
+        "worker",
+        "queue",
+        "page",
+        "chunk",
+        "vector",
+        "search",
+        "redis",
+        "python",
+        "fast",
+        "slow",
+    ]
     return [" ".join(rng.choice(words, size=int(rng.integers(1, 60)))) for _ in range(n)]
 
 
@@ -190,8 +205,9 @@ def test_job_through_real_worker_equals_in_process(redis_conn, start_worker) -> 
     big = TEXTS * 3  # large enough for the horse to load its own multi-threaded session
     jobs_ = [q.enqueue("worker.jobs.embed_texts", texts) for texts in (small, big)]
     bad = [q.enqueue("worker.jobs.embed_texts", arg) for arg in ("not a list", ["ok", None])]
-    wait_for(lambda: all(j.get_status(refresh=True) in ("finished", "failed") for j in jobs_ + bad), 60,
-             message="embed jobs")
+    wait_for(
+        lambda: all(j.get_status(refresh=True) in ("finished", "failed") for j in jobs_ + bad), 60, message="embed jobs"
+    )
     fp32 = get_embedder(settings_for())
     for job, texts in zip(jobs_, (small, big), strict=True):
         assert job.get_status() == "finished", worker.log()
@@ -219,16 +235,23 @@ def test_cli_embed(tmp_path: Path, fp32: Embedder) -> None:
     source.write_text(json.dumps(TEXTS[:6]), encoding="utf-8")
     env = dict(os.environ, EMBED_MODEL_DIR=str(MODEL_DIR))
     out = tmp_path / "vectors.npy"
-    run = subprocess.run([sys.executable, "-m", "worker", "embed", str(source), "--out", str(out)],
-                         env=env, capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-m", "worker", "embed", str(source), "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 0, run.stderr
     np.testing.assert_allclose(np.load(out), GOLD[:6], atol=1e-4)
-    run = subprocess.run([sys.executable, "-m", "worker", "embed", str(source)],
-                         env=env, capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-m", "worker", "embed", str(source)], env=env, capture_output=True, text=True, timeout=60
+    )
     assert run.returncode == 0 and len(json.loads(run.stdout)["vectors"]) == 6
     source.write_text('["fine", 7]', encoding="utf-8")
-    run = subprocess.run([sys.executable, "-m", "worker", "embed", str(source)],
-                         env=env, capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-m", "worker", "embed", str(source)], env=env, capture_output=True, text=True, timeout=60
+    )
     assert run.returncode == 2 and "texts[1] must be a string" in run.stderr
 
 
@@ -278,6 +301,11 @@ def test_forked_child_exits_cleanly(child: str, parent_threads: int) -> None:
     Both leave with os._exit. A forked child that runs a normal interpreter exit instead hangs
     or aborts in onnxruntime's static destructors (onnxruntime 1.32), whatever we do.
     """
-    run = subprocess.run([sys.executable, "-c", FORK_AND_EXIT, str(MODEL_DIR), child, str(parent_threads)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=90)
+    run = subprocess.run(
+        [sys.executable, "-c", FORK_AND_EXIT, str(MODEL_DIR), child, str(parent_threads)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     assert run.returncode == 0, run.stderr

@@ -22,8 +22,11 @@ def families(text: str) -> dict:
 
 
 def samples(fam, name: str | None = None, **labels: str) -> list:
-    return [s for s in fam.samples if (name is None or s.name == name)
-            and all(s.labels.get(k) == v for k, v in labels.items())]
+    return [
+        s
+        for s in fam.samples
+        if (name is None or s.name == name) and all(s.labels.get(k) == v for k, v in labels.items())
+    ]
 
 
 def test_counts_after_n_ok_and_m_failed_jobs_through_forked_horses(start_worker, redis_conn):
@@ -36,12 +39,17 @@ def test_counts_after_n_ok_and_m_failed_jobs_through_forked_horses(start_worker,
     jobs += [high.enqueue("tests.jobs_for_tests.counted", pages=5, chunks=11) for _ in range(n_counted)]
     crash = q.enqueue("tests.jobs_for_tests.crash", 9)  # the horse dies without a word
     jobs.append(crash)
-    wait_for(lambda: all(j.get_status(refresh=True) in ("finished", "failed") for j in jobs), timeout=60,
-             message="all jobs ended")
+    wait_for(
+        lambda: all(j.get_status(refresh=True) in ("finished", "failed") for j in jobs),
+        timeout=60,
+        message="all jobs ended",
+    )
     # The parent records a job after its horse is reaped and its status read: wait for the last.
     total = len(jobs)
-    wait_for(lambda: w.get("/healthz")[1]["jobs_done"] + w.get("/healthz")[1]["jobs_failed"] >= total,
-             message="the parent to count every job")
+    wait_for(
+        lambda: w.get("/healthz")[1]["jobs_done"] + w.get("/healthz")[1]["jobs_failed"] >= total,
+        message="the parent to count every job",
+    )
 
     status, text = w.get("/metrics")
     assert status == 200
@@ -76,8 +84,10 @@ def test_counts_after_n_ok_and_m_failed_jobs_through_forked_horses(start_worker,
         n = samples(hist, "worker_job_duration_seconds_count", queue=qname)[0].value
         assert values[-1] == n
         assert samples(hist, "worker_job_duration_seconds_sum", queue=qname)[0].value > 0
-    assert sum(samples(hist, "worker_job_duration_seconds_count", queue=q)[0].value
-               for q in ("default", "high")) == count()
+    assert (
+        sum(samples(hist, "worker_job_duration_seconds_count", queue=q)[0].value for q in ("default", "high"))
+        == count()
+    )
 
     state = {s.labels["state"]: s.value for s in samples(fams["worker_state"])}
     assert state["idle"] == 1 and sum(state.values()) == 1
@@ -106,8 +116,7 @@ def password_url(redis_url: str):
     admin.close()
 
 
-STABLE_FIELDS = ("time", "level", "worker", "job_id", "function", "queue", "duration", "outcome",
-                 "error_type")
+STABLE_FIELDS = ("time", "level", "worker", "job_id", "function", "queue", "duration", "outcome", "error_type")
 
 
 def test_json_logs_have_stable_fields_and_no_password(start_worker, redis_conn, password_url, tmp_path):
@@ -116,8 +125,7 @@ def test_json_logs_have_stable_fields_and_no_password(start_worker, redis_conn, 
     q = queue(redis_conn)
     ok = q.enqueue("worker.jobs.ping", "hello")
     bad = q.enqueue("tests.jobs_for_tests.fail", "it broke")
-    wait_for(lambda: all(j.get_status(refresh=True) in ("finished", "failed") for j in (ok, bad)),
-             message="jobs ended")
+    wait_for(lambda: all(j.get_status(refresh=True) in ("finished", "failed") for j in (ok, bad)), message="jobs ended")
     wait_for(lambda: w.get("/healthz")[1]["jobs_failed"] == 1, message="the parent to count")
     for path in ("/healthz", "/readyz", "/metrics"):
         assert secret not in json.dumps(w.get(path)[1])
@@ -137,8 +145,14 @@ def test_json_logs_have_stable_fields_and_no_password(start_worker, redis_conn, 
         assert rec["queue"] == "default"
         assert isinstance(rec["duration"], float) and rec["duration"] > 0
     assert (ends[ok.id]["function"], ends[ok.id]["outcome"], ends[ok.id]["error_type"]) == (
-        "worker.jobs.ping", "ok", None)
+        "worker.jobs.ping",
+        "ok",
+        None,
+    )
     assert (ends[bad.id]["function"], ends[bad.id]["outcome"], ends[bad.id]["error_type"]) == (
-        "tests.jobs_for_tests.fail", "failed", "RuntimeError")
+        "tests.jobs_for_tests.fail",
+        "failed",
+        "RuntimeError",
+    )
     # The start-up line names the Redis it uses, without the secret.
     assert any("redis://***@127.0.0.1" in rec["message"] for rec in lines)

@@ -27,13 +27,24 @@ class Pid1Worker:
         self.log_path = tmp / f"pid1-{self.port}.log"
         env = dict(os.environ)
         env.pop("WORKER_NAME", None)
-        env.update(REDIS_URL=redis_url, HEALTH_PORT=str(self.port), HEALTH_HOST="127.0.0.1",
-                   STORE_URL=f"sqlite:///{tmp}/store.db", INPUT_ROOTS=str(tmp),
-                   EMBED_MODEL_DIR=str(MODEL_DIR), EXTRA_JOBS="tests.jobs_for_tests.sleep",
-                   PYTHONPATH=str(ROOT))
+        env.update(
+            REDIS_URL=redis_url,
+            HEALTH_PORT=str(self.port),
+            HEALTH_HOST="127.0.0.1",
+            STORE_URL=f"sqlite:///{tmp}/store.db",
+            INPUT_ROOTS=str(tmp),
+            EMBED_MODEL_DIR=str(MODEL_DIR),
+            EXTRA_JOBS="tests.jobs_for_tests.sleep",
+            PYTHONPATH=str(ROOT),
+        )
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in close())
-        self.proc = subprocess.Popen([unshare, "--pid", "--fork", sys.executable, "-m", "worker", "run"],
-                                     env=env, cwd=tmp, stdout=self._log, stderr=self._log)
+        self.proc = subprocess.Popen(
+            [unshare, "--pid", "--fork", sys.executable, "-m", "worker", "run"],
+            env=env,
+            cwd=tmp,
+            stdout=self._log,
+            stderr=self._log,
+        )
         self.inner = wait_for(self._child, timeout=10, message="the namespaced child")
 
     def _child(self) -> int | None:

@@ -59,7 +59,7 @@ def test_dead_horse_fails_its_job_clearly_and_worker_goes_on(start_worker, redis
     assert crashed.get_status(refresh=True) == "failed"
     assert "WorkHorseDied" in crashed.latest_result().exc_string
     assert "exited with status 9" in crashed.latest_result().exc_string
-    assert w.get("/healthz")[1]["jobs_failed"] == 1
+    wait_for(lambda: w.get("/healthz")[1]["jobs_failed"] == 1, timeout=5, message="failure counted")
 
 
 def test_restart_with_same_name_after_kill_takes_over(start_worker, redis_conn):
@@ -99,3 +99,16 @@ def test_redis_restart_mid_job_loses_nothing(start_worker, tmp_path):
         assert w.get("/healthz")[0] == 200
     finally:
         server.stop()
+
+
+def test_horse_memory_limit_turns_a_runaway_job_into_a_clean_failure(start_worker, redis_conn):
+    w = start_worker(extra_env={"HORSE_MEMORY_MB": "4096"})
+    q = queue(redis_conn)
+    small = q.enqueue("tests.jobs_for_tests.hog", 50)
+    runaway = q.enqueue("tests.jobs_for_tests.hog", 8192)
+    after = q.enqueue("worker.jobs.ping", "still here")
+    wait_for(lambda: after.get_status(refresh=True) == "finished", timeout=30, message="job after the runaway")
+    assert small.get_status(refresh=True) == "finished"
+    assert runaway.get_status(refresh=True) == "failed"
+    assert "MemoryError" in runaway.latest_result().exc_string
+    assert w.proc.poll() is None

@@ -130,8 +130,11 @@ def test_a_forked_child_never_notifies(notify_socket):
 
 
 def test_ready_status_watchdog_and_stopping_from_the_real_daemon(start_worker, redis_conn, notify_socket):
-    env = {"NOTIFY_SOCKET": notify_socket.env_value, "WATCHDOG_USEC": str(WATCHDOG_USEC),
-           "EXTRA_JOBS": "tests.jobs_for_tests.sleep,tests.jobs_for_tests.getenv"}
+    env = {
+        "NOTIFY_SOCKET": notify_socket.env_value,
+        "WATCHDOG_USEC": str(WATCHDOG_USEC),
+        "EXTRA_JOBS": "tests.jobs_for_tests.sleep,tests.jobs_for_tests.getenv",
+    }
     w = start_worker(extra_env=env)
     notify_socket.wait(has("READY", "1"), message="READY=1")
     ready = next(f for _, _, f in notify_socket.snapshot() if f.get("READY") == "1")
@@ -180,8 +183,9 @@ def test_ready_status_watchdog_and_stopping_from_the_real_daemon(start_worker, r
 
 
 def test_a_watchdog_meant_for_another_pid_is_not_pinged(start_worker, notify_socket):
-    start_worker(extra_env={"NOTIFY_SOCKET": notify_socket.env_value, "WATCHDOG_USEC": str(WATCHDOG_USEC),
-                            "WATCHDOG_PID": "1"})
+    start_worker(
+        extra_env={"NOTIFY_SOCKET": notify_socket.env_value, "WATCHDOG_USEC": str(WATCHDOG_USEC), "WATCHDOG_PID": "1"}
+    )
     notify_socket.wait(has("READY", "1"), message="READY=1")
     time.sleep(2.5)
     assert notify_socket.times_of("WATCHDOG") == []
@@ -211,8 +215,12 @@ def test_a_hung_main_loop_stops_the_watchdog_pings(start_worker, redis_conn, not
     w = start_worker(
         ready=False,
         stderr=subprocess.PIPE,
-        extra_env={"NOTIFY_SOCKET": notify_socket.env_value, "WATCHDOG_USEC": str(WATCHDOG_USEC),
-                   "LIVENESS_TIMEOUT": "3", "LOG_LEVEL": "WARNING"},
+        extra_env={
+            "NOTIFY_SOCKET": notify_socket.env_value,
+            "WATCHDOG_USEC": str(WATCHDOG_USEC),
+            "LIVENESS_TIMEOUT": "3",
+            "LOG_LEVEL": "WARNING",
+        },
     )
     fcntl.fcntl(w.proc.stderr.fileno(), fcntl.F_SETPIPE_SZ, 4096)
     drained: list[bytes] = []
@@ -238,10 +246,14 @@ def test_a_hung_main_loop_stops_the_watchdog_pings(start_worker, redis_conn, not
         reader.start()
     # Unblocked: the loop runs again, pings resume, the jobs complete.
     t_drain = time.monotonic()
-    notify_socket.wait(lambda m: any(t > t_drain for t in notify_socket.times_of("WATCHDOG")),
-                       message="pings to resume")
-    wait_for(lambda: sum(j.get_status(refresh=True) == "failed" for j in jobs) > ended_while_hung + 5,
-             timeout=60, message="jobs to go on ending")
+    notify_socket.wait(
+        lambda m: any(t > t_drain for t in notify_socket.times_of("WATCHDOG")), message="pings to resume"
+    )
+    wait_for(
+        lambda: sum(j.get_status(refresh=True) == "failed" for j in jobs) > ended_while_hung + 5,
+        timeout=60,
+        message="jobs to go on ending",
+    )
     w.signal(signal.SIGTERM)
     assert w.wait(30) == 0
     reader.join(5)
@@ -253,8 +265,7 @@ def test_a_redis_outage_keeps_the_watchdog_fed_and_shows_in_status(start_worker,
 
     server = RedisServer(directory=tmp_path / "own-redis").start()
     try:
-        env = {"NOTIFY_SOCKET": notify_socket.env_value, "WATCHDOG_USEC": str(WATCHDOG_USEC),
-               "REDIS_URL": server.url}
+        env = {"NOTIFY_SOCKET": notify_socket.env_value, "WATCHDOG_USEC": str(WATCHDOG_USEC), "REDIS_URL": server.url}
         w = start_worker(extra_env=env)
         notify_socket.wait(has("READY", "1"), message="READY=1")
         server.kill()
@@ -266,8 +277,9 @@ def test_a_redis_outage_keeps_the_watchdog_fed_and_shows_in_status(start_worker,
         assert max(gaps([t_down, *pings, time.monotonic()])) < WATCHDOG_USEC / 1e6
         assert w.proc.poll() is None
         server = RedisServer(port=server.port, directory=tmp_path / "own-redis").start()
-        notify_socket.wait(lambda m: notify_socket.statuses()[-1].startswith("idle; "), timeout=40,
-                           message="STATUS back to idle")
+        notify_socket.wait(
+            lambda m: notify_socket.statuses()[-1].startswith("idle; "), timeout=40, message="STATUS back to idle"
+        )
         w.signal(signal.SIGTERM)
         assert w.wait(30) == 0
     finally:

@@ -28,13 +28,21 @@ def serializer_for(settings: Settings):
     return JSONSerializer if settings.serializer == "json" else DefaultSerializer
 
 
-def redis_client(settings: Settings, timeout: float = 10.0) -> Redis:
-    """A client whose socket timeout outlasts the worker's short blocking dequeue."""
+def redis_client(settings: Settings, timeout: float | None = None) -> Redis:
+    """A client that fails fast instead of hanging: a bounded socket timeout (above the idle
+    dequeue's short block) and no silent retries inside redis-py, so a frozen Redis costs the
+    main loop at most one timeout per call and our own backoff loop decides what happens next."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    if timeout is None:
+        timeout = settings.poll_interval + 4.0
     return Redis.from_url(
         settings.redis_url,
         socket_timeout=timeout,
         socket_connect_timeout=min(timeout, 5.0),
         health_check_interval=30,
+        retry=Retry(NoBackoff(), 0),
     )
 
 

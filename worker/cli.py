@@ -279,6 +279,9 @@ def cmd_embed(settings: Settings, args: argparse.Namespace) -> int:
         np.save(args.out, vectors)
     else:
         print(json.dumps({"model": embedder.model_name, "dim": embedder.dim, "vectors": vectors.tolist()}))
-    print(f"embedded {len(texts)} texts ({tokens} tokens) in {elapsed:.2f}s with {embedder.model_name} "
-          f"{embedder.precision}" + (f" -> {args.out}" if args.out else ""), file=sys.stderr)
+    print(
+        f"embedded {len(texts)} texts ({tokens} tokens) in {elapsed:.2f}s with {embedder.model_name} "
+        f"{embedder.precision}" + (f" -> {args.out}" if args.out else ""),
+        file=sys.stderr,
+    )
     return 0

@@ -87,9 +87,9 @@ class DaemonWorker(Worker):
     job_class = GuardedJob
 
     def __init__(self, queues, *, settings: Settings, live: LiveState, **kwargs) -> None:
-        super().__init__(queues, **kwargs)
-        self.settings = settings
+        self.settings = settings  # before RQ's __init__, which reads connection_timeout
         self.live = live
+        super().__init__(queues, **kwargs)
         self.warm_stop_at: float | None = None
         self.cold_stop = False
         self._wake_r, self._wake_w = os.pipe()
@@ -100,6 +100,16 @@ class DaemonWorker(Worker):
         self._last_sweep = 0.0
         self._scheduler: RQScheduler | None = None
         self._backoff = Backoff()
+
+    @property
+    def dequeue_timeout(self) -> int:
+        return self.settings.poll_interval
+
+    @property
+    def connection_timeout(self) -> int:
+        """RQ raises the socket timeout to this; ours blocks POLL_INTERVAL at most, so a frozen
+        Redis costs the main loop seconds, not RQ's default of seven minutes."""
+        return self.settings.poll_interval + 4
 
     # -- signals: flags only ---------------------------------------------------------
     def _install_signal_handlers(self) -> None:

@@ -279,8 +279,9 @@ def get_embedder(settings: Settings | None = None) -> Embedder:
     with _lock:
         embedder = _cache.get(key)
         if embedder is None:
-            embedder = Embedder(key[0], settings.embed_precision, settings.threads_per_process(),
-                                settings.embed_batch_tokens)
+            embedder = Embedder(
+                key[0], settings.embed_precision, settings.threads_per_process(), settings.embed_batch_tokens
+            )
             _cache[key] = embedder
         return embedder
 
@@ -295,8 +296,13 @@ def preload(settings: Settings | None = None) -> Embedder:
     with _lock:
         embedder = _cache.get(key)
         if embedder is None:
-            embedder = Embedder(key[0], settings.embed_precision, settings.threads_per_process(),
-                                settings.embed_batch_tokens, session_threads=1)
+            embedder = Embedder(
+                key[0],
+                settings.embed_precision,
+                settings.threads_per_process(),
+                settings.embed_batch_tokens,
+                session_threads=1,
+            )
             embedder.embed(["warm up"])  # first run allocates; do it once here, not in every horse
             _cache[key] = embedder
         return embedder

@@ -117,9 +117,7 @@ class SystemdNotifier:
     STATUS_MIN_INTERVAL = 1.0  # seconds between STATUS updates (READY and STOPPING go at once)
     CHECK_INTERVAL = 1.0  # seconds between readiness checks while not ready
 
-    def __init__(
-        self, notifier: Notifier, checks: Mapping[str, Check] | None = None, tick: float = 1.0
-    ) -> None:
+    def __init__(self, notifier: Notifier, checks: Mapping[str, Check] | None = None, tick: float = 1.0) -> None:
         """`tick`: the longest the main loop goes between beats (POLL_INTERVAL)."""
         self.notifier = notifier
         self.checks = dict(checks or {})
