@@ -220,6 +220,15 @@ def test_job_through_real_worker_equals_in_process(redis_conn, start_worker) -> 
     for job in bad:
         assert job.get_status() == "failed"
         assert "InvalidArgumentsError" in job.latest_result().exc_string
+    # The horses' counts reach the daemon's /metrics.
+    tokens = sum(fp32.count_tokens(small)) + sum(fp32.count_tokens(big))
+
+    def metric_line() -> str | None:
+        text = worker.get("/metrics")[1]
+        line = next((x for x in text.splitlines() if x.startswith("worker_embedding_tokens_total")), "")
+        return line if line.endswith(f" {tokens}") else None
+
+    wait_for(metric_line, 10, message=f"worker_embedding_tokens_total {tokens}")
 
 
 def test_readyz_reports_missing_model(start_worker, tmp_path: Path) -> None:
