@@ -123,6 +123,20 @@ def test_empty_string_long_text_and_empty_list(fp32: Embedder) -> None:
         fp32.embed("not a list")
 
 
+def test_very_long_texts(fp32: Embedder) -> None:
+    """Megabytes of text are embedded from a prefix, with the vector of the whole text's first 256 pieces."""
+    sentence = "The quarterly report shows revenue growth in every region. "
+    huge = sentence * 20_000  # 1.2 MB
+    assert len(fp32._head(huge)) < 20_000  # tokenizing it in full would take ~0.6 s a MB
+    vector = fp32.embed([huge])[0]
+    np.testing.assert_allclose(vector, fp32.embed([sentence * 60])[0], atol=1e-6)  # ~660 pieces: truncated too
+    assert fp32.count_tokens([huge]) == [256]
+    # Mostly whitespace: the prefix holds too few pieces, so the whole text is tokenized.
+    sparse = "alpha" + " " * 50_000 + "beta gamma"
+    assert fp32._head(sparse) == sparse
+    np.testing.assert_allclose(fp32.embed([sparse])[0], fp32.embed(["alpha beta gamma"])[0], atol=1e-6)
+
+
 def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ModelUnavailableError, match="make model"):
         Embedder(tmp_path, "fp32")
