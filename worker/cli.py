@@ -250,8 +250,29 @@ def cmd_healthcheck(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
-    print("worker: search is not available yet", file=sys.stderr)
-    return 1
+    from worker.embedding import get_embedder
+    from worker.errors import WorkerError
+    from worker.store import Store
+
+    if args.k < 1:
+        print("worker: -k must be at least 1", file=sys.stderr)
+        return 2
+    if not settings.store_path.exists():
+        print(f"worker: no store at {settings.store_path} (nothing ingested yet)", file=sys.stderr)
+        return 1
+    try:
+        embedder = get_embedder(settings)
+        vector = embedder.embed([args.query])[0]
+        with Store.open(settings.store_url, settings.store_busy_timeout) as store:
+            hits = store.search(vector, args.k, model=embedder.model_name)
+    except WorkerError as exc:
+        print(f"worker: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    for hit in hits:
+        pages = f"p. {hit['page_start']}" + (f"-{hit['page_end']}" if hit["page_end"] != hit["page_start"] else "")
+        text = " ".join(hit["text"].split())
+        _emit(args.json, hit, f"{hit['score']:.4f}  {hit['name'] or hit['document']}  {pages}\n    {text[:300]}")
+    return 0
 
 
 def cmd_embed(settings: Settings, args: argparse.Namespace) -> int:

@@ -50,3 +50,154 @@ def embed_texts(texts: list[str]) -> dict:
     vectors, tokens = embedder.embed_counted(texts)
     progress.count(embedding_tokens=tokens, embedding_texts=len(texts))
     return {"model": embedder.model_name, "dim": embedder.dim, "vectors": vectors.tolist()}
+
+
+# -- PDF ingestion -------------------------------------------------------------------------
+
+EMBED_BATCH = 128  # chunks per embed call: progress is reported between calls
+MAX_METADATA_BYTES = 64 * 1024
+
+
+def _check_optional_str(name: str, value: object, max_len: int = 1000) -> None:
+    from worker.errors import InvalidArgumentsError
+
+    if value is not None and (not isinstance(value, str) or not value or len(value) > max_len):
+        raise InvalidArgumentsError(f"{name} must be a non-empty string of at most {max_len} characters")
+
+
+def _check_metadata(metadata: object) -> dict:
+    import json
+
+    from worker.errors import InvalidArgumentsError
+
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise InvalidArgumentsError("metadata must be a JSON object")
+    try:
+        size = len(json.dumps(metadata))
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgumentsError(f"metadata must be JSON-serializable: {exc}") from None
+    if size > MAX_METADATA_BYTES:
+        raise InvalidArgumentsError(f"metadata is {size} bytes of JSON, over {MAX_METADATA_BYTES}")
+    return metadata
+
+
+def extract_text(source: object, password: str | None = None) -> dict:
+    """Text per page of a PDF, nothing stored: {"name", "sha256", "pages": [...], ...}."""
+    from worker import progress
+    from worker.pdf import Throttle, extract
+    from worker.settings import get_settings
+    from worker.sources import load_source
+
+    _check_optional_str("password", password)
+    settings = get_settings()
+    src = load_source(source, settings)
+    on_page = Throttle(lambda done, total: progress.report("extract", done, total))
+    doc = extract(src.data, password=password, max_pages=settings.max_pages, on_page=on_page)
+    progress.count(pages=doc.page_count, pages_without_text=doc.pages_without_text)
+    return {
+        "name": src.name,
+        "sha256": doc.sha256,
+        "metadata": doc.metadata,
+        "pages": doc.pages,
+        "pages_without_text": doc.pages_without_text,
+        "page_errors": doc.page_errors,
+    }
+
+
+def ingest_pdf(source: object, document_id: str | None = None, metadata: dict | None = None,
+               password: str | None = None) -> dict:
+    """Extract, chunk, embed and store a PDF; idempotent per (bytes, model).
+
+    Returns document_id, sha256, pages, chunks, pages_without_text, already_stored and the
+    seconds spent per stage (extract, chunk, embed, store).
+    """
+    import numpy as np
+
+    from worker import progress
+    from worker.chunking import Chunker
+    from worker.embedding import get_embedder
+    from worker.pdf import Throttle, extract, open_pdf, sha256
+    from worker.settings import get_settings
+    from worker.sources import load_source
+    from worker.store import Store
+
+    _check_optional_str("document_id", document_id, 200)
+    _check_optional_str("password", password)
+    caller_metadata = _check_metadata(metadata)
+    settings = get_settings()
+    timings = {"extract": 0.0, "chunk": 0.0, "embed": 0.0, "store": 0.0}
+    t_start = time.perf_counter()
+
+    progress.report("read")
+    src = load_source(source, settings)
+    digest = sha256(src.data)
+    reader = open_pdf(src.data, password=password, max_pages=settings.max_pages)  # bad input fails fast
+    timings["extract"] += time.perf_counter() - t_start
+
+    embedder = get_embedder(settings)
+    summary = {"document_id": document_id or digest, "name": src.name, "sha256": digest,
+               "model": embedder.model_name}
+    with Store.open(settings.store_url, settings.store_busy_timeout) as store:
+        existing = store.find(digest, embedder.model_name)
+        if existing is not None:
+            return {**summary, "document_id": existing.document_id, "pages": existing.pages,
+                    "chunks": existing.chunks, "pages_without_text": existing.pages_without_text,
+                    "page_errors": [], "already_stored": True, "timings": _rounded(timings, t_start)}
+
+        t = time.perf_counter()
+        on_page = Throttle(lambda done, total: progress.report("extract", done, total))
+        doc = extract(src.data, reader=reader, on_page=on_page)
+        timings["extract"] += time.perf_counter() - t
+        progress.count(pages=doc.page_count, pages_without_text=doc.pages_without_text)
+
+        t = time.perf_counter()
+        progress.report("chunk", 0, 1)
+        chunker = Chunker(_chunk_tokenizer(embedder, settings.embed_model_dir), settings.chunk_tokens,
+                          settings.chunk_overlap)
+        chunks = chunker.chunk_pages(doc.pages)
+        progress.report("chunk", 1, 1, chunks=len(chunks))
+        timings["chunk"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        parts = []
+        for i in range(0, len(chunks), EMBED_BATCH):
+            progress.report("embed", i, len(chunks))
+            parts.append(embedder.embed([c.text for c in chunks[i : i + EMBED_BATCH]]))
+        progress.report("embed", len(chunks), len(chunks))
+        progress.count(embedding_tokens=sum(c.n_tokens for c in chunks), embedding_texts=len(chunks))
+        vectors = np.concatenate(parts) if parts else np.zeros((0, embedder.dim), dtype=np.float32)
+        timings["embed"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        progress.report("store", 0, 1)
+        row, already = store.add_document(
+            document_id=document_id or digest, sha256=digest, model=embedder.model_name, name=src.name,
+            meta=doc.metadata, pages=doc.page_count, pages_without_text=doc.pages_without_text,
+            page_errors=doc.page_errors, chunks=chunks, vectors=vectors, caller_metadata=caller_metadata,
+        )
+        progress.report("store", 1, 1)
+        timings["store"] = time.perf_counter() - t
+    if not already:
+        progress.count(chunks=len(chunks))
+    return {**summary, "document_id": row.document_id, "pages": row.pages, "chunks": row.chunks,
+            "pages_without_text": row.pages_without_text, "page_errors": doc.page_errors,
+            "already_stored": already, "timings": _rounded(timings, t_start)}
+
+
+def _rounded(timings: dict[str, float], t_start: float) -> dict[str, float]:
+    out = {k: round(v, 4) for k, v in timings.items()}
+    out["total"] = round(time.perf_counter() - t_start, 4)
+    return out
+
+
+def _chunk_tokenizer(embedder, model_dir):
+    """The embedder's own tokenizer (loaded once, inherited by work-horses) when it neither
+    truncates nor pads, as chunking needs every piece; else a fresh one from the model dir."""
+    from worker.chunking import load_tokenizer
+
+    tok = getattr(embedder, "tokenizer", None)
+    if tok is not None and tok.truncation is None and tok.padding is None:
+        return tok
+    return load_tokenizer(model_dir)

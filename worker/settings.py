@@ -128,6 +128,8 @@ class Settings:
     max_pages: int = 2000
     chunk_tokens: int = 256
     chunk_overlap: int = 32
+    # Seconds a store write waits for another writer's lock before the job fails as transient.
+    store_busy_timeout: float = 30.0
     # Address-space limit of a work-horse in MiB (0: none).
     horse_memory_mb: int = 0
     # Attempts after which a job that keeps killing its worker is failed.
@@ -177,6 +179,7 @@ class Settings:
             max_pages=_int(env, "MAX_PAGES", cls.max_pages, 1),
             chunk_tokens=_int(env, "CHUNK_TOKENS", cls.chunk_tokens, 16),
             chunk_overlap=_int(env, "CHUNK_OVERLAP", cls.chunk_overlap, 0),
+            store_busy_timeout=_float(env, "STORE_BUSY_TIMEOUT", cls.store_busy_timeout, 0.0),
             horse_memory_mb=_int(env, "HORSE_MEMORY_MB", 0),
             max_attempts=_int(env, "MAX_ATTEMPTS", cls.max_attempts, 1),
             retry_intervals=_int_list(env, "RETRY_INTERVALS", cls.retry_intervals),

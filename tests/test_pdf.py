@@ -1,0 +1,125 @@
+"""Extraction with pypdf on hand-made PDFs: text, metadata, and a typed error per kind of bad file."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import pytest
+
+from tests import pdfs
+from worker.errors import (
+    DecompressionBombError,
+    EmptyInputError,
+    EncryptedPdfError,
+    InputTooLargeError,
+    NotAPdfError,
+    TruncatedPdfError,
+)
+from worker.pdf import extract
+
+
+def test_text_per_page_metadata_and_pages_without_text() -> None:
+    data = pdfs.sample_pdf()
+    seen: list[tuple[int, int]] = []
+    doc = extract(data, on_page=lambda done, total: seen.append((done, total)))
+    assert doc.page_count == 5
+    assert "Mount Etna" in doc.pages[0]
+    assert "sourdough" in doc.pages[1].lower()
+    assert doc.pages[2].strip() == ""
+    assert "Gustave Eiffel" in doc.pages[3]
+    assert doc.pages_without_text == 1
+    assert doc.page_errors == []
+    assert doc.sha256 == hashlib.sha256(data).hexdigest()
+    assert doc.metadata == {"title": "Sample Δ document", "author": "Test Author", "producer": "worker tests",
+                            "creator": None, "page_count": 5}
+    assert seen == [(i, 5) for i in range(1, 6)]
+
+
+def test_non_latin_text() -> None:
+    page = extract(pdfs.sample_pdf()).pages[4]
+    for text in ("Ακρόπολη της Αθήνας", "富士山は日本で最も高い山です。", "Москва — столица России."):
+        assert text in page
+
+
+def test_encrypted_with_empty_user_password_opens_without_asking() -> None:
+    data = pdfs.encrypt(pdfs.sample_pdf(), user_password="")
+    doc = extract(data)
+    assert "Mount Etna" in doc.pages[0]
+    assert doc.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_encrypted_with_password() -> None:
+    data = pdfs.encrypt(pdfs.sample_pdf(), user_password="s3cret")
+    with pytest.raises(EncryptedPdfError, match="needs a password"):
+        extract(data)
+    with pytest.raises(EncryptedPdfError, match="wrong"):
+        extract(data, password="guess")
+    assert "Gustave Eiffel" in extract(data, password="s3cret").pages[3]
+    # The owner password opens it too, as in any reader.
+    assert "Mount Etna" in extract(data, password="owner-secret").pages[0]
+
+
+def test_truncated() -> None:
+    data = pdfs.sample_pdf()
+    for cut in (len(data) // 2, len(data) - 10, 20):
+        with pytest.raises(TruncatedPdfError):
+            extract(data[:cut])
+
+
+def test_broken_structure_is_truncated_error() -> None:
+    data = b"%PDF-1.7\n1 0 obj\n<< garbage\nendobj\ntrailer\n<< /Root 9 0 R >>\n%%EOF\n"
+    with pytest.raises(TruncatedPdfError):
+        extract(data)
+
+
+def test_text_file_named_pdf_and_empty() -> None:
+    with pytest.raises(NotAPdfError):
+        extract(b"Dear team,\nthis is plain text pretending to be a PDF.\n")
+    with pytest.raises(NotAPdfError):
+        extract(b"\x89PNG\r\n\x1a\n" + b"\x00" * 100)
+    with pytest.raises(EmptyInputError):
+        extract(b"")
+    with pytest.raises(EmptyInputError):
+        extract(b"\n\n  ")
+
+
+def test_flate_bomb_stopped_by_pypdf_limits() -> None:
+    data = pdfs.flate_bomb(200)
+    assert len(data) < 400_000
+    started = time.monotonic()
+    with pytest.raises(DecompressionBombError):
+        extract(data)
+    assert time.monotonic() - started < 30  # not a timing benchmark: only "it did not inflate 200 MB"
+
+
+def test_page_limit() -> None:
+    data = pdfs.make_pdf(["p"] * 6)
+    with pytest.raises(InputTooLargeError, match="MAX_PAGES"):
+        extract(data, max_pages=5)
+    assert extract(data, max_pages=6).page_count == 6
+
+
+def test_a_failing_page_is_recorded_and_others_go_on() -> None:
+    data = pdfs.make_pdf(["page one text", "page two text", "page three text"], compress=False)
+    # Give page 3's content stream a filter no reader knows.
+    i = data.rfind(b"<< /Length")
+    data = data[:i] + data[i:].replace(b"<< /Length", b"<< /Filter /Bogus /Length", 1)
+    doc = extract(data)
+    assert [p.strip() for p in doc.pages] == ["page one text", "page two text", ""]
+    assert doc.page_errors == [{"page": 3, "error": "NotImplementedError: Unsupported filter /Bogus"}]
+    assert doc.pages_without_text == 1
+
+
+def test_every_page_failing_is_an_error() -> None:
+    data = pdfs.make_pdf(["only page"], compress=False)
+    i = data.rfind(b"<< /Length")
+    data = data[:i] + data[i:].replace(b"<< /Length", b"<< /Filter /Bogus /Length", 1)
+    with pytest.raises(TruncatedPdfError, match="no page could be read"):
+        extract(data)
+
+
+def test_scan_without_text_is_not_an_error() -> None:
+    doc = extract(pdfs.make_pdf([None, None]))
+    assert doc.page_count == 2
+    assert doc.pages_without_text == 2

@@ -1,0 +1,249 @@
+"""The SQLite store: documents and their chunks with float32 embedding vectors.
+
+One file, WAL mode and a busy timeout so several worker processes on one host can write.
+A document is keyed by (sha256 of its bytes, embedding model): storing the same bytes with
+the same model again is a no-op that reports the existing row. Each document goes in one
+transaction, so a failure part way leaves nothing behind.
+
+Search is exact cosine (vectors are L2-normalized, so a dot product) with numpy over the
+whole stored matrix. That is fine up to a few hundred thousand chunks (384 float32 each:
+about 150 MB and well under a second per 100,000 chunks, see README); past that, use an
+approximate index or a shared store with pgvector.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from worker.chunking import Chunk
+from worker.errors import StoreBusyError, WorkerError
+from worker.settings import sqlite_path
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 30.0
+
+SCHEMA = """
+CREATE TABLE documents (
+    id                 INTEGER PRIMARY KEY,
+    document_id        TEXT NOT NULL,
+    sha256             TEXT NOT NULL,
+    model              TEXT NOT NULL,
+    dim                INTEGER NOT NULL,
+    name               TEXT,
+    title              TEXT,
+    author             TEXT,
+    producer           TEXT,
+    pages              INTEGER NOT NULL,
+    pages_without_text INTEGER NOT NULL,
+    chunks             INTEGER NOT NULL,
+    no_text            INTEGER NOT NULL,      -- 1: no page had text (a scan): stored, zero chunks
+    page_errors        TEXT NOT NULL,         -- JSON list of {"page", "error"}
+    metadata           TEXT NOT NULL,         -- JSON object given by the caller
+    created_at         REAL NOT NULL,
+    UNIQUE (sha256, model)
+);
+CREATE INDEX documents_document_id ON documents (document_id);
+CREATE TABLE chunks (
+    id          INTEGER PRIMARY KEY,
+    document    INTEGER NOT NULL REFERENCES documents (id) ON DELETE CASCADE,
+    seq         INTEGER NOT NULL,
+    page_start  INTEGER NOT NULL,
+    page_end    INTEGER NOT NULL,
+    char_start  INTEGER NOT NULL,
+    char_end    INTEGER NOT NULL,
+    n_tokens    INTEGER NOT NULL,
+    text        TEXT NOT NULL,
+    vector      BLOB NOT NULL,               -- float32, little-endian, dim values
+    UNIQUE (document, seq)
+);
+"""
+
+
+class StoreSchemaError(WorkerError):
+    """The store file was written by a newer version of this package."""
+
+
+@dataclass(frozen=True)
+class StoredDocument:
+    id: int
+    document_id: str
+    sha256: str
+    model: str
+    name: str | None
+    pages: int
+    pages_without_text: int
+    chunks: int
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    msg = str(exc).lower()
+    return "locked" in msg or "busy" in msg
+
+
+class Store:
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self.conn = conn
+        self.path = path
+
+    @classmethod
+    @contextlib.contextmanager
+    def open(cls, store_url: str, busy_timeout: float = BUSY_TIMEOUT_S) -> Iterator[Store]:
+        """Open (creating if needed) the store named by a `sqlite:///` URL."""
+        path = sqlite_path(store_url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+        try:
+            with _translate_busy():
+                conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
+                conn.execute("PRAGMA foreign_keys = ON")
+                store = cls(conn, path)
+                store._migrate()
+            yield store
+        finally:
+            conn.close()
+
+    def _migrate(self) -> None:
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
+            raise StoreSchemaError(
+                f"{self.path} has schema {version}; this version knows up to {SCHEMA_VERSION}")
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Another process may have created it while we waited for the lock.
+            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        self.conn.execute(statement)
+                self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    # -- reads ---------------------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        with _translate_busy():
+            docs = self.conn.execute("SELECT count(*) FROM documents").fetchone()[0]
+            chunks = self.conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
+        return {"documents": docs, "chunks": chunks}
+
+    def find(self, sha256: str, model: str) -> StoredDocument | None:
+        with _translate_busy():
+            row = self.conn.execute(
+                "SELECT id, document_id, sha256, model, name, pages, pages_without_text, chunks"
+                " FROM documents WHERE sha256 = ? AND model = ?",
+                (sha256, model),
+            ).fetchone()
+        return StoredDocument(*row) if row else None
+
+    def search(self, vector: np.ndarray, k: int = 5, model: str | None = None) -> list[dict]:
+        """The k chunks nearest to `vector` by cosine, best first (vectors stored normalized)."""
+        query = np.asarray(vector, dtype=np.float32).reshape(-1)
+        sql = "SELECT c.id, c.vector FROM chunks c JOIN documents d ON d.id = c.document WHERE d.dim = ?"
+        params: list[object] = [query.shape[0]]
+        if model is not None:
+            sql += " AND d.model = ?"
+            params.append(model)
+        with _translate_busy():
+            rows = self.conn.execute(sql, params).fetchall()
+        if not rows or k <= 0:
+            return []
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), -1)
+        scores = matrix @ query
+        k = min(k, len(rows))
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        wanted = [int(ids[i]) for i in top]
+        marks = ",".join("?" * len(wanted))
+        with _translate_busy():
+            found = {
+                r[0]: r[1:]
+                for r in self.conn.execute(
+                    "SELECT c.id, d.document_id, d.name, d.title, c.page_start, c.page_end, c.char_start,"
+                    " c.char_end, c.text FROM chunks c JOIN documents d ON d.id = c.document"
+                    f" WHERE c.id IN ({marks})",
+                    wanted,
+                )
+            }
+        out = []
+        for i, cid in zip(top, wanted, strict=True):
+            doc, name, title, p0, p1, c0, c1, text = found[cid]
+            out.append({"document": doc, "name": name, "title": title, "page_start": p0, "page_end": p1,
+                        "char_start": c0, "char_end": c1, "score": round(float(scores[i]), 6), "text": text})
+        return out
+
+    # -- writes --------------------------------------------------------------------------
+    def add_document(
+        self,
+        *,
+        document_id: str,
+        sha256: str,
+        model: str,
+        name: str | None,
+        meta: dict,
+        pages: int,
+        pages_without_text: int,
+        page_errors: Sequence[dict],
+        chunks: Sequence[Chunk],
+        vectors: np.ndarray,
+        caller_metadata: dict | None = None,
+    ) -> tuple[StoredDocument, bool]:
+        """Store a document and its chunks in one transaction; returns (row, already_stored)."""
+        vectors = np.ascontiguousarray(vectors, dtype="<f4")
+        if vectors.ndim != 2 or vectors.shape[0] != len(chunks):
+            raise ValueError(f"{len(chunks)} chunks but vectors of shape {vectors.shape}")
+        dim = int(vectors.shape[1]) if len(chunks) else 0
+        with _translate_busy():
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                existing = self.find(sha256, model)
+                if existing is not None:
+                    self.conn.execute("ROLLBACK")
+                    return existing, True
+                cur = self.conn.execute(
+                    "INSERT INTO documents (document_id, sha256, model, dim, name, title, author, producer,"
+                    " pages, pages_without_text, chunks, no_text, page_errors, metadata, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (document_id, sha256, model, dim, name, meta.get("title"), meta.get("author"),
+                     meta.get("producer"), pages, pages_without_text, len(chunks), int(not chunks),
+                     json.dumps(list(page_errors)), json.dumps(caller_metadata or {}), time.time()),
+                )
+                doc = cur.lastrowid
+                self.conn.executemany(
+                    "INSERT INTO chunks (document, seq, page_start, page_end, char_start, char_end, n_tokens,"
+                    " text, vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    ((doc, c.seq, c.page_start, c.page_end, c.char_start, c.char_end, c.n_tokens, c.text,
+                      vectors[i].tobytes()) for i, c in enumerate(chunks)),
+                )
+                self.conn.execute("COMMIT")
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+        stored = StoredDocument(doc, document_id, sha256, model, name, pages, pages_without_text, len(chunks))
+        return stored, False
+
+
+@contextlib.contextmanager
+def _translate_busy() -> Iterator[None]:
+    """A store locked past the busy timeout is a transient failure: the job is retried."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if _busy(exc):
+            raise StoreBusyError(f"the store stayed locked: {exc}") from exc
+        raise
