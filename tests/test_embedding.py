@@ -184,6 +184,16 @@ def test_forked_child_computes_correctly() -> None:
     big = _in_child(lambda: np.concatenate([parent.embed(big_texts), [[parent._session_threads]] * len(big_texts)], 1))
     np.testing.assert_allclose(big[:, :384], np.concatenate([GOLD] * 4), atol=1e-4)
     assert (big[:, 384] == 2).all()
+    # Many small calls add up the same way.
+    def one_by_one() -> np.ndarray:
+        threads = []
+        for text in TEXTS * 3:
+            parent.embed([text])
+            threads.append(parent._session_threads)
+        return np.array(threads)
+
+    threads = _in_child(one_by_one)
+    assert threads[0] == 1 and threads[-1] == 2, threads
     assert parent._session_threads == 1 and parent._session_pid == os.getpid()  # the parent's is untouched
     # An embedder with a thread pool, forked: the child replaces its session and still computes right.
     pooled = Embedder(MODEL_DIR, "fp32", threads=2)
