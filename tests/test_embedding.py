@@ -123,6 +123,20 @@ def test_empty_string_long_text_and_empty_list(fp32: Embedder) -> None:
         fp32.embed("not a list")
 
 
+def test_very_long_texts(fp32: Embedder) -> None:
+    """Megabytes of text are embedded from a prefix, with the vector of the whole text's first 256 pieces."""
+    sentence = "The quarterly report shows revenue growth in every region. "
+    huge = sentence * 20_000  # 1.2 MB
+    assert len(fp32._head(huge)) < 20_000  # tokenizing it in full would take ~0.6 s a MB
+    vector = fp32.embed([huge])[0]
+    np.testing.assert_allclose(vector, fp32.embed([sentence * 60])[0], atol=1e-6)  # ~660 pieces: truncated too
+    assert fp32.count_tokens([huge]) == [256]
+    # Mostly whitespace: the prefix holds too few pieces, so the whole text is tokenized.
+    sparse = "alpha" + " " * 50_000 + "beta gamma"
+    assert fp32._head(sparse) == sparse
+    np.testing.assert_allclose(fp32.embed([sparse])[0], fp32.embed(["alpha beta gamma"])[0], atol=1e-6)
+
+
 def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ModelUnavailableError, match="make model"):
         Embedder(tmp_path, "fp32")
@@ -170,6 +184,16 @@ def test_forked_child_computes_correctly() -> None:
     big = _in_child(lambda: np.concatenate([parent.embed(big_texts), [[parent._session_threads]] * len(big_texts)], 1))
     np.testing.assert_allclose(big[:, :384], np.concatenate([GOLD] * 4), atol=1e-4)
     assert (big[:, 384] == 2).all()
+    # Many small calls add up the same way.
+    def one_by_one() -> np.ndarray:
+        threads = []
+        for text in TEXTS * 3:
+            parent.embed([text])
+            threads.append(parent._session_threads)
+        return np.array(threads)
+
+    threads = _in_child(one_by_one)
+    assert threads[0] == 1 and threads[-1] == 2, threads
     assert parent._session_threads == 1 and parent._session_pid == os.getpid()  # the parent's is untouched
     # An embedder with a thread pool, forked: the child replaces its session and still computes right.
     pooled = Embedder(MODEL_DIR, "fp32", threads=2)
@@ -220,6 +244,15 @@ def test_job_through_real_worker_equals_in_process(redis_conn, start_worker) -> 
     for job in bad:
         assert job.get_status() == "failed"
         assert "InvalidArgumentsError" in job.latest_result().exc_string
+    # The horses' counts reach the daemon's /metrics.
+    tokens = sum(fp32.count_tokens(small)) + sum(fp32.count_tokens(big))
+
+    def metric_line() -> str | None:
+        text = worker.get("/metrics")[1]
+        line = next((x for x in text.splitlines() if x.startswith("worker_embedding_tokens_total")), "")
+        return line if line.endswith(f" {tokens}") else None
+
+    wait_for(metric_line, 10, message=f"worker_embedding_tokens_total {tokens}")
 
 
 def test_readyz_reports_missing_model(start_worker, tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ What `embed` does, and why:
 - Tokenize with the model's `tokenizer.json`, truncating at 256 word pieces (the model's
   window, as sentence-transformers does). Longer texts are embedded from their first 256
   pieces; chunk them first to embed all of them (the chunker uses `Embedder.tokenizer`, which
-  never truncates).
+  never truncates). A very long text is tokenized from a prefix only (`_head`).
 - An empty string (or one that is only whitespace) becomes `[CLS] [SEP]` and gets the same
   fixed vector sentence-transformers gives it: never an error, never a zero vector.
 - Sort by length, then cut batches so that batch size x longest text stays within
@@ -17,8 +17,8 @@ Fork: RQ forks a work-horse per job. An onnxruntime session created in the paren
 working in a forked child, but single-threaded whatever it was configured with. So the daemon
 `preload`s one session with ONE intra-op thread before forking (no thread pool to lose); a
 horse uses that inherited session for small inputs (a query, a few sentences: no model load),
-and creates its own session with `threads_per_process()` threads for inputs of at least
-`FORK_RELOAD_TOKENS` tokens, where the ~0.13 s load pays for itself. An inherited session is
+and creates its own session with `threads_per_process()` threads once `FORK_RELOAD_TOKENS`
+tokens are asked for, where the ~0.13 s load pays for itself. An inherited session is
 never destroyed in the child (see `_abandon`). The horse leaves with os._exit, as
 multiprocessing's children do; that matters: a forked child that runs a normal interpreter exit
 hangs or aborts in onnxruntime's static destructors (onnxruntime 1.32), whatever is done here.
@@ -49,13 +49,17 @@ TOKENIZER_FILE = "tokenizer.json"
 MANIFEST_FILE = "manifest.json"
 DEFAULT_MAX_LENGTH = 256
 DEFAULT_BATCH_TOKENS = 2048
-# In a forked horse, inputs of at least this many tokens get a session of their own with all
-# the process's threads; smaller ones use the single-threaded session inherited from the parent.
+# In a forked horse, once this many tokens are asked for (in one call or several), it gets a
+# session of its own with all the process's threads; until then it uses the single-threaded
+# session inherited from the parent.
 # Break-even = load time / (per-token time on 1 thread - on N threads). Measured here (2 cores,
 # bench/bench_embed.py): load 0.12-0.13 s; 0.138 vs 0.070 ms a token on its texts (~1,800
 # tokens), 0.155 vs 0.119 in its fork test with the other core busy (~3,600). A one-sentence
 # query (~20 tokens) takes ~9 ms on the inherited session against ~120 ms for a load.
 FORK_RELOAD_TOKENS = 2048
+# Texts longer than this are tokenized from a prefix when it holds enough word pieces: the model
+# keeps only the first 256, and tokenizing a 10 MB text in full takes 6 s.
+HEAD_CHARS = 16_384
 
 
 def _missing_files(model_dir: Path, precision: str) -> list[str]:
@@ -119,6 +123,7 @@ class Embedder:
             raise _unavailable(self.model_dir, f"cannot read {TOKENIZER_FILE}: {exc}") from exc
         self._session_threads = 0
         self._session_pid = 0
+        self._forked_tokens = (0, 0)  # (pid, tokens embedded there on an inherited session)
         self._session = self._new_session(session_threads or self.threads)
         _instances.add(self)
         inputs = {i.name for i in self._session.get_inputs()}
@@ -158,9 +163,15 @@ class Embedder:
     def _session_for(self, tokens: int):
         """This process's session: the inherited one after a fork, unless the input is large."""
         # In a forked child, a session inherited with a thread pool lost its threads: replace it.
-        # A single-threaded one is fine for small inputs; large ones deserve every thread.
-        forked = self._session_pid != os.getpid()
-        if forked and (self._session_threads > 1 or (tokens >= FORK_RELOAD_TOKENS and self.threads > 1)):
+        # A single-threaded one is fine for small inputs; large ones (counted over the calls made
+        # in this process, so that many small calls count too) deserve every thread.
+        pid = os.getpid()
+        if self._session_pid == pid:
+            return self._session
+        seen_pid, seen = self._forked_tokens
+        seen = (seen if seen_pid == pid else 0) + tokens
+        self._forked_tokens = (pid, seen)
+        if self._session_threads > 1 or (seen >= FORK_RELOAD_TOKENS and self.threads > 1):
             _abandon(self._session)
             self._session = self._new_session(self.threads)
         return self._session
@@ -174,7 +185,23 @@ class Embedder:
         """Tokens the model sees per text: special tokens included, truncated at max_length."""
         return [len(e.ids) for e in self._encode(list(texts))]
 
+    def _head(self, text: str) -> str:
+        """`text`, or a prefix of it that yields the same first `max_length` word pieces.
+
+        Normalization and pre-tokenization work character by character and word by word, so a
+        prefix tokenizes like the text except for its last, possibly cut, word (at most 100
+        characters, past which BERT's WordPiece gives one [UNK]); a prefix with that many word
+        pieces to spare is safe. Pathological texts (mostly whitespace) are tokenized in full.
+        """
+        if len(text) <= HEAD_CHARS:
+            return text
+        head = text[:HEAD_CHARS]
+        if len(self.tokenizer.encode(head, add_special_tokens=False).ids) > self.max_length + 100:
+            return head
+        return text
+
     def _encode(self, texts: list[str]) -> list:
+        texts = [self._head(t) for t in texts]
         # encode_batch runs on tokenizers' thread pool; once a process has used it, forked
         # children run single-threaded (and warn). Few texts (the parent's warm-up, a query)
         # don't need it.
