@@ -36,7 +36,7 @@ class RedisProbe:
         self._cache_seconds = cache_seconds
         self._lock = threading.Lock()
         self._checked = 0.0
-        self._result: dict = {"ok": False, "latency_ms": None, "error": "not checked yet"}
+        self._result: dict = {"ok": None, "latency_ms": None, "error": "not checked yet"}  # None: unknown
 
     def check(self) -> dict:
         with self._lock:
