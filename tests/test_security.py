@@ -20,6 +20,7 @@ def test_redis_password_never_in_logs_or_endpoints(start_worker, tmp_path):
         wait_for(lambda: ok.get_status(refresh=True) == "finished" and bad.get_status(refresh=True) == "failed")
         server.kill()  # errors while Redis is away must not print the URL either
         wait_for(lambda: w.get("/readyz")[0] == 503, timeout=10)
+        wait_for(lambda: "Redis unavailable" in w.log_path.read_text(), timeout=10, message="outage logged")
         bodies = [str(w.get(p)[1]) for p in ("/healthz", "/readyz", "/metrics")]
         w.stop()
         everything = w.log_path.read_text() + "".join(bodies)

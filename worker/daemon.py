@@ -25,7 +25,8 @@ import time
 
 import redis.exceptions
 from rq import Worker
-from rq.exceptions import DequeueTimeout, InvalidJobOperation
+from rq.exceptions import InvalidJobOperation
+from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.scheduler import RQScheduler
@@ -34,6 +35,7 @@ from rq.utils import now
 from rq.worker.base import WorkerStatus
 
 from worker import recovery
+from worker.dequeue import Mover, QueueWaiter, inflight_key
 from worker.errors import BadInputError, TransientError
 from worker.registry import GuardedJob
 from worker.settings import Settings
@@ -98,6 +100,9 @@ class DaemonWorker(Worker):
         self._last_redis_beat = 0.0
         self._last_schedule = 0.0
         self._last_sweep = 0.0
+        self._mover: Mover | None = None
+        self._waiter: QueueWaiter | None = None
+        self._queue_keys: list[str] = []
         self._scheduler: RQScheduler | None = None
         self._backoff = Backoff()
 
@@ -170,18 +175,8 @@ class DaemonWorker(Worker):
                             break
                         self._sleep(self.settings.poll_interval)
                         continue
-                    result = self.queue_class.dequeue_any(
-                        self._ordered_queues,
-                        None if burst else self.settings.poll_interval,
-                        connection=self.connection,
-                        job_class=self.job_class,
-                        serializer=self.serializer,
-                        death_penalty_class=self.death_penalty_class,
-                    )
+                    result = self._dequeue(burst)
                     self._redis_back()
-                except DequeueTimeout:
-                    self._redis_back()
-                    continue
                 except REDIS_ERRORS as exc:
                     self._redis_lost(exc)
                     continue
@@ -206,6 +201,7 @@ class DaemonWorker(Worker):
             self._tick()
             try:
                 self.bootstrap(self.settings.log_level)
+                recovery.restore_inflight(self.connection, self.inflight_key)  # a previous life's
                 self._redis_back()
                 return True
             except REDIS_ERRORS as exc:
@@ -282,12 +278,68 @@ class DaemonWorker(Worker):
             sched.enqueue_scheduled_jobs()
 
     def _teardown_quietly(self) -> None:
+        if self._waiter is not None:
+            self._waiter.stop()
         try:
             if self._scheduler is not None and self._scheduler.acquired_locks:
                 self._scheduler.release_locks()
             self.teardown()
         except REDIS_ERRORS as exc:
             log.warning("could not register worker death in Redis (%s)", type(exc).__name__)
+
+    def _dequeue(self, burst: bool) -> tuple[Job, Queue] | None:
+        """Move the next job id, by queue priority, into our in-flight list (atomically) and fetch
+        it; when the queues are empty, wait up to POLL_INTERVAL for work (see worker.dequeue)."""
+        if self._mover is None:
+            self._mover = Mover(self.connection)
+            self._queue_keys = [q.key for q in self._ordered_queues]
+        while True:
+            moved = self._mover(self._queue_keys, self.inflight_key)
+            if moved is None:
+                if not burst:
+                    if self._waiter is None:
+                        self._waiter = QueueWaiter(self.connection, self._queue_keys, self.settings.poll_interval)
+                        self._waiter.start()
+                    self._waiter.wait(self.settings.poll_interval)
+                return None
+            queue_key, job_id = moved
+            try:
+                fetched = self.queue_class._fetch_dequeued_job(
+                    self.connection,
+                    queue_key,
+                    job_id,
+                    job_class=self.job_class,
+                    serializer=self.serializer,
+                    death_penalty_class=self.death_penalty_class,
+                )
+            except REDIS_ERRORS:
+                raise  # the id stays in our in-flight list: put back on the next start or by recovery
+            except Exception:
+                log.exception("job %s cannot be read; moving it to the failed registry", job_id)
+                with self.connection.pipeline() as pipe:
+                    pipe.lrem(self.inflight_key, 0, job_id)
+                    pipe.zadd(f"rq:failed:{queue_key.rsplit(':', 1)[-1]}", {job_id: time.time() + 365 * 86400})
+                    pipe.execute()
+                continue
+            if fetched is None:  # the job hash is gone (deleted while queued)
+                self.connection.lrem(self.inflight_key, 0, job_id)
+                continue
+            return fetched
+
+    @property
+    def inflight_key(self) -> str:
+        return inflight_key(self.name)
+
+    def prepare_execution(self, job: Job) -> Execution:
+        """RQ's, plus: the job leaves our in-flight list in the same transaction that puts it in
+        the started registry, so it is always in one of the two."""
+        with self.connection.pipeline() as pipeline:
+            execution = Execution.create(job, self.get_heartbeat_ttl(job), pipeline=pipeline, worker_name=self.name)
+            self.executions[execution.id] = execution
+            self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
+            pipeline.lrem(self.inflight_key, 0, job.id)
+            pipeline.execute()
+        return execution
 
     # -- one job -----------------------------------------------------------------------
     def execute_job(self, job: Job, queue: Queue) -> None:
@@ -450,6 +502,7 @@ class DaemonWorker(Worker):
                     job.meta["requeued"] = int(job.meta.get("requeued", 0)) + 1
                     job.save_meta()
                     job.set_status(JobStatus.QUEUED, pipeline=pipe)
+                    pipe.lrem(self.inflight_key, 0, job.id)
                     queue.push_job_id(job.id, pipeline=pipe, at_front=True)
                     pipe.execute()
                 log.info("job %s put back at the front of %s", job.id, queue.name)

@@ -36,6 +36,41 @@ def worker_alive(conn: Redis, name: str, dead_after: float) -> bool:
     return now() - utcparse(last) < timedelta(seconds=dead_after)
 
 
+def restore_inflight(conn: Redis, key: str) -> int:
+    """Put the ids left in an in-flight list back at the front of their queues.
+
+    An id there was taken off its queue but never registered as started: no horse ever ran it.
+    """
+    restored = 0
+    for raw in reversed(conn.lrange(key, 0, -1)):  # reversed + LPUSH keeps their order
+        job_id = as_text(raw)
+        origin, status = (
+            as_text(v) if v is not None else None for v in conn.hmget(f"rq:job:{job_id}", ["origin", "status"])
+        )
+        with conn.pipeline() as pipe:
+            pipe.lrem(key, 0, job_id)
+            if origin and status not in TERMINAL:
+                pipe.hset(f"rq:job:{job_id}", "status", JobStatus.QUEUED.value)
+                pipe.lpush(f"rq:queue:{origin}", job_id)
+                restored += 1
+            pipe.execute()
+        log.warning("job %s taken off %s by a worker that died before starting it: put back", job_id, origin)
+    return restored
+
+
+def sweep_inflight(conn: Redis, me: str, dead_after: float) -> int:
+    """Restore the in-flight lists of dead workers."""
+    from worker.dequeue import INFLIGHT_PREFIX
+
+    restored = 0
+    for raw in conn.scan_iter(match=INFLIGHT_PREFIX + "*", count=200):
+        key = as_text(raw)
+        owner = key[len(INFLIGHT_PREFIX) :]
+        if owner != me and not worker_alive(conn, owner, dead_after):
+            restored += restore_inflight(conn, key)
+    return restored
+
+
 def sweep(
     conn: Redis,
     queues: list[Queue],
@@ -53,6 +88,7 @@ def sweep(
     an abandoned entry first."""
     if not force and not conn.set(LOCK_KEY, me, nx=True, ex=lock_seconds):
         return []
+    sweep_inflight(conn, me, dead_after)
     done: list[tuple[str, str]] = []
     for queue in queues:
         registry = queue.started_job_registry
