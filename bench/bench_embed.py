@@ -49,10 +49,36 @@ def corpus(n: int) -> list[str]:
     import inspect
 
     texts: list[str] = []
-    for name in ("collections", "json", "argparse", "logging", "pathlib", "subprocess", "threading",
-                 "email.message", "http.client", "urllib.request", "zipfile", "tarfile", "sqlite3",
-                 "decimal", "fractions", "statistics", "datetime", "calendar", "textwrap", "difflib",
-                 "asyncio", "unittest", "configparser", "csv", "shutil", "socket", "ssl", "enum"):
+    for name in (
+        "collections",
+        "json",
+        "argparse",
+        "logging",
+        "pathlib",
+        "subprocess",
+        "threading",
+        "email.message",
+        "http.client",
+        "urllib.request",
+        "zipfile",
+        "tarfile",
+        "sqlite3",
+        "decimal",
+        "fractions",
+        "statistics",
+        "datetime",
+        "calendar",
+        "textwrap",
+        "difflib",
+        "asyncio",
+        "unittest",
+        "configparser",
+        "csv",
+        "shutil",
+        "socket",
+        "ssl",
+        "enum",
+    ):
         module = importlib.import_module(name)
         for _, obj in sorted(vars(module).items()):
             doc = inspect.getdoc(obj) if (inspect.isclass(obj) or inspect.isfunction(obj)) else None
@@ -105,9 +131,22 @@ def run_engine(engine: str, texts_file: Path, out: Path, threads: int) -> dict:
 
 def engine_in_subprocess(python: str, engine: str, texts_file: Path, out: Path, threads: int) -> dict:
     run = subprocess.run(
-        [python, __file__, "--engine", engine, "--texts-file", str(texts_file), "--out", str(out),
-         "--threads", str(threads)],
-        capture_output=True, text=True, check=False, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        [
+            python,
+            __file__,
+            "--engine",
+            engine,
+            "--texts-file",
+            str(texts_file),
+            "--out",
+            str(out),
+            "--threads",
+            str(threads),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
     )
     if run.returncode != 0:
         raise RuntimeError(f"{engine} failed: {run.stderr[-2000:]}")
@@ -137,7 +176,8 @@ def onnxruntime_matmul_gflops(threads: int, size: int = 2048, repeats: int = 7) 
     except ImportError:  # onnx is a build dependency
         return None
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul",
+        [helper.make_node("MatMul", ["a", "b"], ["c"])],
+        "matmul",
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, [size, size]) for n in ("a", "b")],
         [helper.make_tensor_value_info("c", TensorProto.FLOAT, [size, size])],
     )
@@ -165,8 +205,13 @@ def fork_choice(threads: int, rounds: int = 5) -> dict:
     parent.embed(["warm up"])
     sentence = ["How long does a one-sentence query take in a freshly forked work-horse?"]
     texts = corpus(400)[:120]
-    results: dict[str, list[float]] = {"inherited_small": [], "load": [], "own_small": [],
-                                       "inherited_big": [], "own_big": []}
+    results: dict[str, list[float]] = {
+        "inherited_small": [],
+        "load": [],
+        "own_small": [],
+        "inherited_big": [],
+        "own_big": [],
+    }
     for _ in range(rounds):
         read_fd, write_fd = os.pipe()
         pid = os.fork()
@@ -210,10 +255,21 @@ def worker_latency(jobs: int = 40) -> tuple[float, float, float]:
     from worker.devredis import RedisServer, free_port
 
     with tempfile.TemporaryDirectory() as tmp, RedisServer(directory=Path(tmp) / "redis") as server:
-        env = dict(os.environ, REDIS_URL=server.url, HEALTH_PORT=str(free_port()), LOG_LEVEL="WARNING",
-                   EMBED_MODEL_DIR=str(MODEL_DIR), PYTHONPATH=str(ROOT))
-        proc = subprocess.Popen([sys.executable, "-m", "worker", "run"], env=env, cwd=tmp,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env = dict(
+            os.environ,
+            REDIS_URL=server.url,
+            HEALTH_PORT=str(free_port()),
+            LOG_LEVEL="WARNING",
+            EMBED_MODEL_DIR=str(MODEL_DIR),
+            PYTHONPATH=str(ROOT),
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "worker", "run"],
+            env=env,
+            cwd=tmp,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             q = Queue("default", connection=Redis.from_url(server.url), serializer=JSONSerializer)
             times = []
@@ -259,8 +315,10 @@ def main() -> None:
     texts = corpus(args.texts)
     tokens = sum(Embedder(MODEL_DIR, "fp32", threads=1).count_tokens(texts))
     engines = ["ours-fp32", "ours-int8"] + (["st"] if st_python else [])
-    print(f"{len(texts)} texts, {tokens} tokens (mean {tokens / len(texts):.0f}, truncated at 256), "
-          f"{args.threads} threads, {args.rounds} rounds, each engine in a fresh process; medians")
+    print(
+        f"{len(texts)} texts, {tokens} tokens (mean {tokens / len(texts):.0f}, truncated at 256), "
+        f"{args.threads} threads, {args.rounds} rounds, each engine in a fresh process; medians"
+    )
     runs: dict[str, list[dict]] = {e: [] for e in engines}
     with tempfile.TemporaryDirectory() as tmp:
         texts_file = Path(tmp) / "texts.json"
@@ -268,8 +326,9 @@ def main() -> None:
         for _ in range(args.rounds):
             for engine in engines:
                 python = st_python if engine == "st" else sys.executable
-                runs[engine].append(engine_in_subprocess(python, engine, texts_file, Path(tmp) / f"{engine}.npy",
-                                                         args.threads))
+                runs[engine].append(
+                    engine_in_subprocess(python, engine, texts_file, Path(tmp) / f"{engine}.npy", args.threads)
+                )
         vectors = {e: np.load(Path(tmp) / f"{e}.npy") for e in engines}
     gflops = matmul_gflops()
     ort_gflops = onnxruntime_matmul_gflops(args.threads)
@@ -279,13 +338,17 @@ def main() -> None:
         speed[engine] = tokens / seconds
         flop = LINEAR_FLOP_PER_TOKEN * speed[engine] / 1e9
         load, loaded, peak = (statistics.median(r[k] for r in runs[engine]) for k in ("load", "loaded_mb", "peak_mb"))
-        print(f"  {engine:<10} {speed[engine]:8.0f} tokens/s  load {load:.2f}s  RSS loaded {loaded:5.0f} MB"
-              f"  peak {peak:5.0f} MB  {flop:5.1f} GFLOP/s = {flop / gflops:.0%} of numpy's matmul"
-              + (f", {flop / ort_gflops:.0%} of onnxruntime's" if ort_gflops else ""))
-    print(f"float32 matmul 2048^3: numpy {gflops:.0f} GFLOP/s"
-          + (f", onnxruntime {ort_gflops:.0f} GFLOP/s" if ort_gflops else "")
-          + f"; the linear layers cost {LINEAR_FLOP_PER_TOKEN / 1e6:.1f} MFLOP a token (attention: 4 x 384 x length"
-          " x 6 more; int8 does integer multiply-adds, so its fraction of a float peak can pass 100%)")
+        print(
+            f"  {engine:<10} {speed[engine]:8.0f} tokens/s  load {load:.2f}s  RSS loaded {loaded:5.0f} MB"
+            f"  peak {peak:5.0f} MB  {flop:5.1f} GFLOP/s = {flop / gflops:.0%} of numpy's matmul"
+            + (f", {flop / ort_gflops:.0%} of onnxruntime's" if ort_gflops else "")
+        )
+    print(
+        f"float32 matmul 2048^3: numpy {gflops:.0f} GFLOP/s"
+        + (f", onnxruntime {ort_gflops:.0f} GFLOP/s" if ort_gflops else "")
+        + f"; the linear layers cost {LINEAR_FLOP_PER_TOKEN / 1e6:.1f} MFLOP a token (attention: 4 x 384 x length"
+        " x 6 more; int8 does integer multiply-adds, so its fraction of a float peak can pass 100%)"
+    )
 
     def cosine(a: str, b: str) -> str:
         c = (vectors[a] * vectors[b]).sum(axis=1)
@@ -297,17 +360,23 @@ def main() -> None:
         print(f"  cosine fp32 vs st: {cosine('ours-fp32', 'st')}; int8 vs st: {cosine('ours-int8', 'st')}")
     else:
         print("  sentence-transformers not installed: pass --st-python or install the bench extra")
-    print(f"  int8/fp32 {speed['ours-int8'] / speed['ours-fp32']:.2f}x; cosine int8 vs fp32: "
-          f"{cosine('ours-int8', 'ours-fp32')}")
+    print(
+        f"  int8/fp32 {speed['ours-int8'] / speed['ours-fp32']:.2f}x; cosine int8 vs fp32: "
+        f"{cosine('ours-int8', 'ours-fp32')}"
+    )
 
     fork = fork_choice(args.threads)
-    print(f"fork, in a child of a process holding a 1-thread session (median of 5 children): one sentence "
-          f"{fork['inherited_small'] * 1000:.1f} ms on the inherited session vs {fork['load'] * 1000:.0f} ms to load "
-          f"an own {args.threads}-thread session + {fork['own_small'] * 1000:.1f} ms; {fork['big_tokens']} tokens "
-          f"{fork['inherited_big'] * 1000:.0f} ms inherited vs {fork['own_big'] * 1000:.0f} ms own")
+    print(
+        f"fork, in a child of a process holding a 1-thread session (median of 5 children): one sentence "
+        f"{fork['inherited_small'] * 1000:.1f} ms on the inherited session vs {fork['load'] * 1000:.0f} ms to load "
+        f"an own {args.threads}-thread session + {fork['own_small'] * 1000:.1f} ms; {fork['big_tokens']} tokens "
+        f"{fork['inherited_big'] * 1000:.0f} ms inherited vs {fork['own_big'] * 1000:.0f} ms own"
+    )
     median, p90, rss = worker_latency()
-    print(f"embed_texts, one sentence, enqueue -> result on an idle worker: median {median:.1f} ms, p90 {p90:.1f} ms;"
-          f" worker RSS with the model loaded {rss:.0f} MB")
+    print(
+        f"embed_texts, one sentence, enqueue -> result on an idle worker: median {median:.1f} ms, p90 {p90:.1f} ms;"
+        f" worker RSS with the model loaded {rss:.0f} MB"
+    )
 
 
 if __name__ == "__main__":

@@ -49,8 +49,22 @@ def corpus() -> list[Path]:
     sdist = CACHE / SDIST
     if not sdist.exists():
         CACHE.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                        "pypdf==7.1.1", "-d", str(CACHE), "-q"], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "pypdf==7.1.1",
+                "-d",
+                str(CACHE),
+                "-q",
+            ],
+            check=True,
+        )
     digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
     if digest != SDIST_SHA256:
         raise SystemExit(f"{sdist}: sha256 {digest} is not the pinned {SDIST_SHA256}")
@@ -131,8 +145,14 @@ def bench_ingest(paths: list[Path], workdir: Path) -> dict | None:
 
     with Store.open(get_settings().store_url) as store:
         tokens = store.conn.execute("SELECT sum(n_tokens) FROM chunks").fetchone()[0] or 0
-    return {"pages": pages, "chunks": chunks, "tokens": tokens, "seconds": total, "pages_per_s": pages / total,
-            "stages": stages}
+    return {
+        "pages": pages,
+        "chunks": chunks,
+        "tokens": tokens,
+        "seconds": total,
+        "pages_per_s": pages / total,
+        "stages": stages,
+    }
 
 
 def bench_search(sizes: list[int], workdir: Path, dim: int = 384, queries: int = 20) -> dict[int, float]:
@@ -150,8 +170,18 @@ def bench_search(sizes: list[int], workdir: Path, dim: int = 384, queries: int =
                 vectors = rng.standard_normal((m, dim)).astype(np.float32)
                 vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
                 chunks = [Chunk(i, "x" * 800, 1, 1, 0, 800, 200) for i in range(m)]
-                store.add_document(document_id=str(d), sha256=str(d), model="m", name=None, meta={}, pages=1,
-                                   pages_without_text=0, page_errors=[], chunks=chunks, vectors=vectors)
+                store.add_document(
+                    document_id=str(d),
+                    sha256=str(d),
+                    model="m",
+                    name=None,
+                    meta={},
+                    pages=1,
+                    pages_without_text=0,
+                    page_errors=[],
+                    chunks=chunks,
+                    vectors=vectors,
+                )
             times = []
             for _ in range(queries):
                 q = rng.standard_normal(dim).astype(np.float32)
@@ -182,16 +212,20 @@ def main() -> int:
     print(f"corpus: {len(paths)} PDFs, {n_pages} pages: " + ", ".join(p.name for p in paths))
 
     ex = bench_extract(paths, args.rounds)
-    print(f"extract, median of {args.rounds} rounds: pypdf direct {ex['pages_per_s']['direct']:.1f} pages/s, "
-          f"extract_text job {ex['pages_per_s']['ours']:.1f} pages/s, ratio {ex['ratio']:.3f}x")
+    print(
+        f"extract, median of {args.rounds} rounds: pypdf direct {ex['pages_per_s']['direct']:.1f} pages/s, "
+        f"extract_text job {ex['pages_per_s']['ours']:.1f} pages/s, ratio {ex['ratio']:.3f}x"
+    )
 
     if not args.no_ingest:
         ing = bench_ingest(paths, workdir)
         if ing:
             split = ", ".join(f"{k} {v:.2f}s ({v / ing['seconds']:.0%})" for k, v in ing["stages"].items())
-            print(f"ingest_pdf end to end: {ing['pages']} pages, {ing['chunks']} chunks in {ing['seconds']:.1f}s = "
-                  f"{ing['pages_per_s']:.1f} pages/s; {split}; embedding "
-                  f"{ing['tokens'] / ing['stages']['embed']:.0f} tokens/s")
+            print(
+                f"ingest_pdf end to end: {ing['pages']} pages, {ing['chunks']} chunks in {ing['seconds']:.1f}s = "
+                f"{ing['pages_per_s']:.1f} pages/s; {split}; embedding "
+                f"{ing['tokens'] / ing['stages']['embed']:.0f} tokens/s"
+            )
 
     sizes = [int(s) for s in args.search_sizes.split(",") if s.strip()]
     if sizes:

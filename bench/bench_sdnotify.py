@@ -45,13 +45,21 @@ def one_round(url: str, jobs: int, notify: str | None, tmp: str) -> float:
     conn.flushall()
     q = Queue("default", connection=conn, serializer=JSONSerializer)
     enqueued = [q.enqueue("worker.jobs.ping", "x") for _ in range(jobs)]
-    env = dict(os.environ, REDIS_URL=url, HEALTH_PORT=str(free_port()), LOG_LEVEL="WARNING",
-               STORE_URL=f"sqlite:///{tmp}/store.db", INPUT_ROOTS=tmp, PYTHONPATH=str(ROOT),
-               EMBED_MODEL_DIR=str(MODEL_DIR))
+    env = dict(
+        os.environ,
+        REDIS_URL=url,
+        HEALTH_PORT=str(free_port()),
+        LOG_LEVEL="WARNING",
+        STORE_URL=f"sqlite:///{tmp}/store.db",
+        INPUT_ROOTS=tmp,
+        PYTHONPATH=str(ROOT),
+        EMBED_MODEL_DIR=str(MODEL_DIR),
+    )
     if notify:
         env.update(NOTIFY_SOCKET=notify, WATCHDOG_USEC="2000000")
-    subprocess.run([sys.executable, "-m", "worker", "run", "--burst"], env=env, cwd=tmp, check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "worker", "run", "--burst"], env=env, cwd=tmp, check=True, stdout=subprocess.DEVNULL
+    )
     first, last = enqueued[0], enqueued[-1]
     first.refresh()
     last.refresh()

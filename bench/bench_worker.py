@@ -70,7 +70,7 @@ def healthz_latency(redis_url: str, workdir: Path, requests: int = 300) -> tuple
         PYTHONPATH=str(ROOT),
         HEALTH_PORT=str(port),
         LOG_LEVEL="WARNING",
-        EXTRA_JOBS="bench.jobs.spin",
+        EXTRA_JOBS="tests.jobs_for_tests.spin",
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "worker", "run"],
@@ -98,7 +98,7 @@ def healthz_latency(redis_url: str, workdir: Path, requests: int = 300) -> tuple
         idle = [get()[0] for _ in range(requests)]
         conn = Redis.from_url(redis_url)
         q = Queue("default", connection=conn, serializer=JSONSerializer)
-        q.enqueue("bench.jobs.spin", 30.0)
+        q.enqueue("tests.jobs_for_tests.spin", 30.0)
         while get()[1]["state"] != "busy":
             time.sleep(0.05)
         busy = sorted(get()[0] for _ in range(requests))

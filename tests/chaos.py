@@ -35,6 +35,7 @@ from rq.serializers import JSONSerializer
 from tests.conftest import MODEL_DIR, ROOT
 from tests.pdfs import make_pdf
 from worker.devredis import RedisServer, free_port
+from worker.errors import error_type
 
 BAD_INPUT_TYPES = {"NotAPdfError", "PathNotAllowedError", "InputNotFoundError", "EmptyInputError"}
 WORDS = [
@@ -325,7 +326,7 @@ def run_chaos(
                 report.outcomes["finished"] += 1
             elif status == "failed":
                 exc = (job.latest_result().exc_string or "") if job.latest_result() else ""
-                etype = exc.strip().splitlines()[-1].split(":", 1)[0].rsplit(".", 1)[-1] if exc else "?"
+                etype = error_type(exc) or "?"
                 if kind == "bad" and etype in BAD_INPUT_TYPES:
                     report.outcomes[f"failed {etype}"] += 1
                 else:

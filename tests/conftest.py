@@ -63,6 +63,28 @@ def http_get(url: str, method: str = "GET", timeout: float = 3.0) -> tuple[int, 
     return status, raw.decode()
 
 
+TEST_JOBS = ",".join(
+    f"tests.jobs_for_tests.{name}"
+    for name in ("sleep", "record", "fail", "crash", "spin", "kill_worker", "flaky", "bad_input", "hog")
+)
+
+
+def worker_env(redis_url: str, tmp: Path, health_port: int, extra_jobs: str) -> dict[str, str]:
+    """The environment of a worker process under test: its own Redis, port, store and roots."""
+    env = dict(os.environ)
+    env.update(
+        REDIS_URL=redis_url,
+        HEALTH_PORT=str(health_port),
+        HEALTH_HOST="127.0.0.1",
+        STORE_URL=f"sqlite:///{tmp}/store.db",
+        INPUT_ROOTS=str(tmp),
+        EMBED_MODEL_DIR=str(MODEL_DIR),
+        EXTRA_JOBS=extra_jobs,
+        PYTHONPATH=str(ROOT),
+    )
+    return env
+
+
 class WorkerProcess:
     """`python -m worker run` in a real process, with its own health port."""
 
@@ -78,19 +100,8 @@ class WorkerProcess:
         self.port = free_port()
         self.tmp = tmp
         self.log_path = tmp / f"worker-{self.port}.log"
-        env = dict(os.environ)
-        env.update(
-            REDIS_URL=redis_url,
-            HEALTH_PORT=str(self.port),
-            HEALTH_HOST="127.0.0.1",
-            STORE_URL=f"sqlite:///{tmp}/store.db",
-            INPUT_ROOTS=str(tmp),
-            EMBED_MODEL_DIR=str(MODEL_DIR),
-            EXTRA_JOBS="tests.jobs_for_tests.sleep,tests.jobs_for_tests.record,tests.jobs_for_tests.fail,"
-            "tests.jobs_for_tests.crash,tests.jobs_for_tests.spin,tests.jobs_for_tests.kill_worker,tests.jobs_for_tests.flaky,tests.jobs_for_tests.bad_input,tests.jobs_for_tests.hog",
-            PYTHONPATH=str(ROOT),
-            LOG_LEVEL="INFO",
-        )
+        env = worker_env(redis_url, tmp, self.port, TEST_JOBS)
+        env["LOG_LEVEL"] = "INFO"
         env.update(extra_env or {})
         self.env = env
         self._log = None

@@ -20,7 +20,7 @@ import pytest
 
 from tests import pdfs
 from tests.conftest import MODEL_DIR, ROOT, queue, wait_for
-from worker.daemon import error_type
+from worker.errors import error_type
 
 HAS_EMBEDDING = importlib.util.find_spec("worker.embedding") is not None
 needs_embedding = pytest.mark.skipif(
@@ -148,12 +148,13 @@ def test_extract_text_result_and_progress(start_worker, redis_conn, tmp_path) ->
     assert meta["counters"] == {"pages": 5, "pages_without_text": 1}
 
 
-def _search(tmp_path: Path, query: str, k: int = 3) -> list[dict]:
+def _run_search(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python -m worker search ARGS...` against the test's store."""
     env = dict(
         os.environ, STORE_URL=f"sqlite:///{tmp_path}/store.db", EMBED_MODEL_DIR=str(MODEL_DIR), PYTHONPATH=str(ROOT)
     )
     out = subprocess.run(
-        [sys.executable, "-m", "worker", "search", query, "-k", str(k), "--json"],
+        [sys.executable, "-m", "worker", "search", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -161,6 +162,11 @@ def _search(tmp_path: Path, query: str, k: int = 3) -> list[dict]:
         cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr
+    return out
+
+
+def _search(tmp_path: Path, query: str, k: int = 3) -> list[dict]:
+    out = _run_search(tmp_path, query, "-k", str(k), "--json")
     return [json.loads(line) for line in out.stdout.splitlines()]
 
 
@@ -304,14 +310,5 @@ def test_enqueue_wait_shows_progress_and_search_prints_pages(start_worker, redis
     stages = re.findall(r": started (extract|chunk|embed|store|read)(?: (\d+)/(\d+))?", out.stderr)
     assert any(stage == "embed" and total for stage, _, total in stages), out.stderr
 
-    env.update(STORE_URL=f"sqlite:///{tmp_path}/store.db", EMBED_MODEL_DIR=str(MODEL_DIR))
-    out = subprocess.run(
-        [sys.executable, "-m", "worker", "search", "sourdough oven temperature", "-k", "1"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
-    assert out.returncode == 0, out.stderr
+    out = _run_search(tmp_path, "sourdough oven temperature", "-k", "1")
     assert "long.pdf  p. 13" in out.stdout and "250 degrees" in out.stdout

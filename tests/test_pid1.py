@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MODEL_DIR, ROOT, http_get, queue, wait_for
+from tests.conftest import http_get, queue, wait_for, worker_env
 from worker.devredis import free_port
 
 unshare = shutil.which("unshare")
@@ -25,18 +25,8 @@ class Pid1Worker:
     def __init__(self, redis_url: str, tmp: Path) -> None:
         self.port = free_port()
         self.log_path = tmp / f"pid1-{self.port}.log"
-        env = dict(os.environ)
+        env = worker_env(redis_url, tmp, self.port, "tests.jobs_for_tests.sleep")
         env.pop("WORKER_NAME", None)
-        env.update(
-            REDIS_URL=redis_url,
-            HEALTH_PORT=str(self.port),
-            HEALTH_HOST="127.0.0.1",
-            STORE_URL=f"sqlite:///{tmp}/store.db",
-            INPUT_ROOTS=str(tmp),
-            EMBED_MODEL_DIR=str(MODEL_DIR),
-            EXTRA_JOBS="tests.jobs_for_tests.sleep",
-            PYTHONPATH=str(ROOT),
-        )
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in close())
         self.proc = subprocess.Popen(
             [unshare, "--pid", "--fork", sys.executable, "-m", "worker", "run"],

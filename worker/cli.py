@@ -170,7 +170,7 @@ def _emit(as_json: bool, obj: dict, text: str) -> None:
 
 
 def _emit_summary(as_json: bool, path: Path, job, status: str) -> None:
-    from worker.daemon import error_type
+    from worker.errors import error_type
 
     obj: dict = {"file": str(path), "job_id": job.id, "status": status}
     if status == "finished":

@@ -29,6 +29,7 @@ from rq.exceptions import InvalidJobOperation
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.queue import Queue
+from rq.registry import FailedJobRegistry
 from rq.scheduler import RQScheduler
 from rq.suspension import is_suspended
 from rq.utils import now
@@ -36,7 +37,7 @@ from rq.worker.base import WorkerStatus
 
 from worker import recovery
 from worker.dequeue import Mover, QueueWaiter, inflight_key
-from worker.errors import BadInputError, TransientError
+from worker.errors import BadInputError, TransientError, error_type
 from worker.registry import GuardedJob
 from worker.settings import Settings
 from worker.state import CurrentJob, LiveState
@@ -50,17 +51,6 @@ def is_transient(exc: BaseException | None) -> bool:
     if isinstance(exc, TransientError | redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
         return True
     return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
-
-
-def error_type(exc_string: str | None) -> str | None:
-    """The exception class name from the last line of a formatted traceback."""
-    if not exc_string:
-        return None
-    for line in reversed(exc_string.strip().splitlines()):
-        head = line.split(":", 1)[0].strip()
-        if head and " " not in head:
-            return head.rsplit(".", 1)[-1]
-    return None
 
 
 def func_name(job: Job) -> str:
@@ -105,10 +95,6 @@ class DaemonWorker(Worker):
         self._queue_keys: list[str] = []
         self._scheduler: RQScheduler | None = None
         self._backoff = Backoff()
-
-    @property
-    def dequeue_timeout(self) -> int:
-        return self.settings.poll_interval
 
     @property
     def connection_timeout(self) -> int:
@@ -201,7 +187,6 @@ class DaemonWorker(Worker):
             self._tick()
             try:
                 self.bootstrap(self.settings.log_level)
-                recovery.restore_inflight(self.connection, self.inflight_key)  # a previous life's
                 self._redis_back()
                 return True
             except REDIS_ERRORS as exc:
@@ -281,6 +266,7 @@ class DaemonWorker(Worker):
         if self._waiter is not None:
             self._waiter.stop()
         try:
+            recovery.restore_inflight(self.connection, self.inflight_key)  # normally empty
             if self._scheduler is not None and self._scheduler.acquired_locks:
                 self._scheduler.release_locks()
             self.teardown()
@@ -318,7 +304,8 @@ class DaemonWorker(Worker):
                 log.exception("job %s cannot be read; moving it to the failed registry", job_id)
                 with self.connection.pipeline() as pipe:
                     pipe.lrem(self.inflight_key, 0, job_id)
-                    pipe.zadd(f"rq:failed:{queue_key.rsplit(':', 1)[-1]}", {job_id: time.time() + 365 * 86400})
+                    failed_key = FailedJobRegistry.key_template.format(queue_key.rsplit(":", 1)[-1])
+                    pipe.zadd(failed_key, {job_id: time.time() + 365 * 86400})
                     pipe.execute()
                 continue
             if fetched is None:  # the job hash is gone (deleted while queued)

@@ -301,16 +301,7 @@ def get_embedder(settings: Settings | None = None) -> Embedder:
 
     Inherited across fork: a forked horse reuses the parent's (see the module docstring).
     """
-    settings = settings or get_settings()
-    key = _key(settings)
-    with _lock:
-        embedder = _cache.get(key)
-        if embedder is None:
-            embedder = Embedder(
-                key[0], settings.embed_precision, settings.threads_per_process(), settings.embed_batch_tokens
-            )
-            _cache[key] = embedder
-        return embedder
+    return _cached(settings or get_settings())
 
 
 def preload(settings: Settings | None = None) -> Embedder:
@@ -318,7 +309,10 @@ def preload(settings: Settings | None = None) -> Embedder:
 
     The parent itself never embeds; its horses inherit this session for small inputs.
     """
-    settings = settings or get_settings()
+    return _cached(settings or get_settings(), session_threads=1, warm=True)
+
+
+def _cached(settings: Settings, session_threads: int | None = None, warm: bool = False) -> Embedder:
     key = _key(settings)
     with _lock:
         embedder = _cache.get(key)
@@ -328,8 +322,9 @@ def preload(settings: Settings | None = None) -> Embedder:
                 settings.embed_precision,
                 settings.threads_per_process(),
                 settings.embed_batch_tokens,
-                session_threads=1,
+                session_threads=session_threads,
             )
-            embedder.embed(["warm up"])  # first run allocates; do it once here, not in every horse
+            if warm:
+                embedder.embed(["warm up"])  # first run allocates; do it once here, not in every horse
             _cache[key] = embedder
         return embedder

@@ -66,3 +66,14 @@ class StoreBusyError(TransientError):
 
 class ModelUnavailableError(WorkerError):
     """The embedding model files are missing or unreadable (run `make model`)."""
+
+
+def error_type(exc_string: str | None) -> str | None:
+    """The exception class name from the last line of a formatted traceback."""
+    if not exc_string:
+        return None
+    for line in reversed(exc_string.strip().splitlines()):
+        head = line.split(":", 1)[0].strip()
+        if head and " " not in head:
+            return head.rsplit(".", 1)[-1]
+    return None

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rq.queue import Queue
+from rq.registry import FailedJobRegistry, StartedJobRegistry
+
 from worker.state import DURATION_BUCKETS, LiveState
 
 STATES = ("starting", "idle", "busy", "draining")
@@ -41,9 +44,9 @@ def queue_figures(client, queues: Sequence[str]) -> dict[str, dict[str, int]]:
     """Depth, started and failed counts per queue, in one pipelined round trip."""
     pipe = client.pipeline(transaction=False)
     for q in queues:
-        pipe.llen(f"rq:queue:{q}")
-        pipe.zcard(f"rq:wip:{q}")
-        pipe.zcard(f"rq:failed:{q}")
+        pipe.llen(Queue.redis_queue_namespace_prefix + q)
+        pipe.zcard(StartedJobRegistry.key_template.format(q))
+        pipe.zcard(FailedJobRegistry.key_template.format(q))
     values = pipe.execute()
     return {
         q: {"depth": values[3 * i], "started": values[3 * i + 1], "failed": values[3 * i + 2]}

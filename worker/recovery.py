@@ -15,10 +15,15 @@ import logging
 from datetime import timedelta
 
 from redis import Redis
+from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.job_lifecycle import record_job_failure
 from rq.queue import Queue
 from rq.utils import as_text, now, parse_composite_key, utcparse
+from rq.worker import Worker
+from rq.worker_registration import REDIS_WORKER_KEYS
+
+from worker.dequeue import INFLIGHT_PREFIX, inflight_key
 
 log = logging.getLogger("worker.recovery")
 
@@ -29,7 +34,7 @@ TERMINAL = (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.C
 def worker_alive(conn: Redis, name: str, dead_after: float) -> bool:
     if not name:
         return False
-    data = conn.hmget(f"rq:worker:{name}", ["last_heartbeat", "death"])
+    data = conn.hmget(Worker.redis_worker_namespace_prefix + name, ["last_heartbeat", "death"])
     last, death = (as_text(v) if v is not None else None for v in data)
     if death or not last:
         return False
@@ -44,29 +49,38 @@ def restore_inflight(conn: Redis, key: str) -> int:
     restored = 0
     for raw in reversed(conn.lrange(key, 0, -1)):  # reversed + LPUSH keeps their order
         job_id = as_text(raw)
-        origin, status = (
-            as_text(v) if v is not None else None for v in conn.hmget(f"rq:job:{job_id}", ["origin", "status"])
-        )
+        job_key = Job.key_for(job_id)
+        origin, status = (as_text(v) if v is not None else None for v in conn.hmget(job_key, ["origin", "status"]))
         with conn.pipeline() as pipe:
             pipe.lrem(key, 0, job_id)
             if origin and status not in TERMINAL:
-                pipe.hset(f"rq:job:{job_id}", "status", JobStatus.QUEUED.value)
-                pipe.lpush(f"rq:queue:{origin}", job_id)
+                pipe.hset(job_key, "status", JobStatus.QUEUED.value)
+                pipe.lpush(Queue.redis_queue_namespace_prefix + origin, job_id)
                 restored += 1
             pipe.execute()
         log.warning("job %s taken off %s by a worker that died before starting it: put back", job_id, origin)
     return restored
 
 
-def sweep_inflight(conn: Redis, me: str, dead_after: float) -> int:
-    """Restore the in-flight lists of dead workers."""
-    from worker.dequeue import INFLIGHT_PREFIX
+def sweep_inflight(conn: Redis, me: str, dead_after: float, scan: bool = False) -> int:
+    """Restore the in-flight lists of dead workers, and our own.
 
+    Ours is empty whenever this runs (from the main loop, never between taking a job and
+    registering it), so anything in it is a leftover: an id moved by a script whose reply was
+    lost, or one from an earlier process of the same name. Dead workers are found in RQ's set
+    of registered workers (a killed worker stays there); `scan` also walks the keyspace for
+    lists of workers no longer in that set, which is costly and done only at maintenance.
+    """
+    if scan:
+        keys = {as_text(k) for k in conn.scan_iter(match=INFLIGHT_PREFIX + "*", count=500)}
+    else:
+        prefix = Worker.redis_worker_namespace_prefix
+        keys = {inflight_key(as_text(k)[len(prefix) :]) for k in conn.smembers(REDIS_WORKER_KEYS)}
+        keys.add(inflight_key(me))
     restored = 0
-    for raw in conn.scan_iter(match=INFLIGHT_PREFIX + "*", count=200):
-        key = as_text(raw)
+    for key in keys:
         owner = key[len(INFLIGHT_PREFIX) :]
-        if owner != me and not worker_alive(conn, owner, dead_after):
+        if (owner == me or not worker_alive(conn, owner, dead_after)) and conn.llen(key):
             restored += restore_inflight(conn, key)
     return restored
 
@@ -88,16 +102,17 @@ def sweep(
     an abandoned entry first."""
     if not force and not conn.set(LOCK_KEY, me, nx=True, ex=lock_seconds):
         return []
-    sweep_inflight(conn, me, dead_after)
+    sweep_inflight(conn, me, dead_after, scan=force)
     done: list[tuple[str, str]] = []
     for queue in queues:
         registry = queue.started_job_registry
         for raw in conn.zrange(registry.key, 0, -1):
             composite = as_text(raw)
-            job_id, execution_id = parse_composite_key(composite)
+            job_id = parse_composite_key(composite)[0]
             if job_id == my_job_id:
                 continue
-            owner = as_text(conn.hget(f"rq:execution:{composite}", "worker_name") or b"")
+            execution_key = Execution.from_composite_key(composite, conn).key
+            owner = as_text(conn.hget(execution_key, "worker_name") or b"")
             if owner and owner != me and worker_alive(conn, owner, dead_after):
                 continue
             outcome = _recover(conn, queue, registry, composite, job_id, owner, max_attempts, job_class, serializer)
@@ -124,7 +139,7 @@ def _recover(conn, queue, registry, composite, job_id, owner, max_attempts, job_
     who = owner or "an unknown worker"
     with conn.pipeline() as pipe:
         pipe.zrem(registry.key, composite)
-        pipe.delete(f"rq:execution:{composite}")
+        pipe.delete(Execution.from_composite_key(composite, conn).key)
         job.save_meta()
         if attempts >= max_attempts:
             reason = (

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import os
 from collections.abc import Callable
 from typing import Any
 
 from rq.job import Job
 
 from worker.errors import ForbiddenJobError, InvalidArgumentsError
+from worker.settings import get_settings
 
 BUILTIN_JOBS: tuple[str, ...] = (
     "worker.jobs.ping",
@@ -28,8 +28,7 @@ BUILTIN_JOBS: tuple[str, ...] = (
 
 def registered_names() -> tuple[str, ...]:
     """The built-in jobs plus those named in EXTRA_JOBS (comma-separated dotted names)."""
-    extra = tuple(n.strip() for n in os.environ.get("EXTRA_JOBS", "").split(",") if n.strip())
-    return BUILTIN_JOBS + extra
+    return BUILTIN_JOBS + get_settings().extra_jobs
 
 
 def resolve(func_name: str | None) -> Callable[..., Any]:

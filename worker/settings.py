@@ -132,6 +132,8 @@ class Settings:
     store_busy_timeout: float = 30.0
     # Address-space limit of a work-horse in MiB (0: none).
     horse_memory_mb: int = 0
+    # Dotted names of the user's own job functions, registered beside the built-in ones.
+    extra_jobs: tuple[str, ...] = ()
     # Attempts after which a job that keeps killing its worker is failed.
     max_attempts: int = 3
     # Seconds between automatic retries of transient failures (their count is the number of retries).
@@ -181,6 +183,7 @@ class Settings:
             chunk_overlap=_int(env, "CHUNK_OVERLAP", cls.chunk_overlap, 0),
             store_busy_timeout=_float(env, "STORE_BUSY_TIMEOUT", cls.store_busy_timeout, 0.0),
             horse_memory_mb=_int(env, "HORSE_MEMORY_MB", 0),
+            extra_jobs=tuple(n.strip() for n in env.get("EXTRA_JOBS", "").split(",") if n.strip()),
             max_attempts=_int(env, "MAX_ATTEMPTS", cls.max_attempts, 1),
             retry_intervals=_int_list(env, "RETRY_INTERVALS", cls.retry_intervals),
             dead_worker_after=_float(env, "DEAD_WORKER_AFTER", cls.dead_worker_after, 2.0),
