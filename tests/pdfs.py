@@ -1,8 +1,8 @@
 """Hand-written PDFs for the tests: real files built byte by byte, no PDF library needed.
 
 Latin text uses the standard Helvetica font; any other script uses a Type0 font whose
-ToUnicode map is the identity over the Basic Multilingual Plane (the code of each glyph is
-its code point), which is all a text extractor needs.
+ToUnicode map is the identity on the characters used (the code of each glyph is its code
+point), which is all a text extractor needs.
 """
 
 from __future__ import annotations
@@ -30,23 +30,22 @@ def _content(text: str | None, font: str) -> bytes:
     return "\n".join(lines).encode("latin-1")
 
 
-TOUNICODE = b"""/CIDInit /ProcSet findresource begin
-12 dict begin
-begincmap
-/CIDSystemInfo << /Registry (Adobe) /Ordering (UCS) /Supplement 0 >> def
-/CMapName /Identity-UCS def
-/CMapType 2 def
-1 begincodespacerange
-<0000> <FFFF>
-endcodespacerange
-1 beginbfrange
-<0000> <FFFF> <0000>
-endbfrange
-endcmap
-CMapName currentdict /CMap defineresource pop
-end
-end
-"""
+def _tounicode(text: str) -> bytes:
+    """A ToUnicode map that is the identity on the UTF-16 code units `text` uses (bfchar entries,
+    at most 100 a block as the spec wants). An identity bfrange over the whole plane would do as
+    well, but pypdf expands a range entry by entry: 65,536 of them per page, 0.4 s each."""
+    units = sorted({text.encode("utf-16-be")[i : i + 2].hex() for i in range(0, len(text.encode("utf-16-be")), 2)})
+    blocks = []
+    for i in range(0, len(units), 100):
+        part = units[i : i + 100]
+        blocks.append(f"{len(part)} beginbfchar\n" + "".join(f"<{u}> <{u}>\n" for u in part) + "endbfchar\n")
+    return (
+        "/CIDInit /ProcSet findresource begin\n12 dict begin\nbegincmap\n"
+        "/CIDSystemInfo << /Registry (Adobe) /Ordering (UCS) /Supplement 0 >> def\n"
+        "/CMapName /Identity-UCS def\n/CMapType 2 def\n"
+        "1 begincodespacerange\n<0000> <FFFF>\nendcodespacerange\n" + "".join(blocks) + "endcmap\n"
+        "CMapName currentdict /CMap defineresource pop\nend\nend\n"
+    ).encode("ascii")
 
 
 def make_pdf(
@@ -68,7 +67,8 @@ def make_pdf(
     catalog = add(b"")  # filled in below
     pages_obj = add(b"")
     helv = add(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>")
-    tounicode = add(stream(TOUNICODE))
+    other = "".join(t for t in pages if t is not None and not all(ord(ch) < 128 for ch in t))
+    tounicode = add(stream(_tounicode(other or " ")))
     descendant = add(
         b"<< /Type /Font /Subtype /CIDFontType2 /BaseFont /AnyUnicode"
         b" /CIDSystemInfo << /Registry (Adobe) /Ordering (Identity) /Supplement 0 >>"

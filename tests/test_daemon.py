@@ -15,7 +15,7 @@ from redis import Redis
 from rq import Queue, Worker
 from rq.job import Job
 
-from tests.conftest import ROOT, queue, wait_for
+from tests.conftest import ROOT, queue, wait_for, worker_env
 from worker.devredis import RedisServer, free_port
 
 
@@ -74,6 +74,16 @@ def test_strict_priority(start_worker, redis_conn):
     start_worker(args=["--burst"], ready=False).wait(30)
     order = [x.decode() for x in redis_conn.lrange("test:order", 0, -1)]
     assert order == [f"{q}{i}" for q in ("high", "default", "low") for i in range(3)]
+
+
+def test_run_is_the_default_command_flags_included(redis_conn, redis_url, tmp_path):
+    job = queue(redis_conn).enqueue("worker.jobs.ping", "burst")
+    env = worker_env(redis_url, tmp_path, free_port(), "")
+    out = subprocess.run(
+        [sys.executable, "-m", "worker", "--burst"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert job.get_status(refresh=True) == "finished"
 
 
 def test_health_endpoints_answer_404_405_and_head(start_worker):

@@ -133,30 +133,13 @@ def test_job_registered_but_not_yet_started_by_a_dead_worker_is_not_lost(start_w
 
 def test_job_taken_off_the_queue_by_a_worker_that_died_is_put_back(start_worker, redis_conn):
     """The gap plain RQ has between popping a job and registering it: here the id sits in the
-    dead worker's in-flight list, and a live worker puts it back."""
+    dead worker's in-flight list, and a live worker puts it back, at the front."""
     q = queue(redis_conn)
-    first = q.enqueue("worker.jobs.ping", "taken")
-    second = q.enqueue("worker.jobs.ping", "waiting")
+    first = q.enqueue("tests.jobs_for_tests.record", "taken")
+    second = q.enqueue("tests.jobs_for_tests.record", "waiting")
     assert redis_conn.lmove(q.key, "worker:inflight:ghost-worker", "LEFT", "RIGHT").decode() == first.id
     start_worker(extra_env=FAST)
-    wait_for(lambda: first.get_status(refresh=True) == "finished", timeout=20, message="taken job finished")
-    assert second.get_status(refresh=True) == "finished"
+    wait_for(lambda: redis_conn.llen("test:order") == 2, timeout=20, message="both jobs ran")
+    assert [x.decode() for x in redis_conn.lrange("test:order", 0, -1)] == ["taken", "waiting"]
+    assert first.get_status(refresh=True) == second.get_status(refresh=True) == "finished"
     assert redis_conn.llen("worker:inflight:ghost-worker") == 0
-
-
-def test_dequeue_moves_atomically_in_priority_order(redis_conn):
-    from worker.dequeue import Mover
-
-    for name, n in (("low", 2), ("high", 1), ("default", 1)):
-        for i in range(n):
-            redis_conn.rpush(f"rq:queue:{name}", f"{name}-{i}")
-    move = Mover(redis_conn)
-    keys = ["rq:queue:high", "rq:queue:default", "rq:queue:low"]
-    taken = [move(keys, "worker:inflight:me") for _ in range(5)]
-    assert [t[1] if t else None for t in taken] == ["high-0", "default-0", "low-0", "low-1", None]
-    assert [x.decode() for x in redis_conn.lrange("worker:inflight:me", 0, -1)] == [
-        "high-0",
-        "default-0",
-        "low-0",
-        "low-1",
-    ]

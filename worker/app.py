@@ -14,6 +14,7 @@ from redis import Redis
 from rq.serializers import DefaultSerializer, JSONSerializer
 
 from worker import __version__
+from worker.allowlist import import_registered
 from worker.settings import Settings
 
 log = logging.getLogger("worker")
@@ -111,6 +112,8 @@ def run_daemon(settings: Settings, burst: bool = False, max_jobs: int | None = N
         return EXIT_UNAVAILABLE
 
     _preload_model(settings)
+    for problem in import_registered():
+        log.warning("registered job cannot be imported: %s", problem)
     log.info(
         "worker %s %s starting: queues %s, redis %s, health on http://%s:%d",
         name,

@@ -18,9 +18,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
 import select
 import signal
-import sqlite3
 import time
 
 import redis.exceptions
@@ -29,28 +29,21 @@ from rq.exceptions import InvalidJobOperation
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.queue import Queue
-from rq.registry import FailedJobRegistry
 from rq.scheduler import RQScheduler
 from rq.suspension import is_suspended
 from rq.utils import now
 from rq.worker.base import WorkerStatus
 
-from worker import recovery
-from worker.dequeue import Mover, QueueWaiter, inflight_key
-from worker.errors import BadInputError, TransientError, error_type
-from worker.registry import GuardedJob
+from worker import progress, recovery
+from worker.allowlist import GuardedJob
+from worker.dequeue import Dequeuer, inflight_key
+from worker.errors import BadInputError, Outcome, error_type, is_transient, outcome_of
 from worker.settings import Settings
-from worker.state import CurrentJob, LiveState
+from worker.state import CurrentJob, LiveState, State
 
 log = logging.getLogger("worker.daemon")
 
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError)
-
-
-def is_transient(exc: BaseException | None) -> bool:
-    if isinstance(exc, TransientError | redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
-        return True
-    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
 
 
 def func_name(job: Job) -> str:
@@ -90,9 +83,7 @@ class DaemonWorker(Worker):
         self._last_redis_beat = 0.0
         self._last_schedule = 0.0
         self._last_sweep = 0.0
-        self._mover: Mover | None = None
-        self._waiter: QueueWaiter | None = None
-        self._queue_keys: list[str] = []
+        self._dequeuer: Dequeuer | None = None
         self._scheduler: RQScheduler | None = None
         self._backoff = Backoff()
 
@@ -115,14 +106,21 @@ class DaemonWorker(Worker):
             self.warm_stop_at = time.monotonic()
         self._stop_requested = True
 
+    def unsubscribe(self) -> None:
+        """RQ's, without waiting a second for its pubsub thread (a daemon thread, blocked in a
+        read) to notice: every stop would take a second longer."""
+        if self.pubsub_thread:
+            self.pubsub.unsubscribe()
+            self.pubsub_thread.stop()
+
     def request_stop(self, signum=None, frame=None) -> None:  # RQ's pubsub commands land here
         self._on_signal(signal.SIGTERM, frame)
 
     def _tick(self) -> None:
         """Called at least every POLL_INTERVAL by the main loop: proves it is alive."""
         self.live.beat()
-        if self._stop_requested and self.live.state != "draining":
-            self.live.set_state("draining")
+        if self._stop_requested and self.live.state != State.DRAINING:
+            self.live.set_state(State.DRAINING)
             log.info("shutdown requested: %s", "cold" if self.cold_stop else "warm, finishing the current job")
 
     def _drain_wakeups(self) -> None:
@@ -148,7 +146,7 @@ class DaemonWorker(Worker):
         self._tick()
         if not self._bootstrap_with_retry():
             return 0
-        self.live.set_state("idle")
+        self.live.set_state(State.IDLE)
         completed = 0
         try:
             while not self._stop_requested:
@@ -178,7 +176,7 @@ class DaemonWorker(Worker):
                     log.info("executed %d jobs (--max-jobs), exiting", completed)
                     break
         finally:
-            self.live.set_state("draining")
+            self.live.set_state(State.DRAINING)
             self._teardown_quietly()
         return completed
 
@@ -263,8 +261,8 @@ class DaemonWorker(Worker):
             sched.enqueue_scheduled_jobs()
 
     def _teardown_quietly(self) -> None:
-        if self._waiter is not None:
-            self._waiter.stop()
+        if self._dequeuer is not None:
+            self._dequeuer.stop()
         try:
             recovery.restore_inflight(self.connection, self.inflight_key)  # normally empty
             if self._scheduler is not None and self._scheduler.acquired_locks:
@@ -274,44 +272,19 @@ class DaemonWorker(Worker):
             log.warning("could not register worker death in Redis (%s)", type(exc).__name__)
 
     def _dequeue(self, burst: bool) -> tuple[Job, Queue] | None:
-        """Move the next job id, by queue priority, into our in-flight list (atomically) and fetch
-        it; when the queues are empty, wait up to POLL_INTERVAL for work (see worker.dequeue)."""
-        if self._mover is None:
-            self._mover = Mover(self.connection)
-            self._queue_keys = [q.key for q in self._ordered_queues]
-        while True:
-            moved = self._mover(self._queue_keys, self.inflight_key)
-            if moved is None:
-                if not burst:
-                    if self._waiter is None:
-                        self._waiter = QueueWaiter(self.connection, self._queue_keys, self.settings.poll_interval)
-                        self._waiter.start()
-                    self._waiter.wait(self.settings.poll_interval)
-                return None
-            queue_key, job_id = moved
-            try:
-                fetched = self.queue_class._fetch_dequeued_job(
-                    self.connection,
-                    queue_key,
-                    job_id,
-                    job_class=self.job_class,
-                    serializer=self.serializer,
-                    death_penalty_class=self.death_penalty_class,
-                )
-            except REDIS_ERRORS:
-                raise  # the id stays in our in-flight list: put back on the next start or by recovery
-            except Exception:
-                log.exception("job %s cannot be read; moving it to the failed registry", job_id)
-                with self.connection.pipeline() as pipe:
-                    pipe.lrem(self.inflight_key, 0, job_id)
-                    failed_key = FailedJobRegistry.key_template.format(queue_key.rsplit(":", 1)[-1])
-                    pipe.zadd(failed_key, {job_id: time.time() + 365 * 86400})
-                    pipe.execute()
-                continue
-            if fetched is None:  # the job hash is gone (deleted while queued)
-                self.connection.lrem(self.inflight_key, 0, job_id)
-                continue
-            return fetched
+        if self._dequeuer is None:
+            self._dequeuer = Dequeuer(
+                self.connection,
+                self.inflight_key,
+                self.settings.poll_interval,
+                self.job_class,
+                self.serializer,
+                wake_fd=self._wake_r,
+            )
+        try:
+            return self._dequeuer.next(self._ordered_queues, burst)
+        finally:
+            self._drain_wakeups()
 
     @property
     def inflight_key(self) -> str:
@@ -356,10 +329,10 @@ class DaemonWorker(Worker):
         os.close(self._wake_r)
         os.close(self._wake_w)
         if self.settings.horse_memory_mb > 0:
-            import resource
-
             limit = self.settings.horse_memory_mb * 1024 * 1024
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        with contextlib.suppress(*REDIS_ERRORS):
+            progress.reset_counters(job)
         super().main_work_horse(job, queue)
 
     def _finalize_failure(self, job, queue, execution, exc_info) -> None:  # runs in the horse
@@ -420,16 +393,16 @@ class DaemonWorker(Worker):
         duration = time.monotonic() - started
         if put_back:
             self._put_back(job, queue, execution)
-            self._job_ended(job, queue, "requeued", duration, None)
+            self._job_ended(job, queue, Outcome.REQUEUED, duration, None)
             return
         try:
             if status != 0:
                 self._handle_dead_horse(job, queue, execution, status)
             outcome, etype = self._outcome(job)
-            counters = job.get_meta(refresh=True).get("counters") or {}
+            counters = progress.read_counters(job)
         except REDIS_ERRORS as exc:
             log.warning("could not read the outcome of job %s (%s)", job.id, type(exc).__name__)
-            outcome, etype, counters = "unknown", None, {}
+            outcome, etype, counters = Outcome.UNKNOWN, None, {}
         self._job_ended(job, queue, outcome, duration, etype, counters)
 
     def _kill_and_reap(self, pid: int) -> int | None:
@@ -458,40 +431,31 @@ class DaemonWorker(Worker):
         self.handle_work_horse_killed(job, None, status, None)
         self.handle_job_failure(job, queue=queue, exc_string=exc_string, execution=execution)
 
-    def _outcome(self, job: Job) -> tuple[str, str | None]:
+    def _outcome(self, job: Job) -> tuple[Outcome, str | None]:
         try:
-            job_status = job.get_status(refresh=True)
+            outcome = outcome_of(job.get_status(refresh=True))
         except InvalidJobOperation:
-            return "ok", None  # finished and already expired (result_ttl=0)
-        if job_status == JobStatus.FINISHED:
-            return "ok", None
-        if job_status in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
-            return "retried", self._error_type(job)
-        if job_status == JobStatus.STOPPED:
-            return "stopped", None
-        return "failed", self._error_type(job)
-
-    @staticmethod
-    def _error_type(job: Job) -> str | None:
-        result = job.latest_result()
-        return error_type(result.exc_string) if result is not None else None
+            outcome = outcome_of(None)  # finished and already expired (result_ttl=0)
+        if outcome in (Outcome.FAILED, Outcome.RETRIED):
+            result = job.latest_result()
+            return outcome, error_type(result.exc_string) if result is not None else None
+        return outcome, None
 
     def _put_back(self, job: Job, queue: Queue, execution) -> None:
         """Put a job we could not finish back at the front of its queue, retrying until Redis
         answers (a job in hand is never dropped). Gives up only on cold shutdown; then the
         job stays in the started registry, where recovery finds it."""
+        meta, meta_bytes = recovery.counted(job, "requeued")
         backoff = Backoff()
         while True:
             try:
                 with self.connection.pipeline() as pipe:
                     if execution is not None:
                         self.cleanup_execution(job, pipeline=pipe, execution=execution)
-                    job.meta["requeued"] = int(job.meta.get("requeued", 0)) + 1
-                    job.save_meta()
-                    job.set_status(JobStatus.QUEUED, pipeline=pipe)
                     pipe.lrem(self.inflight_key, 0, job.id)
-                    queue.push_job_id(job.id, pipeline=pipe, at_front=True)
+                    recovery.put_back(pipe, job.id, queue.key, meta_bytes)
                     pipe.execute()
+                job.meta = meta
                 log.info("job %s put back at the front of %s", job.id, queue.name)
                 return
             except REDIS_ERRORS as exc:
@@ -505,7 +469,7 @@ class DaemonWorker(Worker):
 
     def _job_ended(self, job, queue, outcome, duration, etype, counters=None) -> None:
         self.live.job_ended(outcome, duration, counters)
-        level = logging.INFO if outcome in ("ok", "requeued") else logging.WARNING
+        level = logging.INFO if outcome in (Outcome.OK, Outcome.REQUEUED) else logging.WARNING
         log.log(
             level,
             "job %s %s in %.3fs",

@@ -11,16 +11,28 @@ A Lua script cannot block, so an idle worker waits with one thread per queue doi
 `BLMOVE q q LEFT LEFT`: a rotation of the list onto itself that blocks until the queue has an
 entry and leaves it exactly as it was. The first that sees work wakes the main loop, which then
 runs the script. Needs Redis 6.2 or newer.
+
+`Dequeuer` puts these together and hands the daemon its next job.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import select
 import threading
 import time
 
 from redis import Redis
 from redis.exceptions import RedisError
+from rq.defaults import DEFAULT_FAILURE_TTL
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.queue import Queue
+from rq.registry import FailedJobRegistry
+from rq.results import Result
+from rq.utils import now, utcformat
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +67,20 @@ class Mover:
 
 
 class QueueWaiter:
-    """Wakes the main loop when any queue may have work, without taking anything from it."""
+    """Wakes the main loop when any queue may have work, without taking anything from it.
+
+    The main loop waits in `select` on a pipe the watcher threads write to, beside any file
+    descriptors it passes (the signal wake-up pipe), so a signal ends the wait at once.
+    """
 
     def __init__(self, conn: Redis, queue_keys: list[str], block_seconds: int = 1) -> None:
         self.conn = conn
         self.queue_keys = queue_keys
         self.block_seconds = block_seconds
         self.wanted = threading.Event()  # set by the main loop while it waits
-        self.work = threading.Event()  # set by a waiter that saw an entry
+        self._work_r, self._work_w = os.pipe()  # written by a watcher that saw an entry
+        os.set_blocking(self._work_r, False)
+        os.set_blocking(self._work_w, False)
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -76,15 +94,25 @@ class QueueWaiter:
     def stop(self) -> None:
         self._stopping.set()
         self.wanted.set()
+        for fd in (self._work_r, self._work_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
-    def wait(self, timeout: float) -> bool:
-        """Block until a queue may have work (True) or `timeout` passes (False)."""
-        self.work.clear()
+    def wait(self, timeout: float, also: tuple[int, ...] = ()) -> bool:
+        """Block until a queue may have work (True), one of `also` is readable or `timeout`
+        passes (False)."""
+        self._drain()
         self.wanted.set()
         try:
-            return self.work.wait(timeout)
+            readable, _, _ = select.select([self._work_r, *also], [], [], timeout)
         finally:
             self.wanted.clear()
+        return self._work_r in readable
+
+    def _drain(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._work_r, 512):
+                pass
 
     def _watch(self, key: str) -> None:
         while not self._stopping.is_set():
@@ -96,6 +124,87 @@ class QueueWaiter:
                 time.sleep(0.5)  # the main loop reports and backs off; just don't spin
                 continue
             if seen is not None:
-                self.work.set()
+                with contextlib.suppress(OSError):  # full (a wake-up is pending anyway), or closed
+                    os.write(self._work_w, b"!")
                 while self.wanted.is_set() and not self._stopping.is_set():
                     time.sleep(0.001)  # the main loop is waking up; don't hammer a non-empty queue
+
+
+class Dequeuer:
+    """Hands the daemon the next job, in queue priority order, through its in-flight list.
+
+    `next()` never blocks longer than `poll_interval`, so the daemon's loop keeps beating.
+    A job whose hash cannot be read (bad payload or fields) goes to its queue's failed
+    registry; one whose hash is gone is dropped. Redis errors propagate: an id moved but not
+    fetched stays in the in-flight list, where recovery finds it.
+    """
+
+    def __init__(
+        self,
+        conn: Redis,
+        inflight: str,
+        poll_interval: float,
+        job_class: type[Job],
+        serializer,
+        wake_fd: int | None = None,
+    ) -> None:
+        """`wake_fd`: a file descriptor that ends an idle wait when readable (the daemon's
+        signal wake-up pipe); the caller drains it."""
+        self.conn = conn
+        self.wake_fds = (wake_fd,) if wake_fd is not None else ()
+        self.inflight = inflight
+        self.poll_interval = poll_interval
+        self.job_class = job_class
+        self.serializer = serializer
+        self._move = Mover(conn)
+        self._waiter: QueueWaiter | None = None
+
+    def next(self, queues: list[Queue], burst: bool = False) -> tuple[Job, Queue] | None:
+        """The next job and its queue, taken from `queues` in order; None when they are empty
+        (after waiting up to `poll_interval` for work, unless `burst`)."""
+        by_key = {q.key: q for q in queues}
+        keys = list(by_key)
+        while True:
+            moved = self._move(keys, self.inflight)
+            if moved is None:
+                if not burst:
+                    self._wait(keys)
+                return None
+            queue_key, job_id = moved
+            queue = by_key[queue_key]
+            try:
+                job = self.job_class.fetch(job_id, connection=self.conn, serializer=self.serializer)
+            except NoSuchJobError:  # deleted while queued: nothing to run
+                self.conn.lrem(self.inflight, 0, job_id)
+                continue
+            except RedisError:
+                raise
+            except Exception as exc:
+                self._fail_unreadable(queue, job_id, exc)
+                continue
+            return job, queue
+
+    def _fail_unreadable(self, queue: Queue, job_id: str, exc: Exception) -> None:
+        """Fail a job whose hash we cannot read, so that a client polling it sees `failed` and why."""
+        why = f"{type(exc).__name__}: {exc}"[:500]
+        log.error("job %s cannot be read (%s); failing it", job_id, why)
+        exc_string = f"worker.errors.UnreadableJobError: this worker cannot read the job's hash ({why})"
+        stub = Job(job_id, connection=self.conn, serializer=self.serializer)
+        failed = FailedJobRegistry(queue.name, connection=self.conn, serializer=self.serializer)
+        with self.conn.pipeline() as pipe:
+            pipe.lrem(self.inflight, 0, job_id)
+            pipe.hset(stub.key, mapping={"status": JobStatus.FAILED.value, "ended_at": utcformat(now())})
+            pipe.zadd(failed.key, {job_id: time.time() + DEFAULT_FAILURE_TTL})
+            Result.create_failure(stub, DEFAULT_FAILURE_TTL, exc_string, pipeline=pipe)
+            pipe.execute()
+
+    def _wait(self, keys: list[str]) -> None:
+        if self._waiter is None or self._waiter.queue_keys != keys:
+            if self._waiter is not None:
+                self._waiter.stop()
+            self._waiter = QueueWaiter(self.conn, keys, max(1, int(self.poll_interval))).start()
+        self._waiter.wait(self.poll_interval, self.wake_fds)
+
+    def stop(self) -> None:
+        if self._waiter is not None:
+            self._waiter.stop()

@@ -2,10 +2,16 @@
 
 `BadInputError` and its subclasses are final: retrying cannot help, so they are never
 retried. `TransientError` marks failures worth retrying with backoff (a locked store,
-a lost connection).
+a lost connection). The rules that follow from them (what is retried, how a job's end is
+named, which error a failed job carries) live here too.
 """
 
 from __future__ import annotations
+
+from enum import StrEnum
+
+import redis.exceptions
+from rq.job import JobStatus
 
 
 class WorkerError(Exception):
@@ -56,6 +62,10 @@ class DecompressionBombError(BadInputError):
     """A stream decompresses to far more than any real document."""
 
 
+class UnreadableJobError(BadInputError):
+    """The job's hash cannot be read: a payload or field this worker cannot decode."""
+
+
 class TransientError(WorkerError):
     """A failure that may go away by itself; the job is retried with backoff."""
 
@@ -77,3 +87,31 @@ def error_type(exc_string: str | None) -> str | None:
         if head and " " not in head:
             return head.rsplit(".", 1)[-1]
     return None
+
+
+class Outcome(StrEnum):
+    """How a job's run ended, as counted in /metrics and written in job-end log lines."""
+
+    OK = "ok"
+    FAILED = "failed"
+    RETRIED = "retried"  # failed, and RQ scheduled another attempt
+    REQUEUED = "requeued"  # not finished (shutdown): put back at the front of its queue
+    STOPPED = "stopped"  # stopped on request (rq's send_stop_job_command)
+    UNKNOWN = "unknown"  # Redis could not be read when the horse ended
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """Worth retrying with backoff: our TransientError (a busy store) or a lost Redis connection."""
+    return isinstance(exc, TransientError | redis.exceptions.ConnectionError | redis.exceptions.TimeoutError)
+
+
+def outcome_of(status: JobStatus | None) -> Outcome:
+    """The outcome of a run from the job's status after its horse ended (None: the job has
+    already expired, which only a finished job with result_ttl=0 does)."""
+    if status is None or status == JobStatus.FINISHED:
+        return Outcome.OK
+    if status in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
+        return Outcome.RETRIED
+    if status == JobStatus.STOPPED:
+        return Outcome.STOPPED
+    return Outcome.FAILED

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from worker import __version__
-from worker.state import LiveState
+from worker.state import LiveState, State
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,8 @@ class HealthServer(ThreadingHTTPServer):
         return self.server_address[1]
 
     def start(self) -> HealthServer:
-        self._thread = threading.Thread(target=self.serve_forever, name="health", daemon=True)
+        # A short poll: stop() waits for the loop to notice, and a stopping worker should not linger.
+        self._thread = threading.Thread(target=self.serve_forever, args=(0.05,), name="health", daemon=True)
         self._thread.start()
         return self
 
@@ -237,9 +238,9 @@ class HealthServer(ThreadingHTTPServer):
                 ok, why = False, type(exc).__name__
             if not ok:
                 reasons.append(f"{name}: {why}")
-        if self.state.state == "draining":
+        if self.state.state == State.DRAINING:
             reasons.append("draining: shutdown requested")
-        elif self.state.state == "starting":
+        elif self.state.state == State.STARTING:
             reasons.append("starting")
         alive, why = self.state.liveness()
         if not alive:

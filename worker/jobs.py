@@ -6,9 +6,21 @@ They know nothing of the daemon. Enqueue them by dotted name, e.g.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
+
+import numpy as np
+
+from worker import progress
+from worker.chunking import Chunker, load_tokenizer
+from worker.embedding import get_embedder
+from worker.errors import InputTooLargeError, InvalidArgumentsError
+from worker.pdf import Throttle, extract, open_pdf, sha256
+from worker.settings import get_settings
+from worker.sources import load_source
+from worker.store import Store
 
 
 def ping(message: str = "pong") -> dict:
@@ -22,8 +34,6 @@ def ping(message: str = "pong") -> dict:
 
 def validate_texts(texts: object, max_count: int | None = None) -> list[str]:
     """`texts` as a list of strings, or InvalidArgumentsError / InputTooLargeError saying why not."""
-    from worker.errors import InputTooLargeError, InvalidArgumentsError
-
     if not isinstance(texts, list | tuple):
         raise InvalidArgumentsError(f"texts must be a list of strings, got {type(texts).__name__}")
     if max_count is not None and len(texts) > max_count:
@@ -40,10 +50,6 @@ def embed_texts(texts: list[str]) -> dict:
     Texts longer than the model's window (256 word pieces) are embedded from their beginning;
     an empty string gets the model's vector for an empty input, as sentence-transformers gives.
     """
-    from worker import progress
-    from worker.embedding import get_embedder
-    from worker.settings import get_settings
-
     settings = get_settings()
     texts = validate_texts(texts, settings.max_embed_texts)
     embedder = get_embedder(settings)
@@ -59,17 +65,11 @@ MAX_METADATA_BYTES = 64 * 1024
 
 
 def _check_optional_str(name: str, value: object, max_len: int = 1000) -> None:
-    from worker.errors import InvalidArgumentsError
-
     if value is not None and (not isinstance(value, str) or not value or len(value) > max_len):
         raise InvalidArgumentsError(f"{name} must be a non-empty string of at most {max_len} characters")
 
 
 def _check_metadata(metadata: object) -> dict:
-    import json
-
-    from worker.errors import InvalidArgumentsError
-
     if metadata is None:
         return {}
     if not isinstance(metadata, dict):
@@ -85,11 +85,6 @@ def _check_metadata(metadata: object) -> dict:
 
 def extract_text(source: object, password: str | None = None) -> dict:
     """Text per page of a PDF, nothing stored: {"name", "sha256", "pages": [...], ...}."""
-    from worker import progress
-    from worker.pdf import Throttle, extract
-    from worker.settings import get_settings
-    from worker.sources import load_source
-
     _check_optional_str("password", password)
     settings = get_settings()
     src = load_source(source, settings)
@@ -114,16 +109,6 @@ def ingest_pdf(
     Returns document_id, sha256, pages, chunks, pages_without_text, already_stored and the
     seconds spent per stage (extract, chunk, embed, store).
     """
-    import numpy as np
-
-    from worker import progress
-    from worker.chunking import Chunker
-    from worker.embedding import get_embedder
-    from worker.pdf import Throttle, extract, open_pdf, sha256
-    from worker.settings import get_settings
-    from worker.sources import load_source
-    from worker.store import Store
-
     _check_optional_str("document_id", document_id, 200)
     _check_optional_str("password", password)
     caller_metadata = _check_metadata(metadata)
@@ -218,8 +203,6 @@ def _rounded(timings: dict[str, float], t_start: float) -> dict[str, float]:
 def _chunk_tokenizer(embedder, model_dir):
     """The embedder's own tokenizer (loaded once, inherited by work-horses) when it neither
     truncates nor pads, as chunking needs every piece; else a fresh one from the model dir."""
-    from worker.chunking import load_tokenizer
-
     tok = getattr(embedder, "tokenizer", None)
     if tok is not None and tok.truncation is None and tok.padding is None:
         return tok

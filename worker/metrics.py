@@ -13,9 +13,8 @@ from collections.abc import Sequence
 from rq.queue import Queue
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
-from worker.state import DURATION_BUCKETS, LiveState
+from worker.state import DURATION_BUCKETS, LiveState, State
 
-STATES = ("starting", "idle", "busy", "draining")
 COUNTER_HELP = {
     "pages": "PDF pages extracted",
     "pages_without_text": "PDF pages that had no text layer",
@@ -86,7 +85,7 @@ def render(state: LiveState, redis_up: bool, queues: dict[str, dict[str, int]] |
         out.append(f"worker_{name}_total{_labels(worker=worker)} {_fmt(snap['counters'].get(name, 0))}")
 
     family("worker_state", "gauge", "1 for the worker's current state")
-    for s in STATES:
+    for s in State:
         out.append(f"worker_state{_labels(worker=worker, state=s)} {1 if snap['state'] == s else 0}")
 
     family("worker_redis_up", "gauge", "1 when Redis answered the last PING")

@@ -8,11 +8,16 @@ they write to the current job's meta, which `enqueue --wait`, dashboards and the
 from __future__ import annotations
 
 import logging
+import math
 
 from redis.exceptions import RedisError
 from rq import get_current_job
+from rq.job import Job
 
 log = logging.getLogger(__name__)
+
+# The counters a job may report; the daemon adds these (and only these) to its metrics.
+COUNTERS = ("pages", "pages_without_text", "chunks", "embedding_tokens", "embedding_texts")
 
 
 def report(stage: str, done: int | None = None, total: int | None = None, **extra: object) -> None:
@@ -35,7 +40,9 @@ def count(**counters: float) -> None:
     job = get_current_job()
     if job is None:
         return
-    current = job.meta.setdefault("counters", {})
+    current = job.meta.get("counters")
+    if not isinstance(current, dict):
+        current = job.meta["counters"] = {}
     for name, value in counters.items():
         current[name] = current.get(name, 0) + value
     _save(job)
@@ -46,3 +53,30 @@ def _save(job) -> None:
         job.save_meta()
     except RedisError as exc:  # progress is best effort; never fail a job for it
         log.warning("could not save progress of job %s: %s", job.id, exc)
+
+
+def reset_counters(job: Job) -> None:
+    """Start an attempt with no counters: a producer may have written some, and an attempt
+    killed before it ended (then put back) left its own, which must not be counted twice."""
+    if "counters" in job.meta:
+        del job.meta["counters"]
+        _save(job)
+
+
+def read_counters(job: Job) -> dict[str, float]:
+    """The counters in a job's meta, fetched anew: known names with finite numbers only.
+    The meta belongs to whoever wrote the job, so anything else there is ignored, never raised."""
+    try:
+        counters = job.get_meta(refresh=True).get("counters")
+    except RedisError:
+        raise
+    except Exception:  # meta this worker cannot decode (a pickle payload under JSON, garbage)
+        return {}
+    if not isinstance(counters, dict):
+        return {}
+    found = {}
+    for name in COUNTERS:
+        value = counters.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
+            found[name] = value
+    return found

@@ -15,6 +15,7 @@ import logging
 from datetime import timedelta
 
 from redis import Redis
+from redis.client import Pipeline
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.job_lifecycle import record_job_failure
@@ -24,6 +25,7 @@ from rq.worker import Worker
 from rq.worker_registration import REDIS_WORKER_KEYS
 
 from worker.dequeue import INFLIGHT_PREFIX, inflight_key
+from worker.errors import Outcome
 
 log = logging.getLogger("worker.recovery")
 
@@ -41,6 +43,32 @@ def worker_alive(conn: Redis, name: str, dead_after: float) -> bool:
     return now() - utcparse(last) < timedelta(seconds=dead_after)
 
 
+def put_back(pipe: Pipeline, job_id: str, queue_key: str, meta: bytes | None = None) -> None:
+    """The one way a job goes back: status QUEUED, at the front of its queue, and its new meta
+    when given, queued on `pipe`. The caller adds what takes the job out of where it was (an
+    in-flight list, the started registry) and executes: one MULTI/EXEC, all or nothing."""
+    job_key = Job.key_for(job_id)
+    if meta is not None:
+        pipe.hset(job_key, "meta", meta)
+    pipe.hset(job_key, "status", JobStatus.QUEUED.value)
+    pipe.lpush(queue_key, job_id)
+
+
+def counted(job: Job, counter: str) -> tuple[dict, bytes]:
+    """The job's meta with `counter` bumped, and its bytes, without touching `job` or Redis:
+    written only by the transaction that puts the job back, so a failed attempt counts nothing."""
+    meta = dict(job.meta)
+    try:
+        meta[counter] = int(meta.get(counter, 0)) + 1
+    except (TypeError, ValueError):  # a producer wrote something else there
+        meta[counter] = 1
+    try:
+        return meta, job.serializer.dumps(meta)
+    except Exception:  # meta this serializer cannot write back (e.g. a pickle payload under JSON)
+        meta = {counter: meta[counter]}
+        return meta, job.serializer.dumps(meta)
+
+
 def restore_inflight(conn: Redis, key: str) -> int:
     """Put the ids left in an in-flight list back at the front of their queues.
 
@@ -54,8 +82,7 @@ def restore_inflight(conn: Redis, key: str) -> int:
         with conn.pipeline() as pipe:
             pipe.lrem(key, 0, job_id)
             if origin and status not in TERMINAL:
-                pipe.hset(job_key, "status", JobStatus.QUEUED.value)
-                pipe.lpush(Queue.redis_queue_namespace_prefix + origin, job_id)
+                put_back(pipe, job_id, Queue.redis_queue_namespace_prefix + origin)
                 restored += 1
             pipe.execute()
         log.warning("job %s taken off %s by a worker that died before starting it: put back", job_id, origin)
@@ -134,25 +161,25 @@ def _recover(conn, queue, registry, composite, job_id, owner, max_attempts, job_
     # STARTED, or still QUEUED: the worker died after registering the job but before its horse
     # marked it started. Either way nobody else will run it: put it back. (RQ's own cleanup skips
     # a non-STARTED job yet still drops its entry, which loses it.)
-    attempts = int(job.meta.get("abandoned", 0)) + 1
-    job.meta["abandoned"] = attempts
+    meta, meta_bytes = counted(job, "abandoned")
+    attempts = meta["abandoned"]
     who = owner or "an unknown worker"
     with conn.pipeline() as pipe:
         pipe.zrem(registry.key, composite)
         pipe.delete(Execution.from_composite_key(composite, conn).key)
-        job.save_meta()
         if attempts >= max_attempts:
             reason = (
                 f"worker.errors.WorkerDiedError: the worker running this job ({who}) died {attempts} times; "
                 "not retried again (a poison input?)"
             )
+            pipe.hset(job.key, "meta", meta_bytes)
             record_job_failure(job, reason, pipe)
-            outcome = "failed"
+            outcome = Outcome.FAILED
         else:
-            job.set_status(JobStatus.QUEUED, pipeline=pipe)
-            queue.push_job_id(job.id, pipeline=pipe, at_front=True)
-            outcome = "requeued"
+            put_back(pipe, job.id, queue.key, meta_bytes)
+            outcome = Outcome.REQUEUED
         pipe.execute()
+    job.meta = meta
     log.warning(
         "job %s abandoned by dead worker %s (attempt %d): %s",
         job_id,

@@ -26,6 +26,8 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 
+from worker.state import State
+
 log = logging.getLogger(__name__)
 
 Check = Callable[[], tuple[bool, str]]
@@ -155,11 +157,11 @@ class SystemdNotifier:
         snap = state.snapshot()
         snap["redis_ok"] = state.redis_ok
         kind = snap["state"]
-        if kind == "draining" and not self.stopping:
+        if kind == State.DRAINING and not self.stopping:
             self.stopping = True
             self._status(now, snap, extra=("STOPPING=1",), force=True)
             return
-        if not self.ready and kind in ("idle", "busy") and now - self._last_check >= self.CHECK_INTERVAL:
+        if not self.ready and kind in (State.IDLE, State.BUSY) and now - self._last_check >= self.CHECK_INTERVAL:
             self._last_check = now
             failing = self._failing_checks()
             if failing:
@@ -187,13 +189,13 @@ class SystemdNotifier:
         kind = snap["state"]
         counts = f"{snap['jobs_done']} jobs done, {snap['jobs_failed']} failed"
         job = snap.get("current_job")
-        if kind == "starting":
+        if kind == State.STARTING:
             return "starting: connecting to Redis"
-        if not self.ready and kind in ("idle", "busy"):
+        if not self.ready and kind in (State.IDLE, State.BUSY):
             return f"starting: waiting for {self._waiting_for}"
-        if kind == "busy" and job:
+        if kind == State.BUSY and job:
             return f"busy: job {job['id']} ({job['function']}) on {job['queue']}; {counts}"
-        if kind == "draining":
+        if kind == State.DRAINING:
             what = f"finishing job {job['id']}" if job else "stopping"
             return f"draining: {what}; {counts}"
         if snap.get("redis_ok") is False:

@@ -12,9 +12,21 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
+
+from worker.errors import Outcome
 
 # Job duration histogram buckets, in seconds.
 DURATION_BUCKETS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class State(StrEnum):
+    """The daemon's state, as /healthz, /metrics and systemd's STATUS show it."""
+
+    STARTING = "starting"  # not yet registered with Redis
+    IDLE = "idle"
+    BUSY = "busy"  # a horse is running a job
+    DRAINING = "draining"  # shutdown requested: no new job is taken
 
 
 @dataclass(frozen=True)
@@ -48,7 +60,7 @@ class LiveState:
         self.job_grace = job_grace
         self.born = time.monotonic()
         self.last_beat = self.born
-        self.state = "starting"
+        self.state = State.STARTING
         self.current: CurrentJob | None = None
         self.jobs_done = 0
         self.jobs_failed = 0
@@ -69,7 +81,7 @@ class LiveState:
         self.last_beat = time.monotonic()  # a float store is atomic; no lock needed
         self._notify("beat")
 
-    def set_state(self, state: str) -> None:
+    def set_state(self, state: State) -> None:
         with self._lock:
             changed = self.state != state
             self.state = state
@@ -79,23 +91,23 @@ class LiveState:
     def job_started(self, job: CurrentJob) -> None:
         with self._lock:
             self.current = job
-            if self.state != "draining":
-                self.state = "busy"
+            if self.state != State.DRAINING:
+                self.state = State.BUSY
         self._notify("job_started")
 
-    def job_ended(self, outcome: str, duration: float, counters: dict[str, float] | None = None) -> None:
-        """Record how the current job ended: ok, failed, retried or requeued."""
+    def job_ended(self, outcome: Outcome, duration: float, counters: dict[str, float] | None = None) -> None:
+        """Record how the current job ended."""
         with self._lock:
             job = self.current
             self.current = None
-            if self.state == "busy":
-                self.state = "idle"
+            if self.state == State.BUSY:
+                self.state = State.IDLE
             if job is not None:
                 self.outcomes[(job.queue, job.function, outcome)] += 1
                 self.durations[job.queue].observe(duration)
-                if outcome == "ok":
+                if outcome == Outcome.OK:
                     self.jobs_done += 1
-                elif outcome == "failed":
+                elif outcome == Outcome.FAILED:
                     self.jobs_failed += 1
                 for name, value in (counters or {}).items():
                     if isinstance(value, int | float):

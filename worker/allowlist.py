@@ -42,6 +42,19 @@ def resolve(func_name: str | None) -> Callable[..., Any]:
     return func
 
 
+def import_registered() -> list[str]:
+    """Import every registered job's module now, in the parent, so that work-horses inherit
+    them instead of importing per job; returns what failed (logged by the caller)."""
+    failed = []
+    for name in registered_names():
+        module_name = name.rpartition(".")[0]
+        try:
+            importlib.import_module(module_name)
+        except Exception as exc:
+            failed.append(f"{name}: {type(exc).__name__}: {exc}")
+    return failed
+
+
 def check_arguments(func: Callable[..., Any], args: tuple | list, kwargs: dict) -> None:
     try:
         inspect.signature(func).bind(*args, **kwargs)
