@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import signal
@@ -148,7 +149,7 @@ def test_sigterm_mid_job_finishes_it_and_exits_0(start_worker, redis_conn):
 def test_sigterm_past_shutdown_timeout_requeues_the_job_once(start_worker, redis_conn):
     w = start_worker(extra_env={"SHUTDOWN_TIMEOUT": "1"})
     q = queue(redis_conn)
-    job = q.enqueue("tests.jobs_for_tests.sleep", 4, marker="slow")
+    job = q.enqueue("tests.jobs_for_tests.sleep", 2.5, marker="slow")
     other = q.enqueue("worker.jobs.ping", "queued behind")
     wait_for(lambda: redis_conn.llen("test:started:slow") == 1, message="job started")
     w.signal(signal.SIGTERM)
@@ -188,7 +189,8 @@ def test_redis_outage_keeps_liveness_and_turns_readiness(start_worker, tmp_path)
         wait_for(lambda: w.get("/readyz")[0] == 503, timeout=10, message="readyz 503 without Redis")
         reasons = w.get("/readyz")[1]["reasons"]
         assert any("redis" in r for r in reasons)
-        time.sleep(3)  # the worker keeps failing to reach Redis for a while
+        # the worker keeps failing to reach Redis for a while, backing off
+        wait_for(lambda: w.log().count("Redis unavailable") >= 3, timeout=20, message="three failed attempts")
         assert w.get("/healthz")[0] == 200
         assert w.proc.poll() is None
         server = RedisServer(port=port, directory=tmp_path / "r").start()
@@ -203,10 +205,14 @@ def test_redis_outage_keeps_liveness_and_turns_readiness(start_worker, tmp_path)
 def test_hung_main_loop_fails_liveness(start_worker, redis_conn):
     """A main loop blocked writing to a full log pipe stops its heartbeat: /healthz turns 503."""
     read_end, write_end = os.pipe()
-    fcntl.fcntl(write_end, 1031, 4096)  # F_SETPIPE_SZ: a small pipe fills after a few lines
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)
+    os.set_blocking(write_end, False)
+    with contextlib.suppress(BlockingIOError):  # full before the worker starts: its first log line blocks
+        while True:
+            os.write(write_end, b"x" * 512)
+    os.set_blocking(write_end, True)
     try:
-        # DEBUG: the idle main loop itself logs every second or so (scheduler heartbeats)
-        w = start_worker(extra_env={"LIVENESS_TIMEOUT": "2", "LOG_LEVEL": "DEBUG"}, stderr=write_end, ready=False)
+        w = start_worker(extra_env={"LIVENESS_TIMEOUT": "2"}, stderr=write_end, ready=False)
         os.close(write_end)
         write_end = -1
 
@@ -255,8 +261,9 @@ def test_transient_errors_are_retried_bad_input_is_not(start_worker, redis_conn)
     wait_for(lambda: flaky.get_status(refresh=True) == "finished", timeout=20, message="flaky job finished")
     assert flaky.return_value() == 3
     wait_for(lambda: bad.get_status(refresh=True) == "failed", message="bad input failed")
-    time.sleep(1)
+    # FAILED is final: RQ leaves a job it retries QUEUED or SCHEDULED
     assert int(redis_conn.get("test:bad_input")) == 1  # run once, never retried
+    assert not queue(redis_conn).scheduled_job_registry.get_job_ids()
     assert "NotAPdfError: this is not a PDF" in failed_error(bad)
 
 
@@ -267,14 +274,16 @@ def test_redis_timeouts_do_not_end_the_worker(start_worker, tmp_path):
     try:
         w = start_worker(extra_env={"REDIS_URL": server.url})
         os.kill(server.process.pid, signal.SIGSTOP)
-        time.sleep(12)  # longer than the worker's 10 s socket timeout
+        # a call times out (the worker's socket timeout is a few seconds), and the worker goes on
+        wait_for(
+            lambda: "Redis unavailable (TimeoutError)" in w.log_path.read_text(), timeout=30, message="a timeout"
+        )
         assert w.proc.poll() is None
         assert w.get("/healthz")[0] == 200
         assert w.get("/readyz")[0] == 503
         os.kill(server.process.pid, signal.SIGCONT)
         job = queue(Redis.from_url(server.url)).enqueue("worker.jobs.ping", "thawed")
         wait_for(lambda: job.get_status(refresh=True) == "finished", timeout=40, message="job after the freeze")
-        assert "Redis unavailable (TimeoutError)" in w.log_path.read_text()
     finally:
         os.kill(server.process.pid, signal.SIGCONT)
         server.stop()

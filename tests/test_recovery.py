@@ -8,7 +8,7 @@ import time
 
 from tests.conftest import queue, wait_for
 
-FAST = {"DEAD_WORKER_AFTER": "3"}
+FAST = {"DEAD_WORKER_AFTER": "2"}
 
 
 def test_job_of_a_killed_worker_is_requeued_and_finished_by_another(start_worker, redis_conn):
@@ -88,8 +88,10 @@ def test_redis_restart_mid_job_loses_nothing(start_worker, tmp_path):
         job = q.enqueue("tests.jobs_for_tests.sleep", 2, marker="outage")
         later = q.enqueue("worker.jobs.ping", "queued during the outage")
         wait_for(lambda: conn.llen("test:started:outage") == 1, message="job started")
+        horse = int(conn.lindex("test:started:outage", 0))
         server.kill()
-        time.sleep(5)  # the horse finishes while Redis is away: it cannot record its result
+        # the horse finishes while Redis is away: it cannot record its result
+        wait_for(lambda: not os.path.exists(f"/proc/{horse}"), timeout=20, message="the horse to end")
         assert w.proc.poll() is None
         server = RedisServer(port=port, directory=tmp_path / "aof", persist=True).start()
         conn = Redis.from_url(server.url)

@@ -143,7 +143,7 @@ def test_ready_status_watchdog_and_stopping_from_the_real_daemon(start_worker, r
     assert notify_socket.statuses()[0].startswith("starting")
 
     # Idle: the main loop pings the watchdog at about half of WATCHDOG_USEC.
-    time.sleep(4)
+    notify_socket.wait(lambda m: len(notify_socket.times_of("WATCHDOG")) >= 4, message="four idle pings")
     # Busy: a burst of quick jobs spins the loop fast; pings stay rate-limited. Then a job
     # long enough to be seen in STATUS.
     q = queue(redis_conn)
@@ -271,7 +271,10 @@ def test_a_redis_outage_keeps_the_watchdog_fed_and_shows_in_status(start_worker,
         server.kill()
         t_down = time.monotonic()
         notify_socket.wait(status_contains("Redis unavailable"), message="outage in STATUS")
-        time.sleep(5)
+        notify_socket.wait(
+            lambda m: len([t for t in notify_socket.times_of("WATCHDOG") if t >= t_down]) >= 3,
+            message="three pings during the outage",
+        )
         pings = [t for t in notify_socket.times_of("WATCHDOG") if t >= t_down]
         assert len(pings) >= 3, pings
         assert max(gaps([t_down, *pings, time.monotonic()])) < WATCHDOG_USEC / 1e6
