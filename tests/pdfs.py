@@ -17,7 +17,9 @@ def _escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
 
 
-def _content(text: str | None, font: str) -> bytes:
+def _content(text: str | bytes | None, font: str) -> bytes:
+    if isinstance(text, bytes):  # a content stream written by the test itself
+        return text
     if text is None:  # a page with drawing but no text layer, like a scan
         return b"0.5 g 72 72 200 200 re f\n"
     lines = ["BT", f"/{font} 11 Tf", "14 TL", "72 770 Td"]
@@ -50,9 +52,15 @@ end
 
 
 def make_pdf(
-    pages: list[str | None], title: str | None = None, author: str | None = None, compress: bool = True
+    pages: list[str | bytes | None],
+    title: str | None = None,
+    author: str | None = None,
+    compress: bool = True,
+    form: bytes | None = None,
 ) -> bytes:
-    """A PDF with one page per item: its text (lines split on newlines) or None for no text."""
+    """A PDF with one page per item: its text (lines split on newlines), None for no text, or
+    bytes for a raw content stream (fonts /F1 Helvetica and /F2 any Unicode are there, and with
+    `form` a form XObject /Fm0 of that content, which a page shows with `/Fm0 Do`)."""
     objects: list[bytes] = []
 
     def add(body: bytes) -> int:
@@ -80,14 +88,23 @@ def make_pdf(
         b"<< /Type /Font /Subtype /Type0 /BaseFont /AnyUnicode /Encoding /Identity-H"
         b" /DescendantFonts [%d 0 R] /ToUnicode %d 0 R >>" % (descendant, tounicode)
     )
+    xobjects = b""
+    if form is not None:
+        fm = add(
+            stream(
+                form,
+                b" /Type /XObject /Subtype /Form /BBox [0 0 612 792] /Resources << /Font << /F1 %d 0 R >> >>" % helv,
+            )
+        )
+        xobjects = b" /XObject << /Fm0 %d 0 R >>" % fm
     kids = []
     for text in pages:
-        latin = text is None or all(ord(ch) < 128 for ch in text)
+        latin = not isinstance(text, str) or all(ord(ch) < 128 for ch in text)
         content = add(stream(_content(text, "F1" if latin else "F2")))
         kids.append(
             add(
                 b"<< /Type /Page /Parent %d 0 R /MediaBox [0 0 612 792] /Contents %d 0 R"
-                b" /Resources << /Font << /F1 %d 0 R /F2 %d 0 R >> >> >>" % (pages_obj, content, helv, uni)
+                b" /Resources << /Font << /F1 %d 0 R /F2 %d 0 R >>%s >> >>" % (pages_obj, content, helv, uni, xobjects)
             )
         )
     objects[catalog - 1] = b"<< /Type /Catalog /Pages %d 0 R >>" % pages_obj
@@ -148,6 +165,12 @@ def flate_bomb(megabytes: int = 200) -> bytes:
     out = io.BytesIO()
     writer.write(out)
     return out.getvalue()
+
+
+def slow_page(operations: int = 400_000) -> bytes:
+    """A content stream of `operations` empty text shows: no text, but seconds of parsing for pypdf
+    (about 18 us an operation here), a few KB once compressed."""
+    return b"BT /F1 11 Tf 72 770 Td\n" + b"() Tj\n" * operations + b"ET\n"
 
 
 # Pages with distinct topics, so a search has one right answer.

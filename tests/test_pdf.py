@@ -128,3 +128,22 @@ def test_scan_without_text_is_not_an_error() -> None:
     doc = extract(pdfs.make_pdf([None, None]))
     assert doc.page_count == 2
     assert doc.pages_without_text == 2
+
+
+def test_job_timeout_during_a_page_ends_extraction_not_a_page_error() -> None:
+    """RQ's job timeout is an Exception raised wherever the horse is: it must end the job."""
+    from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
+
+    data = pdfs.make_pdf(["page one", pdfs.slow_page(), "page three"])
+    with pytest.raises(JobTimeoutException), UnixSignalDeathPenalty(1, JobTimeoutException):
+        extract(data)
+
+
+def test_job_timeout_swallowed_by_pypdf_inside_a_form_still_ends_extraction() -> None:
+    """pypdf catches Exception around a form XObject: the timeout raised there must not be lost."""
+    from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
+
+    shows_form = b"BT /F1 11 Tf 72 770 Td (before the form) Tj ET\nq /Fm0 Do Q\n"
+    data = pdfs.make_pdf([shows_form, "after the form"], form=pdfs.slow_page())
+    with pytest.raises(JobTimeoutException), UnixSignalDeathPenalty(1, JobTimeoutException):
+        extract(data)
