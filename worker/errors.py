@@ -36,6 +36,10 @@ class InputTooLargeError(BadInputError):
     """The input is over a byte, page or count limit."""
 
 
+class TextTooLargeError(InputTooLargeError):
+    """The PDF expands to more text than MAX_PAGE_CHARS or MAX_DOCUMENT_CHARS allow."""
+
+
 class NotAPdfError(BadInputError):
     """The bytes are not a PDF."""
 

@@ -31,6 +31,7 @@ from worker.errors import (
     EncryptedPdfError,
     InputTooLargeError,
     NotAPdfError,
+    TextTooLargeError,
     TruncatedPdfError,
     WorkerError,
 )
@@ -142,21 +143,37 @@ def extract(
     max_pages: int | None = None,
     on_page: Callable[[int, int], None] | None = None,
     reader: PdfReader | None = None,
+    max_page_chars: int | None = None,
+    max_document_chars: int | None = None,
 ) -> Extracted:
-    """Text of every page of `data`. `on_page(done, total)` is called after each page."""
+    """Text of every page of `data`. `on_page(done, total)` is called after each page.
+
+    The text limits default to the settings' MAX_PAGE_CHARS and MAX_DOCUMENT_CHARS; past
+    either, TextTooLargeError, raised while pypdf is still producing the page's text.
+    """
+    if max_page_chars is None or max_document_chars is None:
+        from worker.settings import get_settings
+
+        settings = get_settings()
+        max_page_chars = settings.max_page_chars if max_page_chars is None else max_page_chars
+        max_document_chars = settings.max_document_chars if max_document_chars is None else max_document_chars
     reader = reader or open_pdf(data, password, max_pages)
     pages: list[str] = []
     errors: list[dict[str, object]] = []
     total = len(reader.pages)
+    used = 0  # characters of text so far
     with _alarm_latch() as alarms:
         for i in range(total):
+            budget = _TextBudget(i + 1, max_page_chars, max_document_chars, used)
             try:
-                text = clean_text(reader.pages[i].extract_text() or "")
+                text = clean_text(reader.pages[i].extract_text(visitor_text=budget) or "")
             except LimitReachedError as exc:
                 raise DecompressionBombError(f"page {i + 1}: pypdf stopped at a resource limit: {exc}") from None
             except Exception as exc:
                 if alarms:
                     raise alarms[0] from None  # the job timeout, however pypdf wrapped or swallowed it
+                if budget.error is not None:
+                    raise budget.error from None
                 if not _page_fault(exc):
                     raise  # MemoryError, our own limits, anything not pypdf failing on the page
                 text = ""
@@ -164,12 +181,60 @@ def extract(
                 errors.append({"page": i + 1, "error": f"{type(exc).__name__}: {message}"[:500]})
             if alarms:  # pypdf swallowed the job timeout somewhere inside (it catches Exception in places)
                 raise alarms[0]
+            budget.check(len(text))  # also when pypdf swallowed the budget's own error
+            used += len(text)
             pages.append(text)
             if on_page is not None:
                 on_page(i + 1, total)
     if total and len(errors) == total:
         raise TruncatedPdfError(f"no page could be read; page 1: {errors[0]['error']}")
     return Extracted(sha256=sha256(data), pages=pages, metadata=metadata(reader), page_errors=errors)
+
+
+class _TextBudget:
+    """pypdf's `visitor_text` for one page: counts the text as pypdf produces it and stops the
+    page (raises TextTooLargeError) once past the page's limit or what is left of the document's.
+
+    pypdf hands the visitor one piece per text operator, so a page stops within one operator of
+    its limit, before its text is built in full. One operator can still show much text (a long
+    string of glyphs that each map to many characters); the work-horse's memory limit
+    (HORSE_MEMORY_MB) and the job timeout bound that.
+    """
+
+    def __init__(self, page: int, page_limit: int, document_limit: int, used: int) -> None:
+        self.page, self.page_limit, self.document_limit = page, page_limit, document_limit
+        self.limit = min(page_limit, document_limit - used)
+        self.used = used
+        self.seen = 0
+        self.error: TextTooLargeError | None = None
+
+    def __call__(self, text: object, *_: object) -> None:
+        if self.error is not None:  # pypdf swallowed it (around a form XObject): stop again
+            raise self.error
+        if isinstance(text, str):
+            self.seen += len(text)
+            if self.seen > self.limit:
+                self.error = self._error()
+                raise self.error
+
+    def check(self, chars: int) -> None:
+        """After the page: its exact length (pypdf adds line breaks the visitor does not see)."""
+        self.seen = max(self.seen, chars)
+        if self.error is None and self.seen > self.limit:
+            self.error = self._error()
+        if self.error is not None:
+            raise self.error
+
+    def _error(self) -> TextTooLargeError:
+        if self.seen > self.page_limit:
+            return TextTooLargeError(
+                f"page {self.page} expands to over {self.page_limit} characters of text (MAX_PAGE_CHARS);"
+                f" stopped at {self.seen}"
+            )
+        return TextTooLargeError(
+            f"the document expands to over {self.document_limit} characters of text (MAX_DOCUMENT_CHARS);"
+            f" stopped at page {self.page} with {self.used + self.seen}"
+        )
 
 
 # What pypdf raises when a page's own content is broken. Anything else is not the page's fault.

@@ -95,6 +95,51 @@ def sqlite_path(store_url: str, cwd: Path | None = None) -> Path:
     return path
 
 
+def memory_limit_bytes(root: Path = Path("/")) -> int | None:
+    """Memory this process may use: its cgroup's limit when one is set, else the host's MemTotal.
+
+    `root` is the file system root to read /sys and /proc under (tests point it elsewhere).
+    """
+    candidates: list[Path] = []
+    try:  # cgroup v2: "0::/path"; inside a container's cgroup namespace the path is "/"
+        for line in (root / "proc/self/cgroup").read_text().splitlines():
+            if line.startswith("0::"):
+                candidates.append(root / "sys/fs/cgroup" / line[3:].strip().lstrip("/") / "memory.max")
+    except OSError:
+        pass
+    candidates += [root / "sys/fs/cgroup/memory.max", root / "sys/fs/cgroup/memory/memory.limit_in_bytes"]
+    host: int | None = None
+    try:
+        for line in (root / "proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                host = int(line.split()[1]) * 1024
+                break
+    except (OSError, ValueError, IndexError):
+        pass
+    for path in candidates:
+        try:
+            raw = path.read_text().strip()
+        except OSError:
+            continue
+        if raw.isdigit() and int(raw) > 0:  # "max" (v2) means no limit; v1 says so with a huge number
+            return min(int(raw), host) if host else int(raw)
+    return host
+
+
+# HORSE_MEMORY_MB's default: half the memory, within these bounds. It limits address space, which
+# is more than the memory used: a horse of this package maps about 1.1 GB doing ordinary work.
+HORSE_MEMORY_MIN_MB = 2048
+HORSE_MEMORY_MAX_MB = 64 * 1024
+
+
+def default_horse_memory_mb(root: Path = Path("/")) -> int:
+    """Half of this process's memory (cgroup limit or MemTotal), at least 2 GiB, at most 64 GiB."""
+    total = memory_limit_bytes(root)
+    if not total:
+        return HORSE_MEMORY_MIN_MB
+    return max(HORSE_MEMORY_MIN_MB, min(HORSE_MEMORY_MAX_MB, total // 2 // (1024 * 1024)))
+
+
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -126,12 +171,16 @@ class Settings:
     max_pdf_bytes: int = 100 * 1024 * 1024
     max_inline_bytes: int = 10 * 1024 * 1024
     max_pages: int = 2000
+    # Text one page, and one document, may expand to (a small PDF can hold gigabytes of text).
+    max_page_chars: int = 100_000
+    max_document_chars: int = 10_000_000
     chunk_tokens: int = 256
     chunk_overlap: int = 32
     # Seconds a store write waits for another writer's lock before the job fails as transient.
     store_busy_timeout: float = 30.0
-    # Address-space limit of a work-horse in MiB (0: none).
-    horse_memory_mb: int = 0
+    # Address-space limit of a work-horse in MiB; 0 (set explicitly): none. Default: half the
+    # memory of the host or cgroup, between 2 and 64 GiB (see default_horse_memory_mb).
+    horse_memory_mb: int = field(default_factory=default_horse_memory_mb)
     # Dotted names of the user's own job functions, registered beside the built-in ones.
     extra_jobs: tuple[str, ...] = ()
     # Attempts after which a job that keeps killing its worker is failed.
@@ -179,10 +228,12 @@ class Settings:
             max_pdf_bytes=_int(env, "MAX_PDF_BYTES", cls.max_pdf_bytes, 1),
             max_inline_bytes=_int(env, "MAX_INLINE_BYTES", cls.max_inline_bytes, 1),
             max_pages=_int(env, "MAX_PAGES", cls.max_pages, 1),
+            max_page_chars=_int(env, "MAX_PAGE_CHARS", cls.max_page_chars, 1),
+            max_document_chars=_int(env, "MAX_DOCUMENT_CHARS", cls.max_document_chars, 1),
             chunk_tokens=_int(env, "CHUNK_TOKENS", cls.chunk_tokens, 16),
             chunk_overlap=_int(env, "CHUNK_OVERLAP", cls.chunk_overlap, 0),
             store_busy_timeout=_float(env, "STORE_BUSY_TIMEOUT", cls.store_busy_timeout, 0.0),
-            horse_memory_mb=_int(env, "HORSE_MEMORY_MB", 0),
+            horse_memory_mb=_int(env, "HORSE_MEMORY_MB", default_horse_memory_mb()),
             extra_jobs=tuple(n.strip() for n in env.get("EXTRA_JOBS", "").split(",") if n.strip()),
             max_attempts=_int(env, "MAX_ATTEMPTS", cls.max_attempts, 1),
             retry_intervals=_int_list(env, "RETRY_INTERVALS", cls.retry_intervals),
