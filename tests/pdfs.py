@@ -142,10 +142,11 @@ def _assemble(objects: list[bytes], catalog: int, info: int | None = None) -> by
     return out.getvalue()
 
 
-def text_bomb(pages: int = 2000, glyphs: int = 100, expand: int = 256, shows: int = 1) -> bytes:
+def text_bomb(pages: int = 2000, glyphs: int = 100, expand: int = 256, shows: int = 1, fill: str = "x") -> bytes:
     """A small PDF that expands to a lot of text: every page shares one content stream that shows
     `shows` strings of `glyphs` glyphs, and the font's ToUnicode map turns each glyph into
-    `expand` characters. The defaults: 315 KB, 25,600 characters a page, 51 million in all."""
+    `expand` characters (`fill` repeated, then a space). The defaults: 315 KB, 25,600 characters
+    a page, 51 million in all. Small values make a tiny PDF that pypdf reads fast."""
     objects: list[bytes] = []
 
     def add(body: bytes) -> int:
@@ -157,7 +158,7 @@ def text_bomb(pages: int = 2000, glyphs: int = 100, expand: int = 256, shows: in
         return b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(data) + data + b"\nendstream"
 
     catalog, pages_obj = add(b""), add(b"")
-    many = ("x" * (expand - 1) + " ").encode("utf-16-be").hex().encode()
+    many = (fill * (expand - 1) + " ").encode("utf-16-be").hex().encode()
     cmap = (
         b"/CIDInit /ProcSet findresource begin 12 dict begin begincmap\n/CMapName /Expand def\n"
         b"1 begincodespacerange <0000> <FFFF> endcodespacerange\n"

@@ -32,6 +32,10 @@ class InputNotFoundError(BadInputError):
     """A path input does not exist or is not a regular file."""
 
 
+class InputReadError(BadInputError):
+    """A path input inside the roots could not be opened or read (an I/O error)."""
+
+
 class InputTooLargeError(BadInputError):
     """The input is over a byte, page or count limit."""
 
