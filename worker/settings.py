@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 
 class SettingsError(ValueError):
@@ -63,18 +63,48 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     return value
 
 
+_SECRET_QUERY_KEYS = ("pass", "pwd", "secret", "token", "auth", "credential")
+
+
 def redact_url(url: str) -> str:
-    """Return `url` without its password (and user), safe for logs and health bodies."""
+    """Return `url` without its user and password, nor secret query values, safe for logs and bodies.
+
+    Everything between "://" and the LAST "@" is credentials: a password with an unencoded
+    "@", "/" or "#" must not leave its tail behind.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "<unparseable url>"
+    if "@" in rest:
+        rest = "***@" + rest.rsplit("@", 1)[1]
+    path, q, query = rest.partition("?")
+    if q:
+        pairs = []
+        for pair in query.split("&"):
+            key, eq, _value = pair.partition("=")
+            secret = eq and any(word in key.lower() for word in _SECRET_QUERY_KEYS)
+            pairs.append(f"{key}=***" if secret else pair)
+        path += "?" + "&".join(pairs)
+    return f"{scheme}://{path}"
+
+
+def check_redis_url(url: str) -> None:
+    """SettingsError, naming no part of the URL, when redis-py could not use `url`."""
+    hint = (
+        "REDIS_URL is not a valid URL: {why}; percent-encode special characters in the password"
+        " (/ as %2F, @ as %40, : as %3A, # as %23, ? as %3F)"
+    )
     try:
         parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
     except ValueError:
-        return "<unparseable url>"
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    if parts.password or parts.username:
-        host = f"***@{host}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+        raise SettingsError(hint.format(why="its host or port cannot be read")) from None
+    if parts.scheme in ("redis", "rediss"):
+        if "@" in parts.path + parts.query + parts.fragment or parts.fragment:
+            raise SettingsError(hint.format(why="an '@' or '#' outside the credentials")) from None
+        db = parts.path.lstrip("/")
+        if db and not db.isdigit():
+            raise SettingsError(hint.format(why="the database after the host must be a number")) from None
 
 
 def sqlite_path(store_url: str, cwd: Path | None = None) -> Path:
@@ -247,6 +277,7 @@ class Settings:
             raise SettingsError(
                 f"REDIS_URL must be a redis://, rediss:// or unix:// URL, got {redact_url(self.redis_url)}"
             )
+        check_redis_url(self.redis_url)
         if not 0 <= self.health_port <= 65535:
             raise SettingsError(f"HEALTH_PORT must be 0..65535, got {self.health_port}")
         if self.chunk_tokens > 256:
