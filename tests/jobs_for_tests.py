@@ -85,3 +85,10 @@ def hog(megabytes: int) -> int:
     block = bytearray(megabytes * 1024 * 1024)
     block[::4096] = b"x" * len(block[::4096])
     return len(block)
+
+
+def address_space_limit() -> int:
+    """The work-horse's RLIMIT_AS soft limit in bytes (-1: none)."""
+    import resource
+
+    return resource.getrlimit(resource.RLIMIT_AS)[0]

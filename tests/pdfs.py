@@ -17,7 +17,9 @@ def _escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
 
 
-def _content(text: str | None, font: str) -> bytes:
+def _content(text: str | bytes | None, font: str) -> bytes:
+    if isinstance(text, bytes):  # a content stream written by the test itself
+        return text
     if text is None:  # a page with drawing but no text layer, like a scan
         return b"0.5 g 72 72 200 200 re f\n"
     lines = ["BT", f"/{font} 11 Tf", "14 TL", "72 770 Td"]
@@ -49,9 +51,15 @@ def _tounicode(text: str) -> bytes:
 
 
 def make_pdf(
-    pages: list[str | None], title: str | None = None, author: str | None = None, compress: bool = True
+    pages: list[str | bytes | None],
+    title: str | None = None,
+    author: str | None = None,
+    compress: bool = True,
+    form: bytes | None = None,
 ) -> bytes:
-    """A PDF with one page per item: its text (lines split on newlines) or None for no text."""
+    """A PDF with one page per item: its text (lines split on newlines), None for no text, or
+    bytes for a raw content stream (fonts /F1 Helvetica and /F2 any Unicode are there, and with
+    `form` a form XObject /Fm0 of that content, which a page shows with `/Fm0 Do`)."""
     objects: list[bytes] = []
 
     def add(body: bytes) -> int:
@@ -80,14 +88,23 @@ def make_pdf(
         b"<< /Type /Font /Subtype /Type0 /BaseFont /AnyUnicode /Encoding /Identity-H"
         b" /DescendantFonts [%d 0 R] /ToUnicode %d 0 R >>" % (descendant, tounicode)
     )
+    xobjects = b""
+    if form is not None:
+        fm = add(
+            stream(
+                form,
+                b" /Type /XObject /Subtype /Form /BBox [0 0 612 792] /Resources << /Font << /F1 %d 0 R >> >>" % helv,
+            )
+        )
+        xobjects = b" /XObject << /Fm0 %d 0 R >>" % fm
     kids = []
     for text in pages:
-        latin = text is None or all(ord(ch) < 128 for ch in text)
+        latin = not isinstance(text, str) or all(ord(ch) < 128 for ch in text)
         content = add(stream(_content(text, "F1" if latin else "F2")))
         kids.append(
             add(
                 b"<< /Type /Page /Parent %d 0 R /MediaBox [0 0 612 792] /Contents %d 0 R"
-                b" /Resources << /Font << /F1 %d 0 R /F2 %d 0 R >> >> >>" % (pages_obj, content, helv, uni)
+                b" /Resources << /Font << /F1 %d 0 R /F2 %d 0 R >>%s >> >>" % (pages_obj, content, helv, uni, xobjects)
             )
         )
     objects[catalog - 1] = b"<< /Type /Catalog /Pages %d 0 R >>" % pages_obj
@@ -102,7 +119,11 @@ def make_pdf(
         info_parts.append(b"/Author (" + _escape(author).encode("latin-1") + b")")
     info_parts.append(b"/Producer (worker tests)")
     info = add(b"<< " + b" ".join(info_parts) + b" >>")
+    return _assemble(objects, catalog, info)
 
+
+def _assemble(objects: list[bytes], catalog: int, info: int | None = None) -> bytes:
+    """The file: header, the numbered objects (1, 2, ...), a cross-reference table, the trailer."""
     out = io.BytesIO()
     out.write(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
     offsets = []
@@ -113,11 +134,61 @@ def make_pdf(
     out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1))
     for off in offsets:
         out.write(b"%010d 00000 n \n" % off)
+    info_ref = b" /Info %d 0 R" % info if info else b""
     out.write(
-        b"trailer\n<< /Size %d /Root %d 0 R /Info %d 0 R >>\nstartxref\n%d\n%%%%EOF\n"
-        % (len(objects) + 1, catalog, info, xref)
+        b"trailer\n<< /Size %d /Root %d 0 R%s >>\nstartxref\n%d\n%%%%EOF\n"
+        % (len(objects) + 1, catalog, info_ref, xref)
     )
     return out.getvalue()
+
+
+def text_bomb(pages: int = 2000, glyphs: int = 100, expand: int = 256, shows: int = 1, fill: str = "x") -> bytes:
+    """A small PDF that expands to a lot of text: every page shares one content stream that shows
+    `shows` strings of `glyphs` glyphs, and the font's ToUnicode map turns each glyph into
+    `expand` characters (`fill` repeated, then a space). The defaults: 315 KB, 25,600 characters
+    a page, 51 million in all. Small values make a tiny PDF that pypdf reads fast."""
+    objects: list[bytes] = []
+
+    def add(body: bytes) -> int:
+        objects.append(body)
+        return len(objects)
+
+    def stream(data: bytes) -> bytes:
+        data = zlib.compress(data, 9)
+        return b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(data) + data + b"\nendstream"
+
+    catalog, pages_obj = add(b""), add(b"")
+    many = (fill * (expand - 1) + " ").encode("utf-16-be").hex().encode()
+    cmap = (
+        b"/CIDInit /ProcSet findresource begin 12 dict begin begincmap\n/CMapName /Expand def\n"
+        b"1 begincodespacerange <0000> <FFFF> endcodespacerange\n"
+        b"1 beginbfchar\n<0001> <" + many + b">\nendbfchar\n"
+        b"endcmap CMapName currentdict /CMap defineresource pop end end\n"
+    )
+    tounicode = add(stream(cmap))
+    descendant = add(
+        b"<< /Type /Font /Subtype /CIDFontType2 /BaseFont /Expand /CIDToGIDMap /Identity /DW 600"
+        b" /CIDSystemInfo << /Registry (Adobe) /Ordering (Identity) /Supplement 0 >> >>"
+    )
+    font = add(
+        b"<< /Type /Font /Subtype /Type0 /BaseFont /Expand /Encoding /Identity-H"
+        b" /DescendantFonts [%d 0 R] /ToUnicode %d 0 R >>" % (descendant, tounicode)
+    )
+    # Each show sets its font first, which makes pypdf hand the text so far to its visitor.
+    content = add(stream(b"BT 72 770 Td\n" + (b"/F2 11 Tf <" + b"0001" * glyphs + b"> Tj\n") * shows + b"ET\n"))
+    kids = [
+        add(
+            b"<< /Type /Page /Parent %d 0 R /MediaBox [0 0 612 792] /Contents %d 0 R"
+            b" /Resources << /Font << /F2 %d 0 R >> >> >>" % (pages_obj, content, font)
+        )
+        for _ in range(pages)
+    ]
+    objects[catalog - 1] = b"<< /Type /Catalog /Pages %d 0 R >>" % pages_obj
+    objects[pages_obj - 1] = b"<< /Type /Pages /Kids [%s] /Count %d >>" % (
+        b" ".join(b"%d 0 R" % k for k in kids),
+        len(kids),
+    )
+    return _assemble(objects, catalog)
 
 
 def encrypt(data: bytes, user_password: str, owner_password: str = "owner-secret") -> bytes:
@@ -148,6 +219,12 @@ def flate_bomb(megabytes: int = 200) -> bytes:
     out = io.BytesIO()
     writer.write(out)
     return out.getvalue()
+
+
+def slow_page(operations: int = 400_000) -> bytes:
+    """A content stream of `operations` empty text shows: no text, but seconds of parsing for pypdf
+    (about 18 us an operation here), a few KB once compressed."""
+    return b"BT /F1 11 Tf 72 770 Td\n" + b"() Tj\n" * operations + b"ET\n"
 
 
 # Pages with distinct topics, so a search has one right answer.

@@ -341,3 +341,48 @@ def test_forked_child_exits_cleanly(child: str, parent_threads: int) -> None:
         timeout=90,
     )
     assert run.returncode == 0, run.stderr
+
+
+def _full_ids(embedder: Embedder, text: str) -> list[int]:
+    """The ids the model would get from tokenizing the whole text (no prefix shortcut)."""
+    return embedder._encoder.encode(text).ids
+
+
+def test_prefix_gives_the_ids_of_the_whole_text(fp32: Embedder) -> None:
+    """Edge cases of `_head`: the ids (hence the vectors) equal a full tokenization's."""
+    from worker.embedding import HEAD_CHARS
+
+    word99, word101 = "b" * 99, "c" * 101  # 100 characters is WordPiece's limit; past it, one [UNK]
+    cases = {
+        "words": "river stone market signal garden " * 4000,
+        "cut inside a word": "x" * (HEAD_CHARS - 3) + " unbelievably " + "long text " * 3000,
+        "long words": (word99 + " " + word101 + " ") * 400,  # few pieces in the first 16 K: the prefix grows
+        "blank run": " " * 30_000 + "after the blanks " * 2000,
+        "punctuation": "a,b.c;d!" * 5000,
+        "cjk": "富士山は日本で最も高い山です。" * 3000,
+        "accents and marks": ("e\u0301te\u0301 " * 5000),
+    }
+    for name, text in cases.items():
+        assert len(text) > HEAD_CHARS, name
+        head = fp32._head(text)
+        assert fp32._encoder.encode(head).ids == _full_ids(fp32, text), name
+    np.testing.assert_allclose(
+        fp32.embed([cases["long words"]])[0], fp32.embed([cases["long words"][:20_000]])[0], atol=1e-6
+    )
+
+
+def test_one_huge_word_is_bounded(fp32: Embedder) -> None:
+    """50 million characters without a blank: one [UNK], tokenized from a bounded prefix."""
+    from worker.embedding import MAX_HEAD_CHARS
+
+    huge = "a" * 50_000_000
+    assert len(fp32._head(huge)) <= MAX_HEAD_CHARS
+    assert fp32.count_tokens([huge]) == [3]  # [CLS] [UNK] [SEP]
+    np.testing.assert_allclose(fp32.embed([huge])[0], fp32.embed(["a" * 101])[0], atol=1e-6)
+    # The chunker sees whole pages (bounded by MAX_PAGE_CHARS): a page of one huge word is one chunk.
+    from worker.chunking import Chunker
+
+    page = "a" * get_settings().max_page_chars
+    chunks = Chunker(fp32.tokenizer).chunk_pages([page])
+    assert [(c.n_tokens, len(c.text)) for c in chunks] == [(3, len(page))]
+    np.testing.assert_allclose(fp32.embed([chunks[0].text])[0], fp32.embed(["a" * 101])[0], atol=1e-6)

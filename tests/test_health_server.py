@@ -93,3 +93,36 @@ def test_body_never_shows_secrets():
             assert "hunter2" not in str(body)
     finally:
         srv.stop()
+
+
+def test_keep_alive_connection_answers_every_request_whole(server):
+    """Prometheus keeps its connection open: 20 requests on one connection, each answered in full,
+    status line, headers and body arriving together (one write; they used to be two, and the body
+    waited for the client's delayed ACK)."""
+    import http.client
+    import json
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    started = time.perf_counter()
+    for i in range(20):
+        path = ("/healthz", "/readyz", "/metrics", "/nope")[i % 4]
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        body = resp.read()
+        assert resp.status == {"/healthz": 200, "/readyz": 503, "/metrics": 200, "/nope": 404}[path]
+        assert int(resp.getheader("Content-Length")) == len(body)
+        if path != "/metrics":
+            assert json.loads(body)
+        sock = conn.sock
+        assert sock is not None  # the same connection, kept alive
+    elapsed = time.perf_counter() - started
+    conn.close()
+    print(f"keep-alive: {elapsed / 20 * 1000:.2f} ms a request")
+    # One recv after the request gets the whole answer: nothing held back in a second segment.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        for _ in range(5):
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = s.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = int(next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")).split(b":")[1])
+            assert len(body) == length, data

@@ -312,3 +312,59 @@ def test_enqueue_wait_shows_progress_and_search_prints_pages(start_worker, redis
 
     out = _run_search(tmp_path, "sourdough oven temperature", "-k", "1")
     assert "long.pdf  p. 13" in out.stdout and "250 degrees" in out.stdout
+
+
+def _with_bogus_last_page(texts: list[str]) -> bytes:
+    """A PDF whose last page's content stream has a filter no reader knows: that page fails alone."""
+    data = pdfs.make_pdf(texts, compress=False)
+    i = data.rfind(b"<< /Length")
+    return data[:i] + data[i:].replace(b"<< /Length", b"<< /Filter /Bogus /Length", 1)
+
+
+@needs_embedding
+def test_job_timeout_during_extraction_fails_the_job_and_stores_nothing(start_worker, redis_conn, tmp_path) -> None:
+    _start(start_worker)
+    (tmp_path / "slow.pdf").write_bytes(pdfs.make_pdf(["page one", pdfs.slow_page(), "page three"]))
+    job = queue(redis_conn).enqueue("worker.jobs.ingest_pdf", str(tmp_path / "slow.pdf"), job_timeout=2)
+    assert _finish(job, 120) == "failed"
+    assert _error(job) == "JobTimeoutException", job.latest_result().exc_string
+    assert not (tmp_path / "store.db").exists() or _store_counts(tmp_path) == (0, 0)
+
+
+@needs_embedding
+def test_already_stored_answer_carries_the_stored_page_errors(start_worker, redis_conn, tmp_path) -> None:
+    _start(start_worker)
+    (tmp_path / "broken.pdf").write_bytes(_with_bogus_last_page([pdfs.VOLCANO, pdfs.BREAD, "third page"]))
+    q = queue(redis_conn)
+    first = q.enqueue("worker.jobs.ingest_pdf", str(tmp_path / "broken.pdf"))
+    assert _finish(first, 120) == "finished", first.latest_result().exc_string
+    expected = [{"page": 3, "error": "NotImplementedError: Unsupported filter /Bogus"}]
+    assert first.return_value()["page_errors"] == expected
+    again = q.enqueue("worker.jobs.ingest_pdf", str(tmp_path / "broken.pdf"), job_timeout=600)
+    assert _finish(again, 120) == "finished", again.latest_result().exc_string
+    result = again.return_value()
+    assert result["already_stored"] is True and result["page_errors"] == expected
+
+
+@needs_embedding
+def test_text_bomb_fails_typed_stores_nothing_and_horses_have_a_memory_limit(start_worker, redis_conn, tmp_path):
+    from worker.settings import default_horse_memory_mb
+
+    worker = _start(start_worker, MAX_DOCUMENT_CHARS=1_000_000)
+    (tmp_path / "bomb.pdf").write_bytes(pdfs.text_bomb())  # 315 KB, 51 million characters
+    (tmp_path / "good.pdf").write_bytes(pdfs.sample_pdf())
+    q = queue(redis_conn)
+    limit = q.enqueue("tests.jobs_for_tests.address_space_limit")
+    bomb = q.enqueue("worker.jobs.ingest_pdf", str(tmp_path / "bomb.pdf"))
+    extract = q.enqueue("worker.jobs.extract_text", str(tmp_path / "bomb.pdf"))
+    good = q.enqueue("worker.jobs.ingest_pdf", str(tmp_path / "good.pdf"))
+    assert _finish(limit) == "finished"
+    assert limit.return_value() == default_horse_memory_mb() * 1024 * 1024  # on without HORSE_MEMORY_MB
+    for job in (bomb, extract):
+        assert _finish(job, 120) == "failed"
+        assert _error(job) == "TextTooLargeError", job.latest_result().exc_string
+        assert "MAX_DOCUMENT_CHARS" in job.latest_result().exc_string
+    assert _finish(good, 120) == "finished", good.latest_result().exc_string
+    assert _store_counts(tmp_path) == (1, good.return_value()["chunks"])
+    assert not q.scheduled_job_registry.get_job_ids()  # bad input: not retried
+    assert worker.proc.poll() is None

@@ -14,6 +14,7 @@ from worker.errors import (
     EncryptedPdfError,
     InputTooLargeError,
     NotAPdfError,
+    TextTooLargeError,
     TruncatedPdfError,
 )
 from worker.pdf import extract
@@ -128,3 +129,48 @@ def test_scan_without_text_is_not_an_error() -> None:
     doc = extract(pdfs.make_pdf([None, None]))
     assert doc.page_count == 2
     assert doc.pages_without_text == 2
+
+
+def test_job_timeout_during_a_page_ends_extraction_not_a_page_error() -> None:
+    """RQ's job timeout is an Exception raised wherever the horse is: it must end the job."""
+    from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
+
+    data = pdfs.make_pdf(["page one", pdfs.slow_page(), "page three"])
+    with pytest.raises(JobTimeoutException), UnixSignalDeathPenalty(1, JobTimeoutException):
+        extract(data)
+
+
+def test_job_timeout_swallowed_by_pypdf_inside_a_form_still_ends_extraction() -> None:
+    """pypdf catches Exception around a form XObject: the timeout raised there must not be lost."""
+    from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
+
+    shows_form = b"BT /F1 11 Tf 72 770 Td (before the form) Tj ET\nq /Fm0 Do Q\n"
+    data = pdfs.make_pdf([shows_form, "after the form"], form=pdfs.slow_page())
+    with pytest.raises(JobTimeoutException), UnixSignalDeathPenalty(1, JobTimeoutException):
+        extract(data)
+
+
+def test_text_bomb_sharing_one_stream_stops_at_the_document_limit() -> None:
+    """315 KB, 2,000 pages sharing one content stream, 256 characters a glyph: 51 million characters."""
+    data = pdfs.text_bomb()
+    assert len(data) < 400_000
+    with pytest.raises(TextTooLargeError, match=r"MAX_DOCUMENT_CHARS\); stopped at page 40 with 1024000") as info:
+        extract(data, max_document_chars=1_000_000)
+    assert isinstance(info.value, InputTooLargeError)
+
+
+def test_page_text_limit_stops_the_page_while_pypdf_is_producing_it() -> None:
+    data = pdfs.text_bomb(pages=1, glyphs=10, shows=2000)  # 5,120,000 characters on one page, 1.5 KB
+    with pytest.raises(TextTooLargeError, match="MAX_PAGE_CHARS") as info:
+        extract(data, max_page_chars=100_000)
+    stopped_at = int(str(info.value).rsplit(" ", 1)[1])
+    assert 100_000 < stopped_at <= 100_000 + 2560  # within one text show of the limit, not 5 million
+
+
+def test_text_within_the_limits_passes_and_the_limits_count_exactly() -> None:
+    data = pdfs.text_bomb(pages=3, glyphs=10, shows=20)  # 51,200 characters a page
+    assert [len(p) for p in extract(data, max_page_chars=51_200, max_document_chars=153_600).pages] == [51_200] * 3
+    with pytest.raises(TextTooLargeError, match="MAX_PAGE_CHARS"):
+        extract(data, max_page_chars=51_199)
+    with pytest.raises(TextTooLargeError, match="MAX_DOCUMENT_CHARS.*page 3"):
+        extract(data, max_document_chars=153_599)

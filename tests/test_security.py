@@ -35,3 +35,41 @@ def test_json_logs_redact_urls(start_worker, tmp_path, redis_url):
 
     assert redact("connect redis://user:pw@host:6379/0 failed") == "connect redis://user:***@host:6379/0 failed"
     assert redact("rediss://:pw@h/1") == "rediss://:***@h/1"
+
+
+def test_redaction_hides_the_whole_password_and_secret_query_values() -> None:
+    from worker.logs import redact
+    from worker.settings import redact_url
+
+    for url in ("redis://user:p@ss@host:6379/0", "redis://:s3cr/et@host:6379/0", "redis://:pa#ss@host/0"):
+        secret = url.split("://", 1)[1].rsplit("@", 1)[0].split(":", 1)[1]
+        for text in (redact(f"connect {url} failed"), redact_url(url)):
+            assert not any(part in text for part in secret.replace("@", " ").replace("/", " ").split()), text
+    assert redact("redis://u:p@ss@host:6379/0 down") == "redis://u:***@host:6379/0 down"
+    assert redact_url("redis://u:p@ss@host:6379/0") == "redis://***@host:6379/0"
+    for text in (redact("redis://host:6379/0?password=hunter2&db=1"), redact_url("redis://h/0?db=1&Password=hunter2")):
+        assert "hunter2" not in text and "db=1" in text, text
+
+
+def test_unencoded_slash_in_the_password_exits_2_without_the_secret(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    for url in ("redis://:pa/ss-hunter2@127.0.0.1:1/0", "redis://u:pa#ss-hunter2@127.0.0.1:1/0"):
+        env = dict(os.environ, REDIS_URL=url, PYTHONPATH=str(ROOT))
+        for command in ("run", "status"):
+            out = subprocess.run(
+                [sys.executable, "-m", "worker", command],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                cwd=tmp_path,
+            )
+            assert out.returncode == 2, (command, out.stderr)
+            assert "REDIS_URL is not a valid URL" in out.stderr and "percent-encode" in out.stderr
+            assert "Traceback" not in out.stderr and "hunter2" not in out.stderr + out.stdout
+            assert "ss-" not in out.stderr

@@ -58,8 +58,10 @@ DEFAULT_BATCH_TOKENS = 2048
 # query (~20 tokens) takes ~9 ms on the inherited session against ~120 ms for a load.
 FORK_RELOAD_TOKENS = 2048
 # Texts longer than this are tokenized from a prefix when it holds enough word pieces: the model
-# keeps only the first 256, and tokenizing a 10 MB text in full takes 6 s.
+# keeps only the first 256, and tokenizing a 10 MB text in full takes 6 s (a 50 MB word, 70 s,
+# deaf to the job timeout while in Rust). The prefix grows 4x at a time up to MAX_HEAD_CHARS.
 HEAD_CHARS = 16_384
+MAX_HEAD_CHARS = 262_144
 
 
 def _missing_files(model_dir: Path, precision: str) -> list[str]:
@@ -189,16 +191,29 @@ class Embedder:
         """`text`, or a prefix of it that yields the same first `max_length` word pieces.
 
         Normalization and pre-tokenization work character by character and word by word, so a
-        prefix tokenizes like the text except for its last, possibly cut, word (at most 100
-        characters, past which BERT's WordPiece gives one [UNK]); a prefix with that many word
-        pieces to spare is safe. Pathological texts (mostly whitespace) are tokenized in full.
+        prefix tokenizes like the text except for its last, possibly cut, word: a prefix whose
+        pieces before that word fill the window gives exactly the text's pieces. The prefix grows
+        from HEAD_CHARS until it does, and stops at MAX_HEAD_CHARS whatever the text: a text with
+        fewer pieces than that in its first 262,144 characters (huge "words", each one [UNK] past
+        100 characters, or long runs of blanks) is embedded from those characters. The tokenizer
+        never sees more than that, so a 50 MB word costs what 256 KB costs.
         """
-        if len(text) <= HEAD_CHARS:
-            return text
-        head = text[:HEAD_CHARS]
-        if len(self.tokenizer.encode(head, add_special_tokens=False).ids) > self.max_length + 100:
-            return head
+        limit = HEAD_CHARS
+        while len(text) > limit:
+            head = text[:limit]
+            if limit >= MAX_HEAD_CHARS or self._fills_window(head):
+                return head
+            limit *= 4
         return text
+
+    def _fills_window(self, head: str) -> bool:
+        """Do the word pieces of `head` before its last word fill the model's window?"""
+        enc = self.tokenizer.encode(head, add_special_tokens=False)
+        need = self.max_length - self._encoder.num_special_tokens_to_add(False)
+        if len(enc.ids) <= need:
+            return False
+        word_ids = enc.word_ids
+        return word_ids.index(word_ids[-1]) >= need  # pieces of one word are adjacent
 
     def _encode(self, texts: list[str]) -> list:
         texts = [self._head(t) for t in texts]

@@ -38,8 +38,16 @@ class InputNotFoundError(BadInputError):
     """A path input does not exist or is not a regular file."""
 
 
+class InputReadError(BadInputError):
+    """A path input inside the roots could not be opened or read (an I/O error)."""
+
+
 class InputTooLargeError(BadInputError):
     """The input is over a byte, page or count limit."""
+
+
+class TextTooLargeError(InputTooLargeError):
+    """The PDF expands to more text than MAX_PAGE_CHARS or MAX_DOCUMENT_CHARS allow."""
 
 
 class NotAPdfError(BadInputError):

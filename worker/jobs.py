@@ -133,7 +133,7 @@ def ingest_pdf(
                 "pages": existing.pages,
                 "chunks": existing.chunks,
                 "pages_without_text": existing.pages_without_text,
-                "page_errors": [],
+                "page_errors": existing.page_errors,  # what was stored, on every later answer too
                 "already_stored": True,
                 "timings": _rounded(timings, t_start),
             }
@@ -188,7 +188,7 @@ def ingest_pdf(
         "pages": row.pages,
         "chunks": row.chunks,
         "pages_without_text": row.pages_without_text,
-        "page_errors": doc.page_errors,
+        "page_errors": row.page_errors,  # the stored row's, when another job stored it first
         "already_stored": already,
         "timings": _rounded(timings, t_start),
     }

@@ -15,12 +15,16 @@ import time
 
 JOB_FIELDS = ("worker", "job_id", "function", "queue", "duration", "outcome", "error_type", "attempt")
 
-_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://)([^/@\s:]*):([^/@\s]+)@", re.IGNORECASE)
+# The password runs to the LAST "@" before a blank: it may hold "@", "/" or "#" unencoded.
+_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://)([^/@\s:]*):(\S+)@", re.IGNORECASE)
+_QUERY_SECRET = re.compile(
+    r"([?&][^=\s&#]*(?:pass|pwd|secret|token|auth|credential)[^=\s&#]*=)[^&\s#]*", re.IGNORECASE
+)
 
 
 def redact(text: str) -> str:
-    """Hide passwords in URLs (redis://user:secret@host -> redis://user:***@host)."""
-    return _URL_PASSWORD.sub(r"\1\2:***@", text)
+    """Hide passwords in URLs (redis://user:secret@host -> redis://user:***@host, ?password=***)."""
+    return _QUERY_SECRET.sub(r"\1***", _URL_PASSWORD.sub(r"\1\2:***@", text))
 
 
 class TextFormatter(logging.Formatter):

@@ -2,17 +2,24 @@
 
 pypdf's resource limits stay on: they are what stops a decompression bomb (its
 `LimitReachedError` becomes our `DecompressionBombError`). A page that fails for any other
-reason is recorded and the other pages still go through; a page with no text layer (a scan)
-is not an error, only counted.
+reason of its own (pypdf failing to parse it: see `_page_fault`) is recorded and the other
+pages still go through; anything else (RQ's job timeout, MemoryError, our own limits) ends the
+extraction, so that a document is never stored with pages silently missing. A page with no text
+layer (a scan) is not an error, only counted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
+import signal
+import struct
+import threading
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from pypdf import PasswordType, PdfReader
@@ -24,7 +31,9 @@ from worker.errors import (
     EncryptedPdfError,
     InputTooLargeError,
     NotAPdfError,
+    TextTooLargeError,
     TruncatedPdfError,
+    WorkerError,
 )
 
 log = logging.getLogger(__name__)
@@ -134,29 +143,155 @@ def extract(
     max_pages: int | None = None,
     on_page: Callable[[int, int], None] | None = None,
     reader: PdfReader | None = None,
+    max_page_chars: int | None = None,
+    max_document_chars: int | None = None,
 ) -> Extracted:
-    """Text of every page of `data`. `on_page(done, total)` is called after each page."""
+    """Text of every page of `data`. `on_page(done, total)` is called after each page.
+
+    The text limits default to the settings' MAX_PAGE_CHARS and MAX_DOCUMENT_CHARS; past
+    either, TextTooLargeError, raised while pypdf is still producing the page's text.
+    """
+    if max_page_chars is None or max_document_chars is None:
+        from worker.settings import get_settings
+
+        settings = get_settings()
+        max_page_chars = settings.max_page_chars if max_page_chars is None else max_page_chars
+        max_document_chars = settings.max_document_chars if max_document_chars is None else max_document_chars
     reader = reader or open_pdf(data, password, max_pages)
     pages: list[str] = []
     errors: list[dict[str, object]] = []
     total = len(reader.pages)
-    for i in range(total):
-        try:
-            text = clean_text(reader.pages[i].extract_text() or "")
-        except LimitReachedError as exc:
-            raise DecompressionBombError(f"page {i + 1}: pypdf stopped at a resource limit: {exc}") from None
-        except RecursionError:
-            text = ""
-            errors.append({"page": i + 1, "error": "RecursionError: nesting too deep"})
-        except Exception as exc:  # any other failure costs this page only
-            text = ""
-            errors.append({"page": i + 1, "error": f"{type(exc).__name__}: {exc}"[:500]})
-        pages.append(text)
-        if on_page is not None:
-            on_page(i + 1, total)
+    used = 0  # characters of text so far
+    with _alarm_latch() as alarms:
+        for i in range(total):
+            budget = _TextBudget(i + 1, max_page_chars, max_document_chars, used)
+            try:
+                text = clean_text(reader.pages[i].extract_text(visitor_text=budget) or "")
+            except LimitReachedError as exc:
+                raise DecompressionBombError(f"page {i + 1}: pypdf stopped at a resource limit: {exc}") from None
+            except Exception as exc:
+                if alarms:
+                    raise alarms[0] from None  # the job timeout, however pypdf wrapped or swallowed it
+                if budget.error is not None:
+                    raise budget.error from None
+                if not _page_fault(exc):
+                    raise  # MemoryError, our own limits, anything not pypdf failing on the page
+                text = ""
+                message = "nesting too deep" if isinstance(exc, RecursionError) else str(exc)
+                errors.append({"page": i + 1, "error": f"{type(exc).__name__}: {message}"[:500]})
+            if alarms:  # pypdf swallowed the job timeout somewhere inside (it catches Exception in places)
+                raise alarms[0]
+            budget.check(len(text))  # also when pypdf swallowed the budget's own error
+            used += len(text)
+            pages.append(text)
+            if on_page is not None:
+                on_page(i + 1, total)
     if total and len(errors) == total:
         raise TruncatedPdfError(f"no page could be read; page 1: {errors[0]['error']}")
     return Extracted(sha256=sha256(data), pages=pages, metadata=metadata(reader), page_errors=errors)
+
+
+class _TextBudget:
+    """pypdf's `visitor_text` for one page: counts the text as pypdf produces it and stops the
+    page (raises TextTooLargeError) once past the page's limit or what is left of the document's.
+
+    pypdf hands the visitor one piece per text operator, so a page stops within one operator of
+    its limit, before its text is built in full. One operator can still show much text (a long
+    string of glyphs that each map to many characters); the work-horse's memory limit
+    (HORSE_MEMORY_MB) and the job timeout bound that.
+    """
+
+    def __init__(self, page: int, page_limit: int, document_limit: int, used: int) -> None:
+        self.page, self.page_limit, self.document_limit = page, page_limit, document_limit
+        self.limit = min(page_limit, document_limit - used)
+        self.used = used
+        self.seen = 0
+        self.error: TextTooLargeError | None = None
+
+    def __call__(self, text: object, *_: object) -> None:
+        if self.error is not None:  # pypdf swallowed it (around a form XObject): stop again
+            raise self.error
+        if isinstance(text, str):
+            self.seen += len(text)
+            if self.seen > self.limit:
+                self.error = self._error()
+                raise self.error
+
+    def check(self, chars: int) -> None:
+        """After the page: its exact length (pypdf adds line breaks the visitor does not see)."""
+        self.seen = max(self.seen, chars)
+        if self.error is None and self.seen > self.limit:
+            self.error = self._error()
+        if self.error is not None:
+            raise self.error
+
+    def _error(self) -> TextTooLargeError:
+        if self.seen > self.page_limit:
+            return TextTooLargeError(
+                f"page {self.page} expands to over {self.page_limit} characters of text (MAX_PAGE_CHARS);"
+                f" stopped at {self.seen}"
+            )
+        return TextTooLargeError(
+            f"the document expands to over {self.document_limit} characters of text (MAX_DOCUMENT_CHARS);"
+            f" stopped at page {self.page} with {self.used + self.seen}"
+        )
+
+
+# What pypdf raises when a page's own content is broken. Anything else is not the page's fault.
+_PAGE_FAULTS: tuple[type[BaseException], ...] = (
+    PyPdfError,
+    DependencyError,
+    ValueError,  # UnicodeError and binascii.Error too
+    LookupError,  # KeyError, IndexError
+    TypeError,
+    AttributeError,
+    NotImplementedError,  # an unsupported filter
+    ArithmeticError,
+    AssertionError,
+    RecursionError,
+    struct.error,
+    zlib.error,
+)
+
+
+def _page_fault(exc: Exception) -> bool:
+    """True when `exc` is pypdf failing on the page's content, which costs that page only."""
+    if isinstance(exc, WorkerError) or not isinstance(exc, _PAGE_FAULTS):
+        return False
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
+    return not module.startswith(("rq.", "worker."))  # raised by a signal handler or by us: not the page
+
+
+@contextlib.contextmanager
+def _alarm_latch() -> Iterator[list[BaseException]]:
+    """Remember the exception RQ's job timeout raises from its SIGALRM handler.
+
+    The handler raises wherever the horse happens to be; pypdf catches `Exception` in places
+    (a form XObject that fails to decode), so the timeout could be swallowed there and the
+    document stored with text missing. The latch lets `extract` raise it again after the page.
+    """
+    fired: list[BaseException] = []
+    old = signal.getsignal(signal.SIGALRM) if threading.current_thread() is threading.main_thread() else None
+    if not callable(old):
+        yield fired
+        return
+
+    def latch(signum: int, frame: object) -> None:
+        try:
+            old(signum, frame)
+        except BaseException as exc:
+            fired.append(exc)
+            raise
+
+    signal.signal(signal.SIGALRM, latch)
+    try:
+        yield fired
+    finally:
+        if signal.getsignal(signal.SIGALRM) is latch:
+            signal.signal(signal.SIGALRM, old)
 
 
 class Throttle:

@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 
 class SettingsError(ValueError):
@@ -63,18 +63,48 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     return value
 
 
+_SECRET_QUERY_KEYS = ("pass", "pwd", "secret", "token", "auth", "credential")
+
+
 def redact_url(url: str) -> str:
-    """Return `url` without its password (and user), safe for logs and health bodies."""
+    """Return `url` without its user and password, nor secret query values, safe for logs and bodies.
+
+    Everything between "://" and the LAST "@" is credentials: a password with an unencoded
+    "@", "/" or "#" must not leave its tail behind.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "<unparseable url>"
+    if "@" in rest:
+        rest = "***@" + rest.rsplit("@", 1)[1]
+    path, q, query = rest.partition("?")
+    if q:
+        pairs = []
+        for pair in query.split("&"):
+            key, eq, _value = pair.partition("=")
+            secret = eq and any(word in key.lower() for word in _SECRET_QUERY_KEYS)
+            pairs.append(f"{key}=***" if secret else pair)
+        path += "?" + "&".join(pairs)
+    return f"{scheme}://{path}"
+
+
+def check_redis_url(url: str) -> None:
+    """SettingsError, naming no part of the URL, when redis-py could not use `url`."""
+    hint = (
+        "REDIS_URL is not a valid URL: {why}; percent-encode special characters in the password"
+        " (/ as %2F, @ as %40, : as %3A, # as %23, ? as %3F)"
+    )
     try:
         parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
     except ValueError:
-        return "<unparseable url>"
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    if parts.password or parts.username:
-        host = f"***@{host}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+        raise SettingsError(hint.format(why="its host or port cannot be read")) from None
+    if parts.scheme in ("redis", "rediss"):
+        if "@" in parts.path + parts.query + parts.fragment or parts.fragment:
+            raise SettingsError(hint.format(why="an '@' or '#' outside the credentials")) from None
+        db = parts.path.lstrip("/")
+        if db and not db.isdigit():
+            raise SettingsError(hint.format(why="the database after the host must be a number")) from None
 
 
 def sqlite_path(store_url: str, cwd: Path | None = None) -> Path:
@@ -93,6 +123,51 @@ def sqlite_path(store_url: str, cwd: Path | None = None) -> Path:
     if not path.is_absolute():
         path = (cwd or Path.cwd()) / path
     return path
+
+
+def memory_limit_bytes(root: Path = Path("/")) -> int | None:
+    """Memory this process may use: its cgroup's limit when one is set, else the host's MemTotal.
+
+    `root` is the file system root to read /sys and /proc under (tests point it elsewhere).
+    """
+    candidates: list[Path] = []
+    try:  # cgroup v2: "0::/path"; inside a container's cgroup namespace the path is "/"
+        for line in (root / "proc/self/cgroup").read_text().splitlines():
+            if line.startswith("0::"):
+                candidates.append(root / "sys/fs/cgroup" / line[3:].strip().lstrip("/") / "memory.max")
+    except OSError:
+        pass
+    candidates += [root / "sys/fs/cgroup/memory.max", root / "sys/fs/cgroup/memory/memory.limit_in_bytes"]
+    host: int | None = None
+    try:
+        for line in (root / "proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                host = int(line.split()[1]) * 1024
+                break
+    except (OSError, ValueError, IndexError):
+        pass
+    for path in candidates:
+        try:
+            raw = path.read_text().strip()
+        except OSError:
+            continue
+        if raw.isdigit() and int(raw) > 0:  # "max" (v2) means no limit; v1 says so with a huge number
+            return min(int(raw), host) if host else int(raw)
+    return host
+
+
+# HORSE_MEMORY_MB's default: half the memory, within these bounds. It limits address space, which
+# is more than the memory used: a horse of this package maps about 1.1 GB doing ordinary work.
+HORSE_MEMORY_MIN_MB = 2048
+HORSE_MEMORY_MAX_MB = 64 * 1024
+
+
+def default_horse_memory_mb(root: Path = Path("/")) -> int:
+    """Half of this process's memory (cgroup limit or MemTotal), at least 2 GiB, at most 64 GiB."""
+    total = memory_limit_bytes(root)
+    if not total:
+        return HORSE_MEMORY_MIN_MB
+    return max(HORSE_MEMORY_MIN_MB, min(HORSE_MEMORY_MAX_MB, total // 2 // (1024 * 1024)))
 
 
 @dataclass(frozen=True)
@@ -126,12 +201,16 @@ class Settings:
     max_pdf_bytes: int = 100 * 1024 * 1024
     max_inline_bytes: int = 10 * 1024 * 1024
     max_pages: int = 2000
+    # Text one page, and one document, may expand to (a small PDF can hold gigabytes of text).
+    max_page_chars: int = 100_000
+    max_document_chars: int = 10_000_000
     chunk_tokens: int = 256
     chunk_overlap: int = 32
     # Seconds a store write waits for another writer's lock before the job fails as transient.
     store_busy_timeout: float = 30.0
-    # Address-space limit of a work-horse in MiB (0: none).
-    horse_memory_mb: int = 0
+    # Address-space limit of a work-horse in MiB; 0 (set explicitly): none. Default: half the
+    # memory of the host or cgroup, between 2 and 64 GiB (see default_horse_memory_mb).
+    horse_memory_mb: int = field(default_factory=default_horse_memory_mb)
     # Dotted names of the user's own job functions, registered beside the built-in ones.
     extra_jobs: tuple[str, ...] = ()
     # Attempts after which a job that keeps killing its worker is failed.
@@ -179,10 +258,12 @@ class Settings:
             max_pdf_bytes=_int(env, "MAX_PDF_BYTES", cls.max_pdf_bytes, 1),
             max_inline_bytes=_int(env, "MAX_INLINE_BYTES", cls.max_inline_bytes, 1),
             max_pages=_int(env, "MAX_PAGES", cls.max_pages, 1),
+            max_page_chars=_int(env, "MAX_PAGE_CHARS", cls.max_page_chars, 1),
+            max_document_chars=_int(env, "MAX_DOCUMENT_CHARS", cls.max_document_chars, 1),
             chunk_tokens=_int(env, "CHUNK_TOKENS", cls.chunk_tokens, 16),
             chunk_overlap=_int(env, "CHUNK_OVERLAP", cls.chunk_overlap, 0),
             store_busy_timeout=_float(env, "STORE_BUSY_TIMEOUT", cls.store_busy_timeout, 0.0),
-            horse_memory_mb=_int(env, "HORSE_MEMORY_MB", 0),
+            horse_memory_mb=_int(env, "HORSE_MEMORY_MB", default_horse_memory_mb()),
             extra_jobs=tuple(n.strip() for n in env.get("EXTRA_JOBS", "").split(",") if n.strip()),
             max_attempts=_int(env, "MAX_ATTEMPTS", cls.max_attempts, 1),
             retry_intervals=_int_list(env, "RETRY_INTERVALS", cls.retry_intervals),
@@ -196,6 +277,7 @@ class Settings:
             raise SettingsError(
                 f"REDIS_URL must be a redis://, rediss:// or unix:// URL, got {redact_url(self.redis_url)}"
             )
+        check_redis_url(self.redis_url)
         if not 0 <= self.health_port <= 65535:
             raise SettingsError(f"HEALTH_PORT must be 0..65535, got {self.health_port}")
         if self.chunk_tokens > 256:

@@ -18,7 +18,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +81,7 @@ class StoredDocument:
     pages: int
     pages_without_text: int
     chunks: int
+    page_errors: list[dict] = field(default_factory=list)  # {"page", "error"} of pages that failed
 
 
 def _busy(exc: sqlite3.OperationalError) -> bool:
@@ -142,11 +143,17 @@ class Store:
     def find(self, sha256: str, model: str) -> StoredDocument | None:
         with _translate_busy():
             row = self.conn.execute(
-                "SELECT id, document_id, sha256, model, name, pages, pages_without_text, chunks"
+                "SELECT id, document_id, sha256, model, name, pages, pages_without_text, chunks, page_errors"
                 " FROM documents WHERE sha256 = ? AND model = ?",
                 (sha256, model),
             ).fetchone()
-        return StoredDocument(*row) if row else None
+        if row is None:
+            return None
+        try:
+            page_errors = json.loads(row[-1] or "[]")
+        except ValueError:
+            page_errors = [{"page": None, "error": "unreadable page_errors in the store"}]
+        return StoredDocument(*row[:-1], page_errors=page_errors)
 
     def search(self, vector: np.ndarray, k: int = 5, model: str | None = None) -> list[dict]:
         """The k chunks nearest to `vector` by cosine, best first (vectors stored normalized)."""
@@ -270,7 +277,9 @@ class Store:
                 if self.conn.in_transaction:
                     self.conn.execute("ROLLBACK")
                 raise
-        stored = StoredDocument(doc, document_id, sha256, model, name, pages, pages_without_text, len(chunks))
+        stored = StoredDocument(
+            doc, document_id, sha256, model, name, pages, pages_without_text, len(chunks), list(page_errors)
+        )
         return stored, False
 
 
