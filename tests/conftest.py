@@ -66,7 +66,16 @@ def http_get(url: str, method: str = "GET", timeout: float = 3.0) -> tuple[int, 
 TEST_JOBS = ",".join(
     f"tests.jobs_for_tests.{name}"
     for name in (
-        "sleep", "record", "fail", "crash", "spin", "kill_worker", "flaky", "bad_input", "hog", "address_space_limit"
+        "sleep",
+        "record",
+        "fail",
+        "crash",
+        "spin",
+        "kill_worker",
+        "flaky",
+        "bad_input",
+        "hog",
+        "address_space_limit",
     )
 )
 

@@ -75,7 +75,7 @@ def make_pdf(
     catalog = add(b"")  # filled in below
     pages_obj = add(b"")
     helv = add(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>")
-    other = "".join(t for t in pages if t is not None and not all(ord(ch) < 128 for ch in t))
+    other = "".join(t for t in pages if isinstance(t, str) and not all(ord(ch) < 128 for ch in t))
     tounicode = add(stream(_tounicode(other or " ")))
     descendant = add(
         b"<< /Type /Font /Subtype /CIDFontType2 /BaseFont /AnyUnicode"

@@ -275,9 +275,7 @@ def test_redis_timeouts_do_not_end_the_worker(start_worker, tmp_path):
         w = start_worker(extra_env={"REDIS_URL": server.url})
         os.kill(server.process.pid, signal.SIGSTOP)
         # a call times out (the worker's socket timeout is a few seconds), and the worker goes on
-        wait_for(
-            lambda: "Redis unavailable (TimeoutError)" in w.log_path.read_text(), timeout=30, message="a timeout"
-        )
+        wait_for(lambda: "Redis unavailable (TimeoutError)" in w.log_path.read_text(), timeout=30, message="a timeout")
         assert w.proc.poll() is None
         assert w.get("/healthz")[0] == 200
         assert w.get("/readyz")[0] == 503

@@ -17,9 +17,7 @@ JOB_FIELDS = ("worker", "job_id", "function", "queue", "duration", "outcome", "e
 
 # The password runs to the LAST "@" before a blank: it may hold "@", "/" or "#" unencoded.
 _URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://)([^/@\s:]*):(\S+)@", re.IGNORECASE)
-_QUERY_SECRET = re.compile(
-    r"([?&][^=\s&#]*(?:pass|pwd|secret|token|auth|credential)[^=\s&#]*=)[^&\s#]*", re.IGNORECASE
-)
+_QUERY_SECRET = re.compile(r"([?&][^=\s&#]*(?:pass|pwd|secret|token|auth|credential)[^=\s&#]*=)[^&\s#]*", re.IGNORECASE)
 
 
 def redact(text: str) -> str:
