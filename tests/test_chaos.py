@@ -1,6 +1,7 @@
 """Zero lost jobs under restarts, crashes and Redis outages (issue: reliability).
 
-The short run is part of `make test`; `make chaos` runs the long one and prints its table.
+`make chaos` runs these and prints their tables (a few minutes); `make test` has the single
+faults, one test each, in test_recovery.py and test_daemon.py.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ def _check(report) -> None:
     assert report.recovered == report.interrupted
 
 
+@pytest.mark.slow
 def test_chaos_short(tmp_path):
     _check(run_chaos(tmp_path, documents=8, embed_jobs=6, slow_jobs=8, bad_jobs=4, faults=8, workers=2))
 
