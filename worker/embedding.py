@@ -22,7 +22,7 @@ tokens are asked for, where the ~0.13 s load pays for itself. An inherited sessi
 never destroyed in the child (see `_abandon`). The horse leaves with os._exit, as
 multiprocessing's children do; that matters: a forked child that runs a normal interpreter exit
 hangs or aborts in onnxruntime's static destructors (onnxruntime 1.32), whatever is done here.
-The figures are in README.md, "## Embeddings".
+The figures are in docs/benchmarks.md ("Embeddings", "Fork").
 """
 
 from __future__ import annotations
@@ -52,10 +52,8 @@ DEFAULT_BATCH_TOKENS = 2048
 # In a forked horse, once this many tokens are asked for (in one call or several), it gets a
 # session of its own with all the process's threads; until then it uses the single-threaded
 # session inherited from the parent.
-# Break-even = load time / (per-token time on 1 thread - on N threads). Measured here (2 cores,
-# bench/bench_embed.py): load 0.12-0.13 s; 0.138 vs 0.070 ms a token on its texts (~1,800
-# tokens), 0.155 vs 0.119 in its fork test with the other core busy (~3,600). A one-sentence
-# query (~20 tokens) takes ~9 ms on the inherited session against ~120 ms for a load.
+# 2048 is about where the load pays for itself: the measured break-even is in
+# docs/benchmarks.md ("Fork").
 FORK_RELOAD_TOKENS = 2048
 # Texts longer than this are tokenized from a prefix when it holds enough word pieces: the model
 # keeps only the first 256, and tokenizing a 10 MB text in full takes 6 s (a 50 MB word, 70 s,

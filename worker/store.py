@@ -7,7 +7,7 @@ transaction, so a failure part way leaves nothing behind.
 
 Search is exact cosine (vectors are L2-normalized, so a dot product) with numpy over the
 whole stored matrix. That is fine up to a few hundred thousand chunks (384 float32 each:
-about 150 MB and well under a second per 100,000 chunks, see README); past that, use an
+about 150 MB and well under a second per 100,000 chunks, see docs/benchmarks.md); past that, use an
 approximate index or a shared store with pgvector.
 """
 
