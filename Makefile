@@ -32,11 +32,15 @@ model: $(STAMP)
 run-worker: venv model
 	$(PY) -m worker.devredis -- $(PY) -m worker run
 
+# Tests run in parallel processes (pytest-xdist): most of them wait on real processes and
+# signals, so a few more processes than cores keep both cores busy.
+TEST_PROCS ?= 4
+
 test: venv model
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n $(TEST_PROCS) --dist worksteal -m "not slow"
 
 test-all: venv model
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_PROCS) --dist worksteal
 
 lint: venv
 	$(VENV)/bin/ruff check worker tests bench tools

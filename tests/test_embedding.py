@@ -89,14 +89,15 @@ def test_order_preserved_under_length_sorting(fp32: Embedder) -> None:
 
 
 def test_batching_does_not_change_results() -> None:
-    texts = TEXTS + sentences(20)
     embedder = Embedder(MODEL_DIR, "fp32", threads=2, batch_tokens=256)
+    # lengths from 2 to 62 pieces, mixed (padding all to the 256-piece window costs seconds)
+    texts = [t for t, n in zip(TEXTS, embedder.count_tokens(TEXTS), strict=True) if n < 100][::2] + sentences(8)
     tight = embedder.embed(texts)
     embedder.batch_tokens = 100_000  # one batch, everything padded to the longest text
     loose = embedder.embed(texts)
-    single = np.stack([embedder.embed([t])[0] for t in texts[:12]])
+    single = np.stack([embedder.embed([t])[0] for t in texts[:6]])
     np.testing.assert_allclose(tight, loose, atol=1e-5)
-    np.testing.assert_allclose(tight[:12], single, atol=1e-5)
+    np.testing.assert_allclose(tight[:6], single, atol=1e-5)
     # int8 scales activations per token, so its vectors do not depend on the batch either.
     int8 = Embedder(MODEL_DIR, "int8", threads=2, batch_tokens=256)
     tight = int8.embed(texts)
