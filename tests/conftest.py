@@ -76,6 +76,7 @@ TEST_JOBS = ",".join(
         "bad_input",
         "hog",
         "address_space_limit",
+        "on_success",
     )
 )
 

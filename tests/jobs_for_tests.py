@@ -92,3 +92,8 @@ def address_space_limit() -> int:
     import resource
 
     return resource.getrlimit(resource.RLIMIT_AS)[0]
+
+
+def on_success(job, connection, result) -> None:
+    """A success callback, registered through EXTRA_JOBS: appends the job id to a list."""
+    connection.rpush("test:callbacks", job.id)

@@ -3,20 +3,30 @@
 RQ imports and calls whatever dotted name a payload carries; anyone who can write to Redis
 could name `os.system`. `GuardedJob` replaces RQ's `Job.func` so that the work-horse only
 ever resolves names on an allowlist, and checks the arguments against the function's
-signature before anything runs. Nothing outside the allowlist is even imported.
+signature before anything runs. The success, failure and stopped callbacks a job hash names
+pass the same allowlist. Nothing outside the allowlist is even imported.
+
+RQ 3 also sends the webhooks a job carries (any URL, the producer's headers, the traceback).
+Here they go only to hosts in WEBHOOK_HOSTS (none by default: off), with a short timeout,
+and never hold up the daemon's main loop.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import logging
+import threading
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from rq.job import Job
 
 from worker.errors import ForbiddenJobError, InvalidArgumentsError
 from worker.settings import get_settings
+
+log = logging.getLogger(__name__)
 
 BUILTIN_JOBS: tuple[str, ...] = (
     "worker.jobs.ping",
@@ -70,3 +80,53 @@ class GuardedJob(Job):
         func = resolve(self.func_name)
         check_arguments(func, self.args, self.kwargs)
         return func
+
+    def _callback(self, name: str | None) -> Callable[..., Any] | None:
+        if not name:
+            return None
+        if name not in registered_names():
+            raise ForbiddenJobError(f"callback {name!r} is not a registered job; it was not imported or called")
+        return resolve(name)
+
+    @property
+    def success_callback(self) -> Callable[..., Any] | None:  # type: ignore[override]
+        return self._callback(self._success_callback_name)
+
+    @property
+    def failure_callback(self) -> Callable[..., Any] | None:  # type: ignore[override]
+        return self._callback(self._failure_callback_name)
+
+    @property
+    def stopped_callback(self) -> Callable[..., Any] | None:  # type: ignore[override]
+        return self._callback(self._stopped_callback_name)
+
+    def send_webhooks(self, status, *, exc_string: str | None = None) -> None:
+        """RQ's, restricted: allowed hosts only, WEBHOOK_TIMEOUT at most, in a thread. A work-horse
+        waits for it (it would die with the horse); the daemon never does."""
+        settings = get_settings()
+        hooks = []
+        for hook in self.webhooks:
+            if hook.job_status != status:
+                continue
+            host = (urlsplit(hook.url).hostname or "").lower()
+            if host not in settings.webhook_hosts:
+                log.warning("job %s: webhook to %r not sent: host not in WEBHOOK_HOSTS", self.id, host)
+                continue
+            hook.timeout = min(hook.timeout, settings.webhook_timeout)
+            hooks.append(hook)
+        if not hooks:
+            return
+        sender = threading.Thread(
+            target=lambda: [hook.send(self, exc_string=exc_string) for hook in hooks], name="webhooks", daemon=True
+        )
+        sender.start()
+        if in_work_horse:
+            sender.join(settings.webhook_timeout * len(hooks) + 1)
+
+
+in_work_horse = False  # set by the daemon in each work-horse
+
+
+def mark_work_horse() -> None:
+    global in_work_horse
+    in_work_horse = True

@@ -35,7 +35,7 @@ from rq.utils import now
 from rq.worker.base import WorkerStatus
 
 from worker import progress, recovery
-from worker.allowlist import GuardedJob
+from worker.allowlist import GuardedJob, mark_work_horse
 from worker.dequeue import Dequeuer, inflight_key
 from worker.errors import BadInputError, Outcome, error_type, is_transient, outcome_of
 from worker.settings import Settings
@@ -303,6 +303,10 @@ class DaemonWorker(Worker):
 
     # -- one job -----------------------------------------------------------------------
     def execute_job(self, job: Job, queue: Queue) -> None:
+        timeout = self.settings.capped_timeout(job.timeout)
+        if timeout != job.timeout and job.timeout is not None:
+            log.warning("job %s asked for timeout %r; runs under %ss (MAX_JOB_TIMEOUT)", job.id, job.timeout, timeout)
+        job.timeout = timeout  # the horse's death penalty and our liveness check both read this
         try:
             execution = self.prepare_execution(job)
         except REDIS_ERRORS as exc:
@@ -316,7 +320,7 @@ class DaemonWorker(Worker):
                 function=func_name(job),
                 queue=queue.name,
                 started=time.monotonic(),
-                timeout=float(job.timeout) if job.timeout and job.timeout > 0 else None,
+                timeout=float(job.timeout),
             )
         )
         self.fork_work_horse(job, queue)
@@ -331,6 +335,7 @@ class DaemonWorker(Worker):
         if self.settings.horse_memory_mb > 0:
             limit = self.settings.horse_memory_mb * 1024 * 1024
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        mark_work_horse()
         with contextlib.suppress(*REDIS_ERRORS):
             progress.reset_counters(job)
         super().main_work_horse(job, queue)
@@ -375,7 +380,7 @@ class DaemonWorker(Worker):
                     self._kill_and_reap(pid)
                     put_back = True
                     break
-                if job.timeout and job.timeout > 0 and t - started > job.timeout + self.settings.job_grace:
+                if t - started > job.timeout + self.settings.job_grace:
                     log.error("job %s outlived its timeout by %ss; killing the horse", job.id, self.settings.job_grace)
                     status = self._kill_and_reap(pid)
                     break

@@ -180,6 +180,8 @@ class Settings:
     store_url: str = "sqlite:///var/worker.db"
     input_roots: tuple[Path, ...] = field(default_factory=lambda: (Path.cwd(),))
     job_timeout: int = 600
+    # The longest a job may run, whatever timeout its hash carries (<= 0 or None: this).
+    max_job_timeout: int = 3600
     shutdown_timeout: int = 25
     log_level: str = "INFO"
     log_format: str = "text"
@@ -213,6 +215,9 @@ class Settings:
     horse_memory_mb: int = field(default_factory=default_horse_memory_mb)
     # Dotted names of the user's own job functions, registered beside the built-in ones.
     extra_jobs: tuple[str, ...] = ()
+    # RQ job webhooks are sent only to these hosts (none: webhooks are off), with this timeout.
+    webhook_hosts: tuple[str, ...] = ()
+    webhook_timeout: int = 5
     # Attempts after which a job that keeps killing its worker is failed.
     max_attempts: int = 3
     # Seconds between automatic retries of transient failures (their count is the number of retries).
@@ -242,6 +247,7 @@ class Settings:
             store_url=env.get("STORE_URL", "").strip() or cls.store_url,
             input_roots=roots,
             job_timeout=_int(env, "JOB_TIMEOUT", cls.job_timeout, 1),
+            max_job_timeout=_int(env, "MAX_JOB_TIMEOUT", cls.max_job_timeout, 1),
             shutdown_timeout=_int(env, "SHUTDOWN_TIMEOUT", cls.shutdown_timeout, 0),
             log_level=log_level,
             log_format=_choice(env, "LOG_FORMAT", "text", ("text", "json")),
@@ -265,6 +271,8 @@ class Settings:
             store_busy_timeout=_float(env, "STORE_BUSY_TIMEOUT", cls.store_busy_timeout, 0.0),
             horse_memory_mb=_int(env, "HORSE_MEMORY_MB", default_horse_memory_mb()),
             extra_jobs=tuple(n.strip() for n in env.get("EXTRA_JOBS", "").split(",") if n.strip()),
+            webhook_hosts=tuple(h.strip().lower() for h in env.get("WEBHOOK_HOSTS", "").split(",") if h.strip()),
+            webhook_timeout=_int(env, "WEBHOOK_TIMEOUT", cls.webhook_timeout, 1),
             max_attempts=_int(env, "MAX_ATTEMPTS", cls.max_attempts, 1),
             retry_intervals=_int_list(env, "RETRY_INTERVALS", cls.retry_intervals),
             dead_worker_after=_float(env, "DEAD_WORKER_AFTER", cls.dead_worker_after, 2.0),
@@ -285,6 +293,8 @@ class Settings:
         if self.chunk_overlap >= self.chunk_tokens // 2:
             raise SettingsError("CHUNK_OVERLAP must be less than half of CHUNK_TOKENS")
         sqlite_path(self.store_url)
+        if self.job_timeout > self.max_job_timeout:
+            raise SettingsError(f"JOB_TIMEOUT ({self.job_timeout}) exceeds MAX_JOB_TIMEOUT ({self.max_job_timeout})")
 
     def override(self, **changes: object) -> Settings:
         """A copy with the given fields changed (None values are ignored: flag not given)."""
@@ -295,6 +305,15 @@ class Settings:
         changed = replace(self, **{k: v for k, v in changes.items() if v is not None})
         changed.validate()
         return changed
+
+    def capped_timeout(self, timeout: object) -> int:
+        """The timeout a job runs under: its own when it is a number in (0, MAX_JOB_TIMEOUT],
+        else MAX_JOB_TIMEOUT (a client cannot switch the limit off with -1 or 10**9); none: JOB_TIMEOUT."""
+        if timeout is None:
+            return self.job_timeout
+        if isinstance(timeout, int | float) and not isinstance(timeout, bool) and 0 < timeout <= self.max_job_timeout:
+            return max(1, int(timeout))
+        return self.max_job_timeout
 
     @property
     def heartbeat_interval(self) -> float:
