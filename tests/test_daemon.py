@@ -285,3 +285,20 @@ def test_redis_timeouts_do_not_end_the_worker(start_worker, tmp_path):
     finally:
         os.kill(server.process.pid, signal.SIGCONT)
         server.stop()
+
+
+def test_scheduler_locks_are_kept_through_a_long_job(start_worker, redis_conn):
+    """RQ's scheduler locks live 61 s; a job longer than that used to let them expire."""
+    from rq.scheduler import RQScheduler
+
+    start_worker(extra_env={"DEAD_WORKER_AFTER": "2"})  # heartbeats every 0.5 s
+    key = RQScheduler.get_locking_key("default")
+    wait_for(lambda: redis_conn.pttl(key) > 0, message="scheduler lock taken")
+    job = queue(redis_conn).enqueue("tests.jobs_for_tests.sleep", 5, marker="long")
+    wait_for(lambda: redis_conn.llen("test:started:long") == 1, message="job started")
+    samples = []
+    while job.get_status(refresh=True) != "finished":
+        samples.append(redis_conn.pttl(key))
+        time.sleep(0.2)
+    # refreshed while the job ran: without it the TTL falls by 5 s over the job
+    assert len(samples) > 10 and min(samples) > 58_500, samples

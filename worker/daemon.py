@@ -389,6 +389,7 @@ class DaemonWorker(Worker):
                     try:
                         self.maintain_heartbeats(job, execution)
                         self._recover_abandoned(job.id)
+                        self._enqueue_due_jobs()  # and keeps RQ's scheduler locks (61 s) through a long job
                     except REDIS_ERRORS as exc:
                         log.warning("heartbeat for job %s failed (%s)", job.id, type(exc).__name__)
         finally:
