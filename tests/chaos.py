@@ -37,6 +37,31 @@ from tests.pdfs import make_pdf
 from worker.devredis import RedisServer, free_port
 from worker.errors import error_type
 
+# What anyone who can write to Redis may put in a queued job's hash (field, value). The job may
+# end finished or failed, with a reason; it must not be lost, and no worker may exit over it.
+HOSTILE_FIELDS = [
+    ("meta", b"\x80\x04not json"),
+    ("meta", '{"counters": [1, 2], "requeued": "x", "abandoned": null}'),
+    ("timeout", "-1"),
+    ("timeout", "1000000000"),
+    ("timeout", "soon"),
+    ("status", "bogus"),
+    ("created_at", "yesterday"),
+    ("enqueued_at", "\x00"),
+    ("retries_left", "many"),
+    ("retry_intervals", "[1, "),
+    ("result_ttl", "x"),
+    ("failure_ttl", "-5"),
+    ("success_callback_name", "os.getcwd"),
+    ("failure_callback_name", "this.x"),
+    ("stopped_callback_name", "builtins.print"),
+    ("webhooks", '[{"url": "http://127.0.0.1:9/x", "job_status": "finished", "timeout": 100000}]'),
+    ("webhooks", "not json"),
+    ("data", b"\xff\xfe"),
+    ("description", b"\xff"),
+    ("dependency_ids", "nonsense"),
+    ("group_id", b"\xff"),
+]
 BAD_INPUT_TYPES = {"NotAPdfError", "PathNotAllowedError", "InputNotFoundError", "EmptyInputError"}
 WORDS = [
     "river",
@@ -91,6 +116,7 @@ class Report:
     chunk_mismatches: int = 0
     wrongly_failed: list[str] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)
+    worker_exits: list[str] = field(default_factory=list)  # workers that ended without being told to
     elapsed: float = 0.0
 
     def table(self) -> str:
@@ -111,6 +137,7 @@ class Report:
             ("documents with wrong chunk rows", str(self.chunk_mismatches)),
             ("good jobs failed", str(len(self.wrongly_failed))),
             ("lost", str(len(self.lost))),
+            ("workers that exited on their own", str(len(self.worker_exits))),
             ("wall time", f"{self.elapsed:.0f} s"),
         ]
         width = max(len(r[0]) for r in rows)
@@ -266,8 +293,18 @@ def run_chaos(
         for kind, func, arg in work:
             enqueue(kind, func, arg)
 
-        kinds = ["sigkill_worker", "sigterm_worker", "sigkill_horse", "restart_redis", "bad_input"]
-        weights = [3, 3, 2, 1, 1]
+        hostile: set[str] = set()
+
+        def enqueue_hostile() -> None:
+            field_name, value = HOSTILE_FIELDS[rng.randrange(len(HOSTILE_FIELDS))]
+            q = queues["default"]
+            job = _retrying(lambda: q.enqueue("worker.jobs.ping", "hostile", result_ttl=3600))
+            _retrying(lambda: conn.hset(job.key, field_name, value))
+            hostile.add(job.id)
+            report.jobs["hostile"] += 1
+
+        kinds = ["sigkill_worker", "sigterm_worker", "sigkill_horse", "restart_redis", "bad_input", "hostile_hash"]
+        weights = [3, 3, 2, 1, 1, 2]
         interrupted: list[tuple[str, float]] = []
         for _ in range(faults):
             time.sleep(rng.uniform(1.0, 2.5))
@@ -275,6 +312,10 @@ def run_chaos(
             slot = rng.randrange(workers)
             proc, name = cluster.procs[slot]
             report.faults[kind] += 1
+            for i, (other, other_name) in list(cluster.procs.items()):
+                if other.poll() is not None:  # nobody told it to stop
+                    report.worker_exits.append(f"{other_name}: exit {other.returncode}")
+                    cluster.start_worker(i)
             if kind == "sigkill_worker":
                 job_id = _current_job(conn, name)
                 horses = children(proc.pid)
@@ -304,9 +345,26 @@ def run_chaos(
             elif kind == "bad_input":
                 b = bad[rng.randrange(len(bad))]
                 enqueue("bad", b[1], b[2])
+            elif kind == "hostile_hash":
+                for _ in range(3):
+                    enqueue_hostile()
 
-        # settle: every job ends finished or failed
+        # settle: every job ends finished or failed (a hostile hash is read raw: RQ may not parse it)
         deadline = time.monotonic() + settle_timeout
+
+        def raw_status(job_id: str) -> str:
+            raw = _retrying(lambda: conn.hget(Job.key_for(job_id), "status"))
+            return raw.decode(errors="replace") if raw else "gone"
+
+        pending_hostile = set(hostile)
+        while pending_hostile and time.monotonic() < deadline:
+            pending_hostile = {j for j in pending_hostile if raw_status(j) not in ("finished", "failed")}
+            time.sleep(0.5)
+        for job_id in hostile:
+            status = raw_status(job_id)
+            report.outcomes[f"hostile {status}"] += 1
+            if status not in ("finished", "failed"):
+                report.lost.append(f"hostile {job_id}: {status}")
         pending = set(jobs)
         while pending and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -343,6 +401,9 @@ def run_chaos(
                 report.recovered += 1
                 ended = job.ended_at.replace(tzinfo=UTC).timestamp()
                 report.recover_seconds.append(max(0.0, ended - killed_at))
+        for other, other_name in cluster.procs.values():
+            if other.poll() is not None:
+                report.worker_exits.append(f"{other_name}: exit {other.returncode}")
     finally:
         cluster.stop()
         report.elapsed = time.monotonic() - started

@@ -77,6 +77,8 @@ TEST_JOBS = ",".join(
         "hog",
         "address_space_limit",
         "on_success",
+        "on_stopped",
+        "Maths.double",
     )
 )
 

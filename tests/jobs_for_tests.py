@@ -97,3 +97,15 @@ def address_space_limit() -> int:
 def on_success(job, connection, result) -> None:
     """A success callback, registered through EXTRA_JOBS: appends the job id to a list."""
     connection.rpush("test:callbacks", job.id)
+
+
+def on_stopped(job, connection) -> None:
+    """A stopped callback, registered through EXTRA_JOBS."""
+    connection.rpush("test:stopped", job.id)
+
+
+class Maths:
+    @staticmethod
+    def double(x: int) -> int:
+        """A static method job, enqueued as tests.jobs_for_tests.Maths.double."""
+        return 2 * x

@@ -19,6 +19,7 @@ def _check(report) -> None:
     assert report.missing_documents == 0
     assert report.chunk_mismatches == 0
     assert report.recovered == report.interrupted
+    assert report.worker_exits == [], report.worker_exits
 
 
 @pytest.mark.slow

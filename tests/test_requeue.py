@@ -7,6 +7,7 @@ these pin down each step on its own, fast.
 from __future__ import annotations
 
 import pickle
+import time
 
 import pytest
 from rq.executions import Execution
@@ -192,3 +193,29 @@ def test_counters_read_back_are_known_finite_numbers_only(redis_conn):
     job.save_meta()
     progress.reset_counters(job)
     assert job.get_meta(refresh=True) == {"other": 1}
+
+
+def test_a_silent_plain_rq_worker_is_judged_by_rqs_rules_ours_by_heartbeat(redis_conn):
+    """A plain `rq worker` heartbeats every 30 s mid-job: silence is not death for it. Ours
+    heartbeat from the main loop, so for them it is."""
+    from datetime import timedelta
+
+    stale = utcformat(now() - timedelta(seconds=20))
+    prefix = Worker.redis_worker_namespace_prefix
+    redis_conn.hset(prefix + "plain", mapping={"last_heartbeat": stale})
+    redis_conn.hset(prefix + "ours", mapping={"last_heartbeat": stale, recovery.OURS_FIELD: "1"})
+    later, earlier = time.time() + 60, time.time() - 1
+    assert not recovery.owner_dead(redis_conn, "plain", 5, later)  # its entry has not expired
+    assert recovery.owner_dead(redis_conn, "plain", 5, earlier)  # RQ's own rule: the entry expired
+    assert recovery.owner_dead(redis_conn, "ours", 5, later)
+    assert not recovery.owner_dead(redis_conn, "ours", 60, later)
+    assert recovery.owner_dead(redis_conn, "gone", 5, later)  # its worker key expired
+    redis_conn.hset(prefix + "plain", "death", utcformat(now()))
+    assert recovery.owner_dead(redis_conn, "plain", 5, later)
+
+
+def test_rq_internals_this_package_uses_are_all_there():
+    """RQ is pinned; an upgrade that removes or renames an internal we override fails here."""
+    from worker import rqcompat
+
+    assert rqcompat.missing() == []

@@ -45,8 +45,7 @@ def resolve(func_name: str | None) -> Callable[..., Any]:
     """The callable for a registered dotted name, or ForbiddenJobError."""
     if not func_name or func_name not in registered_names():
         raise ForbiddenJobError(f"{func_name!r} is not a registered job; registered: {', '.join(registered_names())}")
-    module_name, _, attr = func_name.rpartition(".")
-    func = getattr(importlib.import_module(module_name), attr, None)
+    func = _import_dotted(func_name)
     if not callable(func):
         raise ForbiddenJobError(f"{func_name!r} is registered but does not name a function")
     return func
@@ -65,6 +64,25 @@ def import_registered() -> list[str]:
     return failed
 
 
+def _import_dotted(name: str) -> Any:
+    """What a dotted name names, found as RQ finds it: the longest importable module prefix,
+    then attributes (`pkg.mod.func`, `pkg.mod.Class.static_method`). Only ever called with a
+    registered name. None when nothing is there."""
+    parts = name.split(".")
+    for split in range(len(parts) - 1, 0, -1):
+        module_name = ".".join(parts[:split])
+        try:
+            obj: Any = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and module_name.startswith(exc.name):
+                continue  # not a module: perhaps a class inside a shorter one
+            raise
+        for attr in parts[split:]:
+            obj = getattr(obj, attr, None)
+        return obj
+    return None
+
+
 def check_arguments(func: Callable[..., Any], args: tuple | list, kwargs: dict) -> None:
     try:
         inspect.signature(func).bind(*args, **kwargs)
@@ -77,6 +95,11 @@ class GuardedJob(Job):
 
     @property
     def func(self) -> Callable[..., Any]:  # type: ignore[override]
+        if self.instance is not None:
+            raise ForbiddenJobError(
+                f"{self.func_name!r} is a method of a pickled instance: only functions and static methods "
+                "registered by dotted name run here"
+            )
         func = resolve(self.func_name)
         check_arguments(func, self.args, self.kwargs)
         return func

@@ -13,7 +13,7 @@ import socket
 from redis import Redis
 from rq.serializers import DefaultSerializer, JSONSerializer
 
-from worker import __version__
+from worker import __version__, rqcompat
 from worker.allowlist import import_registered
 from worker.settings import Settings
 
@@ -112,6 +112,8 @@ def run_daemon(settings: Settings, burst: bool = False, max_jobs: int | None = N
         return EXIT_UNAVAILABLE
 
     _preload_model(settings)
+    for name in rqcompat.missing():
+        log.error("this RQ lacks %s, which this worker relies on: install the pinned RQ (setup.cfg)", name)
     for problem in import_registered():
         log.warning("registered job cannot be imported: %s", problem)
     log.info(

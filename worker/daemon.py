@@ -25,6 +25,7 @@ import time
 
 import redis.exceptions
 from rq import Worker
+from rq.command import parse_payload
 from rq.exceptions import InvalidJobOperation
 from rq.executions import Execution
 from rq.job import Job, JobStatus
@@ -38,7 +39,7 @@ from worker import progress, recovery
 from worker.allowlist import GuardedJob, mark_work_horse
 from worker.dequeue import Dequeuer, inflight_key
 from worker.errors import BadInputError, Outcome, error_type, is_transient, outcome_of
-from worker.settings import Settings
+from worker.settings import Settings, get_settings
 from worker.state import CurrentJob, LiveState, State
 
 log = logging.getLogger("worker.daemon")
@@ -71,15 +72,23 @@ class Backoff:
 class DaemonWorker(Worker):
     job_class = GuardedJob
 
-    def __init__(self, queues, *, settings: Settings, live: LiveState, **kwargs) -> None:
-        self.settings = settings  # before RQ's __init__, which reads connection_timeout
-        self.live = live
-        super().__init__(queues, **kwargs)
+    def __init__(
+        self,
+        queues,
+        name: str | None = None,
+        *args,
+        settings: Settings | None = None,
+        live: LiveState | None = None,
+        **kwargs,
+    ) -> None:
+        """Built as RQ builds workers (`cls(queues, name, connection=...)`, `rq worker -w`,
+        `Worker.all()`): settings then come from the environment."""
+        self.settings = settings if settings is not None else get_settings()  # before RQ's __init__
+        super().__init__(queues, name, *args, **kwargs)
+        self.live = live if live is not None else LiveState(self.name, self.settings.liveness_timeout)
         self.warm_stop_at: float | None = None
         self.cold_stop = False
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._wake_r = self._wake_w = -1  # opened by run(): RQ also builds workers only to read them
         self._last_redis_beat = 0.0
         self._last_schedule = 0.0
         self._last_sweep = 0.0
@@ -95,6 +104,9 @@ class DaemonWorker(Worker):
 
     # -- signals: flags only ---------------------------------------------------------
     def _install_signal_handlers(self) -> None:
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
@@ -113,8 +125,20 @@ class DaemonWorker(Worker):
             self.pubsub.unsubscribe()
             self.pubsub_thread.stop()
 
-    def request_stop(self, signum=None, frame=None) -> None:  # RQ's pubsub commands land here
+    def request_stop(self, signum=None, frame=None) -> None:
         self._on_signal(signal.SIGTERM, frame)
+
+    def handle_payload(self, message) -> None:
+        """RQ's commands, from its pubsub thread. RQ carries out `shutdown` by sending itself
+        SIGINT, its warm stop; SIGINT is our cold one, so here it is a warm stop, as in RQ."""
+        payload = parse_payload(message)
+        if payload.get("command") == "shutdown":
+            log.info("shutdown command received")
+            self.request_stop()
+            with contextlib.suppress(OSError):
+                os.write(self._wake_w, b"s")  # wake the main loop
+            return
+        super().handle_payload(message)
 
     def _tick(self) -> None:
         """Called at least every POLL_INTERVAL by the main loop: proves it is alive."""
@@ -139,14 +163,26 @@ class DaemonWorker(Worker):
             select.select([self._wake_r], [], [], min(left, 1.0))
             self._drain_wakeups()
 
+    def work(self, burst: bool = False, max_jobs: int | None = None, dequeue_strategy=None, **_rq_options) -> bool:
+        """RQ's entry point (`rq worker -w worker.daemon.DaemonWorker`), running our loop; RQ's
+        options for its own loop (logging, scheduler, idle time) do not apply."""
+        if dequeue_strategy is not None:
+            self.settings = self.settings.override(
+                dequeue_strategy=str(getattr(dequeue_strategy, "value", dequeue_strategy))
+            )
+        return self.run(burst=burst, max_jobs=max_jobs) > 0
+
     # -- the main loop -----------------------------------------------------------------
     def run(self, burst: bool = False, max_jobs: int | None = None) -> int:
         """Run until stopped; returns the number of jobs executed."""
         self._install_signal_handlers()
+        self._dequeue_strategy = self.settings.dequeue_strategy
         self._tick()
         if not self._bootstrap_with_retry():
             return 0
         self.live.set_state(State.IDLE)
+        with contextlib.suppress(*REDIS_ERRORS):
+            self.set_state(WorkerStatus.IDLE)  # as RQ shows a worker waiting for work
         completed = 0
         try:
             while not self._stop_requested:
@@ -157,8 +193,12 @@ class DaemonWorker(Worker):
                         if burst:
                             log.info("queues suspended (rq suspend); burst mode exits")
                             break
+                        if self.get_state() != WorkerStatus.SUSPENDED:
+                            self.set_state(WorkerStatus.SUSPENDED)
                         self._sleep(self.settings.poll_interval)
                         continue
+                    if self.get_state() == WorkerStatus.SUSPENDED:
+                        self.set_state(WorkerStatus.IDLE)
                     result = self._dequeue(burst)
                     self._redis_back()
                 except REDIS_ERRORS as exc:
@@ -170,6 +210,7 @@ class DaemonWorker(Worker):
                         break
                     continue
                 job, queue = result
+                self.reorder_queues(reference_queue=queue)  # DEQUEUE_STRATEGY round_robin / random
                 self.execute_job(job, queue)
                 completed += 1
                 if max_jobs is not None and completed >= max_jobs:
@@ -185,6 +226,7 @@ class DaemonWorker(Worker):
             self._tick()
             try:
                 self.bootstrap(self.settings.log_level)
+                self.connection.hset(self.key, recovery.OURS_FIELD, "1")
                 self._redis_back()
                 return True
             except REDIS_ERRORS as exc:
@@ -420,6 +462,9 @@ class DaemonWorker(Worker):
 
     def _handle_dead_horse(self, job: Job, queue: Queue, execution, status: int | None) -> None:
         """The horse exited abnormally (killed, crashed, out of memory): fail the job clearly."""
+        if self._stopped_job_id == job.id:  # `rq`'s send_stop_job_command: RQ's own handling
+            self._handle_stopped_job(job, queue, execution)
+            return
         try:
             job_status = job.get_status(refresh=True)
         except InvalidJobOperation:

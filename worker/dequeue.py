@@ -199,7 +199,7 @@ class Dequeuer:
             pipe.execute()
 
     def _wait(self, keys: list[str]) -> None:
-        if self._waiter is None or self._waiter.queue_keys != keys:
+        if self._waiter is None or set(self._waiter.queue_keys) != set(keys):
             if self._waiter is not None:
                 self._waiter.stop()
             self._waiter = QueueWaiter(self.conn, keys, max(1, int(self.poll_interval))).start()

@@ -12,6 +12,7 @@ that keeps killing its worker (a poison input) is failed after `MAX_ATTEMPTS` wi
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 
 from redis import Redis
@@ -31,6 +32,27 @@ log = logging.getLogger("worker.recovery")
 
 LOCK_KEY = "worker:recovery:lock"
 TERMINAL = (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
+
+
+# A field our workers add to their RQ worker hash: they heartbeat from the main loop even while
+# a job runs, so silence means death after DEAD_WORKER_AFTER. Other RQ workers (a plain `rq
+# worker`, a SimpleWorker) may be silent for minutes mid-job and are judged by RQ's own rules.
+OURS_FIELD = "heartbeats_while_busy"
+
+
+def owner_dead(conn: Redis, owner: str, dead_after: float, entry_expires_at: float) -> bool:
+    """Whether the worker that owns a started-registry entry is dead. Any worker: it registered
+    its death, or its worker key expired. Ours: also silent for `dead_after`. Others: also its
+    entry expired (RQ's own rule; it refreshes the entry while the job runs)."""
+    key = Worker.redis_worker_namespace_prefix + owner
+    last, death, ours = (
+        as_text(v) if v is not None else None for v in conn.hmget(key, ["last_heartbeat", "death", OURS_FIELD])
+    )
+    if death or not last:
+        return True
+    if ours:
+        return now() - utcparse(last) >= timedelta(seconds=dead_after)
+    return entry_expires_at < time.time()
 
 
 def worker_alive(conn: Redis, name: str, dead_after: float) -> bool:
@@ -133,14 +155,14 @@ def sweep(
     done: list[tuple[str, str]] = []
     for queue in queues:
         registry = queue.started_job_registry
-        for raw in conn.zrange(registry.key, 0, -1):
+        for raw, expires_at in conn.zrange(registry.key, 0, -1, withscores=True):
             composite = as_text(raw)
             job_id = parse_composite_key(composite)[0]
             if job_id == my_job_id:
                 continue
             execution_key = Execution.from_composite_key(composite, conn).key
             owner = as_text(conn.hget(execution_key, "worker_name") or b"")
-            if owner and owner != me and worker_alive(conn, owner, dead_after):
+            if owner and owner != me and not owner_dead(conn, owner, dead_after, expires_at):
                 continue
             outcome = _recover(conn, queue, registry, composite, job_id, owner, max_attempts, job_class, serializer)
             if outcome:

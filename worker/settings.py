@@ -174,6 +174,8 @@ def default_horse_memory_mb(root: Path = Path("/")) -> int:
 class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     queues: tuple[str, ...] = ("high", "default", "low")
+    # RQ's dequeue strategies: default (strict priority), round_robin, random.
+    dequeue_strategy: str = "default"
     worker_name: str | None = None
     health_host: str = "127.0.0.1"
     health_port: int = 8001
@@ -241,6 +243,7 @@ class Settings:
         settings = cls(
             redis_url=env.get("REDIS_URL", "").strip() or cls.redis_url,
             queues=queues,
+            dequeue_strategy=_choice(env, "DEQUEUE_STRATEGY", "default", ("default", "round_robin", "random")),
             worker_name=env.get("WORKER_NAME", "").strip() or None,
             health_host=env.get("HEALTH_HOST", "").strip() or cls.health_host,
             health_port=_int(env, "HEALTH_PORT", cls.health_port),
