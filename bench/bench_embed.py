@@ -117,7 +117,8 @@ def run_engine(engine: str, texts_file: Path, out: Path, threads: int) -> dict:
         sys.path.insert(0, str(ROOT))
         from worker.embedding import Embedder
 
-        embedder = Embedder(MODEL_DIR, engine.removeprefix("ours-"), threads=threads)
+        # check_cpu=False: the int8 graph itself, even where EMBED_PRECISION=int8 would run fp32.
+        embedder = Embedder(MODEL_DIR, engine.removeprefix("ours-"), threads=threads, check_cpu=False)
         embedder.embed(texts[:8])
         embed = embedder.embed
     load = time.perf_counter() - started
@@ -306,7 +307,7 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(ROOT))
-    from worker.embedding import Embedder
+    from worker.embedding import Embedder, int8_here
 
     st_python = args.st_python
     if st_python is None:
@@ -364,6 +365,8 @@ def main() -> None:
         f"  int8/fp32 {speed['ours-int8'] / speed['ours-fp32']:.2f}x; cosine int8 vs fp32: "
         f"{cosine('ours-int8', 'ours-fp32')}"
     )
+    int8_ok, why = int8_here()
+    print(f"  EMBED_PRECISION=int8 on this CPU runs {'int8' if int8_ok else 'fp32'} ({why})")
 
     fork = fork_choice(args.threads)
     print(

@@ -5,7 +5,9 @@ from __future__ import annotations
 import faulthandler
 import io
 import json
+import logging
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +19,15 @@ from rq.serializers import JSONSerializer
 
 from tests.conftest import MODEL_DIR, ROOT, queue, wait_for
 from worker import jobs
-from worker.embedding import Embedder, get_embedder, model_available, preload
+from worker.embedding import (
+    Embedder,
+    cpu_flags,
+    get_embedder,
+    int8_decision,
+    int8_here,
+    model_available,
+    preload,
+)
 from worker.errors import InputTooLargeError, InvalidArgumentsError, ModelUnavailableError
 from worker.settings import Settings, get_settings, set_settings
 
@@ -26,8 +36,10 @@ META = json.loads((GOLDEN / "texts.json").read_text(encoding="utf-8"))
 TEXTS: list[str] = META["texts"]
 GOLD = np.load(GOLDEN / "vectors.npy")
 
-# int8 (SmoothQuant, weights per channel, activations per token) against the golden fp32 vectors:
-# measured min 0.9953, mean 0.9985, whatever the batching.
+# int8 (SmoothQuant, weights per channel, activations per token) against the golden fp32 vectors,
+# whatever the batching: measured min 0.9953, mean 0.9985 where onnxruntime's int8 matmul is exact
+# (VNNI). Measured here (AMD EPYC, AVX2, no VNNI), the same graph forced: min 0.983, mean 0.993 (its
+# u8 x s8 kernel saturates), which is why EMBED_PRECISION=int8 runs fp32 on such CPUs.
 INT8_MIN_COSINE = 0.99
 INT8_MEAN_COSINE = 0.997
 
@@ -72,11 +84,54 @@ def test_fp32_matches_sentence_transformers(fp32: Embedder) -> None:
     assert (fp32.model_name, fp32.dim, fp32.precision) == ("sentence-transformers/all-MiniLM-L6-v2", 384, "fp32")
 
 
-def test_int8_within_stated_bound() -> None:
-    int8 = Embedder(MODEL_DIR, "int8", threads=2)
-    cosine = (int8.embed(TEXTS) * GOLD).sum(axis=1)
+def test_int8_within_stated_bound(caplog: pytest.LogCaptureFixture) -> None:
+    """EMBED_PRECISION=int8 meets its stated bound on the CPU the test runs on: the int8 graph where
+    it is exact and fast, fp32 (and a warning) elsewhere. The int8 graph itself is held to the
+    bound only where `int8_decision` lets it run."""
+    runs_int8, why = int8_decision(cpu_flags(), platform.machine())
+    with caplog.at_level(logging.WARNING, logger="worker.embedding"):
+        asked = Embedder(MODEL_DIR, "int8", threads=2)
+    cosine = (asked.embed(TEXTS) * GOLD).sum(axis=1)
     assert cosine.min() >= INT8_MIN_COSINE and cosine.mean() >= INT8_MEAN_COSINE, (cosine.min(), cosine.mean())
-    assert int8.precision == "int8" and int8.model_path.name == "model-int8.onnx"
+    assert asked.requested_precision == "int8"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    if runs_int8:
+        assert asked.precision == "int8" and asked.model_path.name == "model-int8.onnx" and not warnings
+    else:
+        assert asked.precision == "fp32" and asked.model_path.name == "model.onnx"
+        assert warnings == [f"EMBED_PRECISION=int8 asked for, running fp32 instead: {why}"]
+    graph = Embedder(MODEL_DIR, "int8", threads=2, check_cpu=False)
+    assert graph.precision == "int8" and graph.model_path.name == "model-int8.onnx"
+    forced = (graph.embed(TEXTS) * GOLD).sum(axis=1)
+    if runs_int8:
+        np.testing.assert_array_equal(forced, cosine)
+    else:  # it runs, and is close, but not within the bound everywhere (see INT8_MIN_COSINE)
+        assert forced.min() >= 0.95, forced.min()
+
+
+def test_int8_decision_by_cpu(tmp_path: Path) -> None:
+    avx2 = {"sse4_2", "avx", "avx2", "fma"}
+    assert int8_decision(avx2, "x86_64")[0] is False  # AMD EPYC here: saturates, no faster
+    assert int8_decision(avx2 | {"avx512f", "avx512bw"}, "x86_64")[0] is False  # vpmaddubsw too
+    assert int8_decision(avx2 | {"avx512f", "avx512bw", "avx512_vnni"}, "x86_64") == (
+        True,
+        "x86-64 with avx512_vnni",
+    )
+    assert int8_decision(avx2 | {"avx_vnni"}, "AMD64")[0] is True  # Alder Lake and later; Windows' name
+    assert int8_decision({"fp", "asimd", "asimddp", "i8mm"}, "aarch64")[0] is True
+    assert int8_decision({"fp", "asimd"}, "aarch64")[0] is False
+    assert int8_decision(set(), "arm64")[0] is False  # no /proc/cpuinfo (macOS): not known, so fp32
+    assert int8_decision({"avx512_vnni"}, "riscv64")[0] is False
+    # /proc/cpuinfo: `flags` on x86, `Features` on arm64; unreadable means no flags.
+    x86 = tmp_path / "x86"
+    x86.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse avx2 avx512_vnni\n\n")
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd asimddp\nCPU implementer\t: 0x41\n")
+    assert cpu_flags(x86) == {"fpu", "sse", "avx2", "avx512_vnni"}
+    assert cpu_flags(arm) == {"fp", "asimd", "asimddp"}
+    assert cpu_flags(tmp_path / "missing") == frozenset()
+    # This machine: the cached decision is the function's.
+    assert int8_here() == int8_decision(cpu_flags(), platform.machine())
 
 
 def test_order_preserved_under_length_sorting(fp32: Embedder) -> None:
@@ -99,7 +154,7 @@ def test_batching_does_not_change_results() -> None:
     np.testing.assert_allclose(tight, loose, atol=1e-5)
     np.testing.assert_allclose(tight[:6], single, atol=1e-5)
     # int8 scales activations per token, so its vectors do not depend on the batch either.
-    int8 = Embedder(MODEL_DIR, "int8", threads=2, batch_tokens=256)
+    int8 = Embedder(MODEL_DIR, "int8", threads=2, batch_tokens=256, check_cpu=False)
     tight = int8.embed(texts)
     int8.batch_tokens = 100_000
     np.testing.assert_allclose(tight, int8.embed(texts), atol=1e-4)

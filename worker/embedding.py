@@ -28,9 +28,11 @@ The figures are in docs/benchmarks.md ("Embeddings", "Fork").
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import logging
 import os
+import platform
 import threading
 import time
 import weakref
@@ -62,6 +64,59 @@ HEAD_CHARS = 16_384
 MAX_HEAD_CHARS = 262_144
 
 
+# -- int8 by CPU ---------------------------------------------------------------------------
+# The int8 graph multiplies uint8 activations by int8 weights in [-127, 127] (MatMulInteger).
+# onnxruntime computes that exactly with VNNI (x86-64: avx512_vnni or avx_vnni), where int8 was
+# measured faster than fp32, and on arm64 (32-bit dot products; speed not measured by us: only
+# with asimddp, whose SDOT/UDOT make int8 worthwhile). On x86-64 without VNNI (AVX2 only, or
+# AVX-512BW without VNNI) its u8 x s8 kernel (vpmaddubsw) adds pairs of products in saturating
+# 16-bit lanes: the vectors drift below the stated accuracy, and it is not reliably faster than
+# fp32 there. So on such CPUs EMBED_PRECISION=int8 runs fp32, with a warning when the model loads.
+# The figures per CPU are in docs/embeddings.md, "int8 by CPU".
+X86_INT8_FLAGS = frozenset({"avx512_vnni", "avx_vnni"})
+ARM_INT8_FLAGS = frozenset({"asimddp"})  # SDOT/UDOT (ARMv8.2 dot product)
+
+
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU's feature flags: `flags` (x86) or `Features` (arm64) in /proc/cpuinfo; empty if unreadable."""
+    try:
+        text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def int8_decision(flags: set[str] | frozenset[str], machine: str) -> tuple[bool, str]:
+    """(whether the int8 graph should run on this CPU, why), from its flags and `platform.machine()`."""
+    machine = machine.lower()
+    if machine in ("x86_64", "amd64"):
+        found = sorted(X86_INT8_FLAGS & set(flags))
+        if found:
+            return True, f"x86-64 with {', '.join(found)}"
+        return False, ("x86-64 without VNNI (avx512_vnni, avx_vnni): onnxruntime's int8 matmul saturates "
+                       "here (less accurate than stated) and is not reliably faster than fp32")
+    if machine in ("aarch64", "arm64"):
+        if ARM_INT8_FLAGS & set(flags):
+            return True, "arm64 with asimddp"
+        return False, "arm64 without the dot-product instructions (asimddp): int8 not expected faster than fp32"
+    return False, f"int8 not validated on {machine or 'this machine'}"
+
+
+@functools.cache
+def int8_here() -> tuple[bool, str]:
+    """`int8_decision` for this machine (read once per process)."""
+    return int8_decision(cpu_flags(), platform.machine())
+
+
+def effective_precision(precision: str) -> str:
+    """The precision that runs when `precision` is asked for on this machine."""
+    return "fp32" if precision == "int8" and not int8_here()[0] else precision
+
+
 def _missing_files(model_dir: Path, precision: str) -> list[str]:
     wanted = (MODEL_FILES.get(precision, MODEL_FILES["fp32"]), TOKENIZER_FILE)
     return [name for name in wanted if not (model_dir / name).is_file()]
@@ -78,7 +133,7 @@ def model_available(settings: Settings | None = None) -> tuple[bool, str]:
     """Cheap readiness check (no I/O beyond stat): are the model files there?"""
     settings = settings or get_settings()
     model_dir = Path(settings.embed_model_dir)
-    missing = _missing_files(model_dir, settings.embed_precision)
+    missing = _missing_files(model_dir, effective_precision(settings.embed_precision))
     if missing:
         return False, f"model files missing in {model_dir}: {', '.join(missing)} (run `make model`)"
     return True, "ok"
@@ -94,12 +149,22 @@ class Embedder:
         threads: int = 1,
         batch_tokens: int = DEFAULT_BATCH_TOKENS,
         session_threads: int | None = None,
+        check_cpu: bool = True,
     ) -> None:
+        """`precision` is what is asked for; `self.precision` is what runs. int8 asked for on a CPU
+        where it is inaccurate or slow (`int8_decision`) runs fp32, with a warning, unless
+        `check_cpu` is False (tests and benchmarks that measure the int8 graph itself)."""
         from tokenizers import Tokenizer
 
         self.model_dir = Path(model_dir)
         if precision not in MODEL_FILES:
             raise ValueError(f"precision must be one of {', '.join(MODEL_FILES)}, got {precision!r}")
+        self.requested_precision = precision
+        if precision == "int8" and check_cpu:
+            ok, why = int8_here()
+            if not ok:
+                log.warning("EMBED_PRECISION=int8 asked for, running fp32 instead: %s", why)
+                precision = "fp32"
         missing = _missing_files(self.model_dir, precision)
         if missing:
             raise _unavailable(self.model_dir, f"missing {', '.join(missing)}")
