@@ -79,6 +79,7 @@ TEST_JOBS = ",".join(
         "on_success",
         "on_stopped",
         "Maths.double",
+        "count_then_die_once",
     )
 )
 

@@ -109,3 +109,17 @@ class Maths:
     def double(x: int) -> int:
         """A static method job, enqueued as tests.jobs_for_tests.Maths.double."""
         return 2 * x
+
+
+def count_then_die_once(pages: int) -> int:
+    """Count `pages`, then on the first run kill the worker and itself (as an OOM kill would);
+    on the next run count them again and finish."""
+    import signal
+
+    from worker import progress
+
+    progress.count(pages=pages)
+    if Redis.from_url(os.environ["REDIS_URL"]).incr("test:count_then_die") == 1:
+        os.kill(os.getppid(), signal.SIGKILL)
+        os._exit(1)
+    return pages

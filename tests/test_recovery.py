@@ -145,3 +145,19 @@ def test_job_taken_off_the_queue_by_a_worker_that_died_is_put_back(start_worker,
     assert [x.decode() for x in redis_conn.lrange("test:order", 0, -1)] == ["taken", "waiting"]
     assert first.get_status(refresh=True) == second.get_status(refresh=True) == "finished"
     assert redis_conn.llen("worker:inflight:ghost-worker") == 0
+
+
+def test_a_recovered_job_is_counted_once_in_metrics(start_worker, redis_conn):
+    """The killed attempt's counters stay in the job's meta; the next attempt starts from none."""
+    first = start_worker(extra_env=FAST, ready=False)
+    job = queue(redis_conn).enqueue("tests.jobs_for_tests.count_then_die_once", 7)
+    first.proc.wait(30)  # the job killed it
+    second = start_worker(extra_env=FAST)
+    wait_for(lambda: job.get_status(refresh=True) == "finished", timeout=30, message="job recovered")
+
+    def pages_total() -> str:
+        line = next(x for x in second.get("/metrics")[1].splitlines() if x.startswith("worker_pages_total"))
+        return line.rsplit(" ", 1)[1]
+
+    wait_for(lambda: pages_total() != "0", timeout=5, message="pages counted")
+    assert pages_total() == "7"
