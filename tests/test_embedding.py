@@ -235,15 +235,15 @@ def test_forked_child_computes_correctly() -> None:
     small = _in_child(lambda: np.concatenate([parent.embed(TEXTS[:3]), [[parent._session_threads]] * 3], axis=1))
     np.testing.assert_allclose(small[:, :384], GOLD[:3], atol=1e-4)
     assert (small[:, 384] == 1).all()  # small input: the inherited session, no model load
-    big_texts = TEXTS * 4  # > FORK_RELOAD_TOKENS tokens: the child loads its own 2-thread session
+    big_texts = TEXTS * 2  # 2,240 > FORK_RELOAD_TOKENS tokens: the child loads its own 2-thread session
     big = _in_child(lambda: np.concatenate([parent.embed(big_texts), [[parent._session_threads]] * len(big_texts)], 1))
-    np.testing.assert_allclose(big[:, :384], np.concatenate([GOLD] * 4), atol=1e-4)
+    np.testing.assert_allclose(big[:, :384], np.concatenate([GOLD] * 2), atol=1e-4)
     assert (big[:, 384] == 2).all()
 
     # Many small calls add up the same way.
     def one_by_one() -> np.ndarray:
         threads = []
-        for text in TEXTS * 3:
+        for text in TEXTS * 2:
             parent.embed([text])
             threads.append(parent._session_threads)
         return np.array(threads)
@@ -282,7 +282,7 @@ def test_job_through_real_worker_equals_in_process(redis_conn, start_worker) -> 
     assert status == 200, body
     q = queue(redis_conn)
     small = ["One sentence to embed."]
-    big = TEXTS * 3  # large enough for the horse to load its own multi-threaded session
+    big = TEXTS * 2  # 2,240 tokens: enough for the horse to load its own multi-threaded session
     jobs_ = [q.enqueue("worker.jobs.embed_texts", texts) for texts in (small, big)]
     bad = [q.enqueue("worker.jobs.embed_texts", arg) for arg in ("not a list", ["ok", None])]
     wait_for(

@@ -296,7 +296,7 @@ def test_locked_store_is_transient_and_retried(start_worker, redis_conn, tmp_pat
 def test_enqueue_wait_shows_progress_and_search_prints_pages(start_worker, redis_url, tmp_path) -> None:
     _start(start_worker)
     path = tmp_path / "long.pdf"
-    path.write_bytes(pdfs.make_pdf([pdfs.long_page(f"part{i}", 60) for i in range(12)] + [pdfs.BREAD]))
+    path.write_bytes(pdfs.make_pdf([pdfs.long_page(f"part{i}", 60) for i in range(6)] + [pdfs.BREAD]))
     env = dict(os.environ, REDIS_URL=redis_url, PYTHONPATH=str(ROOT))
     out = subprocess.run(
         [sys.executable, "-m", "worker", "enqueue", str(path), "--wait", "--timeout", "120"],
@@ -311,7 +311,7 @@ def test_enqueue_wait_shows_progress_and_search_prints_pages(start_worker, redis
     assert any(stage == "embed" and total for stage, _, total in stages), out.stderr
 
     out = _run_search(tmp_path, "sourdough oven temperature", "-k", "1")
-    assert "long.pdf  p. 13" in out.stdout and "250 degrees" in out.stdout
+    assert "long.pdf  p. 7" in out.stdout and "250 degrees" in out.stdout
 
 
 def _with_bogus_last_page(texts: list[str]) -> bytes:

@@ -234,7 +234,7 @@ def test_swapping_while_a_real_worker_reads_never_leads_outside(start_worker, re
     q = queue(redis_conn)
     swapper.start()
     try:
-        paths = [str(inside / ("doc.pdf" if i % 2 else "d/doc.pdf")) for i in range(60)]
+        paths = [str(inside / ("doc.pdf" if i % 2 else "d/doc.pdf")) for i in range(30)]
         jobs = [q.enqueue("worker.jobs.extract_text", path) for path in paths]
         wait_for(lambda: all(j.get_status(refresh=True) in ("finished", "failed") for j in jobs), 120, 0.2, "jobs")
     finally:
