@@ -350,3 +350,92 @@ def test_unreachable_server_is_transient_and_no_message_holds_the_password(pg_se
         pass
     assert "S3cret" not in str(info.value) and "password authentication failed" in str(info.value)
     assert check_reachable(pg_server.url(), timeout=2) == (True, "ok")
+
+
+# -- end to end: a real worker with STORE_URL=postgresql://... -----------------------------------
+
+
+def test_worker_on_postgresql_ingests_once_searches_and_survives_the_database_going_away(
+    pg_server, pg_url: str, start_worker, redis_conn, tmp_path: Path
+) -> None:
+    """A real `python -m worker run` on PostgreSQL: ingest, the same bytes again (already_stored),
+    `search` with filters and `status` through the CLI; then the database stops: /readyz 503 naming
+    the store (never the password), /healthz still 200, the job fails transient, is retried and
+    finishes once when the database is back."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests import pdfs
+    from tests.conftest import MODEL_DIR, ROOT, queue, wait_for
+
+    if not (MODEL_DIR / "model.onnx").is_file():
+        pytest.skip("no model: run `make model`")
+    worker = start_worker(extra_env={"STORE_URL": pg_url, "RETRY_INTERVALS": "1,1,1,1,1,1,1,1"}, ready=False)
+    worker.wait_ready(60)
+    status, body = worker.get("/readyz")
+    assert status == 200, body
+    q = queue(redis_conn)
+
+    def finish(job, timeout: float = 90) -> str:
+        done = ("finished", "failed", "stopped", "canceled")
+        return wait_for(lambda: (s := job.get_status(refresh=True)) in done and s, timeout, 0.05, f"job {job.id}")
+
+    path = tmp_path / "sample.pdf"
+    path.write_bytes(pdfs.sample_pdf())
+    first = q.enqueue("worker.jobs.ingest_pdf", str(path), document_id="doc-pg", metadata={"team": "geo"})
+    second = q.enqueue("worker.jobs.ingest_pdf", str(path), document_id="other")
+    assert finish(first) == "finished", first.latest_result().exc_string
+    assert finish(second) == "finished", second.latest_result().exc_string
+    one, two = first.return_value(), second.return_value()
+    assert one["already_stored"] is False and two["already_stored"] is True
+    assert two["document_id"] == "doc-pg" and two["chunks"] == one["chunks"] > 0
+
+    env = dict(os.environ, STORE_URL=pg_url, EMBED_MODEL_DIR=str(MODEL_DIR), PYTHONPATH=str(ROOT))
+    env["REDIS_URL"] = worker.env["REDIS_URL"]
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "worker", *args], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
+        )
+
+    out = cli(
+        "search", "How hot should the oven be for sourdough?", "-k", "2", "--json", "--where", "team=geo",
+        "--document", "doc-pg",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    hits = [json.loads(line) for line in out.stdout.splitlines()]
+    assert hits[0]["document"] == "doc-pg" and hits[0]["page_start"] == hits[0]["page_end"] == 2, hits
+    out = cli("status", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["store"] == {"documents": 1, "chunks": one["chunks"]}
+
+    import time
+
+    t0 = time.monotonic()
+    pg_server.stop()
+    try:
+        wait_for(lambda: worker.get("/readyz")[0] == 503, 15, 0.2, "/readyz 503 with the database down")
+        status, body = worker.get("/readyz")
+        assert any(r.startswith("store: ") for r in body["reasons"]), body
+        assert worker.get("/healthz")[0] == 200
+        out = cli("status", "--json")
+        assert "StoreUnavailableError" in out.stdout
+        path2 = tmp_path / "other.pdf"
+        path2.write_bytes(pdfs.make_pdf([pdfs.TOWER, pdfs.long_page("harbour")]))
+        job = q.enqueue("worker.jobs.ingest_pdf", str(path2))
+        wait_for(lambda: job.id in q.scheduled_job_registry.get_job_ids(), 60, 0.1, "a retry scheduled")
+    finally:
+        pg_server.start()
+    assert finish(job) == "finished", job.latest_result().exc_string
+    assert job.return_value()["already_stored"] is False
+    wait_for(lambda: worker.get("/readyz")[0] == 200, 15, 0.2, "/readyz 200 again")
+    from worker.store import open_store
+
+    with open_store(pg_url) as store:
+        assert store.counts() == {"documents": 2, "chunks": one["chunks"] + job.return_value()["chunks"]}
+    texts = worker.log() + out.stdout + out.stderr + json.dumps(body)
+    assert "pg-S3cret" not in texts and "S3cret" not in texts
+    assert "StoreUnavailableError" in worker.log()
+    print(f"fault part: {time.monotonic() - t0:.1f}s")
