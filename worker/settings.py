@@ -107,6 +107,35 @@ def check_redis_url(url: str) -> None:
             raise SettingsError(hint.format(why="the database after the host must be a number")) from None
 
 
+STORE_SCHEMES = {"sqlite": "sqlite", "postgresql": "postgresql", "postgres": "postgresql"}
+
+
+def store_kind(store_url: str) -> str:
+    """The store's kind, "sqlite" or "postgresql", from the URL's scheme; SettingsError (naming no secret) otherwise."""
+    scheme = store_url.partition("://")[0].lower() if "://" in store_url else ""
+    if scheme not in STORE_SCHEMES:
+        raise SettingsError(
+            "STORE_URL must be sqlite:///path.db, postgresql://... or postgres://..., got "
+            + (redact_url(store_url) if scheme else "no URL scheme")
+        )
+    return STORE_SCHEMES[scheme]
+
+
+def check_store_url(store_url: str) -> None:
+    """SettingsError when STORE_URL cannot name a store (its password is never in the message)."""
+    if store_kind(store_url) == "sqlite":
+        sqlite_path(store_url)
+        return
+    try:
+        parts = urlsplit(store_url)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+    except ValueError:
+        raise SettingsError(
+            "STORE_URL's host or port cannot be read; percent-encode special characters in the password"
+            " (/ as %2F, @ as %40, : as %3A, # as %23, ? as %3F)"
+        ) from None
+
+
 def sqlite_path(store_url: str, cwd: Path | None = None) -> Path:
     """Path of the SQLite file named by a SQLAlchemy-style URL.
 
@@ -115,7 +144,7 @@ def sqlite_path(store_url: str, cwd: Path | None = None) -> Path:
     """
     prefix = "sqlite:///"
     if not store_url.startswith(prefix):
-        raise SettingsError(f"STORE_URL must start with {prefix!r} (SQLite is the only store), got {store_url!r}")
+        raise SettingsError(f"a SQLite STORE_URL must start with {prefix!r}, got {redact_url(store_url)}")
     rest = store_url[len(prefix) :]
     if not rest:
         raise SettingsError("STORE_URL names no file")
@@ -212,6 +241,8 @@ class Settings:
     chunk_overlap: int = 32
     # Seconds a store write waits for another writer's lock before the job fails as transient.
     store_busy_timeout: float = 30.0
+    # PostgreSQL search: HNSW candidate list size (hnsw.ef_search); higher is more exact and slower.
+    hnsw_ef_search: int = 100
     # Address-space limit of a work-horse in MiB; 0 (set explicitly): none. Default: half the
     # memory of the host or cgroup, between 2 and 64 GiB (see default_horse_memory_mb).
     horse_memory_mb: int = field(default_factory=default_horse_memory_mb)
@@ -272,6 +303,7 @@ class Settings:
             chunk_tokens=_int(env, "CHUNK_TOKENS", cls.chunk_tokens, 16),
             chunk_overlap=_int(env, "CHUNK_OVERLAP", cls.chunk_overlap, 0),
             store_busy_timeout=_float(env, "STORE_BUSY_TIMEOUT", cls.store_busy_timeout, 0.0),
+            hnsw_ef_search=_int(env, "HNSW_EF_SEARCH", cls.hnsw_ef_search, 1),
             horse_memory_mb=_int(env, "HORSE_MEMORY_MB", default_horse_memory_mb()),
             extra_jobs=tuple(n.strip() for n in env.get("EXTRA_JOBS", "").split(",") if n.strip()),
             webhook_hosts=tuple(h.strip().lower() for h in env.get("WEBHOOK_HOSTS", "").split(",") if h.strip()),
@@ -295,7 +327,9 @@ class Settings:
             raise SettingsError("CHUNK_TOKENS cannot exceed the model's window of 256")
         if self.chunk_overlap >= self.chunk_tokens // 2:
             raise SettingsError("CHUNK_OVERLAP must be less than half of CHUNK_TOKENS")
-        sqlite_path(self.store_url)
+        check_store_url(self.store_url)
+        if not 1 <= self.hnsw_ef_search <= 1000:
+            raise SettingsError(f"HNSW_EF_SEARCH must be 1..1000 (pgvector's range), got {self.hnsw_ef_search}")
         if self.job_timeout > self.max_job_timeout:
             raise SettingsError(f"JOB_TIMEOUT ({self.job_timeout}) exceeds MAX_JOB_TIMEOUT ({self.max_job_timeout})")
 
@@ -324,8 +358,17 @@ class Settings:
         return max(0.5, min(10.0, self.dead_worker_after / 4))
 
     @property
+    def store_kind(self) -> str:
+        return store_kind(self.store_url)
+
+    @property
     def store_path(self) -> Path:
+        """The SQLite file (SettingsError for a PostgreSQL STORE_URL)."""
         return sqlite_path(self.store_url)
+
+    @property
+    def safe_store_url(self) -> str:
+        return redact_url(self.store_url)
 
     @property
     def safe_redis_url(self) -> str:

