@@ -9,11 +9,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from redis import Redis
-from rq import Queue, Worker
+from rq import Queue
 from rq.job import Job
 
 from tests.conftest import ROOT, queue, wait_for, worker_env
@@ -109,25 +108,6 @@ def test_health_endpoints_answer_404_405_and_head(start_worker):
         assert key in body
     metrics = w.get("/metrics")[1]
     assert "worker_redis_up" in metrics and 'worker_queue_depth{queue="default"} 0' in metrics
-
-
-def test_rq_info_lists_our_worker(start_worker, redis_url):
-    w = start_worker(extra_env={"WORKER_NAME": "visible-worker"})
-    out = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "rq"),
-            "info",
-            "--url",
-            redis_url,
-            "--serializer",
-            "rq.serializers.JSONSerializer",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert "visible-worker" in out.stdout, out.stdout + out.stderr
-    assert w.get("/healthz")[1]["worker"] == "visible-worker"
 
 
 def test_sigterm_mid_job_finishes_it_and_exits_0(start_worker, redis_conn):
@@ -243,12 +223,6 @@ def test_bad_settings_exit_2(redis_url, tmp_path):
     out = subprocess.run([sys.executable, "-m", "worker", "run"], env=env, capture_output=True, text=True, timeout=30)
     assert out.returncode == 2
     assert "HEALTH_PORT must be an integer" in out.stderr
-
-
-def test_rq_worker_object_sees_state(start_worker, redis_conn):
-    start_worker(extra_env={"WORKER_NAME": "stateful"})
-    workers = {w.name: w for w in Worker.all(connection=redis_conn)}
-    assert workers["stateful"].get_state() in ("idle", "started")
 
 
 def test_transient_errors_are_retried_bad_input_is_not(start_worker, redis_conn):

@@ -344,6 +344,7 @@ def test_cli_embed(tmp_path: Path, fp32: Embedder) -> None:
     assert run.returncode == 2 and "texts[1] must be a string" in run.stderr
 
 
+@pytest.mark.slow  # a second full build; `make test` builds the model once already
 def test_model_build_is_deterministic_and_complete(tmp_path: Path) -> None:
     """`make model` again into another directory gives byte-identical files; a complete one is a no-op."""
     manifest = json.loads((MODEL_DIR / "manifest.json").read_text())

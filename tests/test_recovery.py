@@ -6,6 +6,8 @@ import os
 import signal
 import time
 
+import pytest
+
 from tests.conftest import queue, wait_for
 
 FAST = {"DEAD_WORKER_AFTER": "2"}
@@ -32,6 +34,7 @@ def test_job_of_a_killed_worker_is_requeued_and_finished_by_another(start_worker
     assert job.get_meta(refresh=True)["abandoned"] == 1
 
 
+@pytest.mark.slow  # the rule itself is tested in process: test_requeue.py
 def test_poison_job_stops_after_max_attempts(start_worker, redis_conn):
     env = {**FAST, "MAX_ATTEMPTS": "2"}
     q = queue(redis_conn)
@@ -114,23 +117,6 @@ def test_horse_memory_limit_turns_a_runaway_job_into_a_clean_failure(start_worke
     assert runaway.get_status(refresh=True) == "failed"
     assert "MemoryError" in runaway.latest_result().exc_string
     assert w.proc.poll() is None
-
-
-def test_job_registered_but_not_yet_started_by_a_dead_worker_is_not_lost(start_worker, redis_conn):
-    """The state a worker leaves when killed between registering a job and its horse starting it
-    (seen in the chaos run): popped from the queue, in the started registry, status still queued."""
-    from rq.executions import Execution
-
-    q = queue(redis_conn)
-    job = q.enqueue("worker.jobs.ping", "orphan in limbo")
-    assert redis_conn.lpop(q.key).decode() == job.id
-    with redis_conn.pipeline() as pipe:
-        Execution.create(job, ttl=600, pipeline=pipe, worker_name="ghost-worker")
-        pipe.execute()
-    assert job.get_status(refresh=True) == "queued" and len(q) == 0 and q.started_job_registry.count == 1
-    start_worker(extra_env=FAST)
-    wait_for(lambda: job.get_status(refresh=True) == "finished", timeout=20, message="limbo job finished")
-    assert q.started_job_registry.count == 0
 
 
 def test_job_taken_off_the_queue_by_a_worker_that_died_is_put_back(start_worker, redis_conn):

@@ -125,6 +125,22 @@ def test_sweep_puts_back_the_job_of_a_dead_worker_and_leaves_a_live_ones(redis_c
     assert q.started_job_registry.get_job_ids() == [busy.id]
 
 
+def test_sweep_puts_back_a_job_registered_but_never_started_by_a_dead_worker(redis_conn):
+    """A worker killed between registering a job and its horse starting it leaves the job in the
+    started registry with status still QUEUED (seen in the chaos run). RQ's own clean-up skips
+    such an entry yet drops it: the job would be lost."""
+    q = queue(redis_conn)
+    limbo = q.enqueue("worker.jobs.ping", "orphan in limbo")
+    assert redis_conn.lpop(q.key).decode() == limbo.id
+    with redis_conn.pipeline() as pipe:
+        Execution.create(limbo, ttl=600, pipeline=pipe, worker_name="ghost-worker")
+        pipe.execute()
+    assert limbo.get_status(refresh=True) == JobStatus.QUEUED and q.started_job_registry.count == 1
+    done = recovery.sweep(redis_conn, [q], "me", None, 30, 3, job_class=GuardedJob, serializer=JSONSerializer)
+    assert done == [(limbo.id, "requeued")]
+    assert q.job_ids == [limbo.id] and q.started_job_registry.count == 0
+
+
 def test_sweep_fails_a_job_that_killed_its_worker_max_attempts_times(redis_conn):
     q = queue(redis_conn)
     poison = q.enqueue("worker.jobs.ping", "poison", meta={"abandoned": 1})

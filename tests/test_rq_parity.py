@@ -120,7 +120,8 @@ def test_round_robin_dequeue_strategy(start_worker, redis_conn):
 
 
 def test_rq_info_shows_our_worker_idle(start_worker, redis_url):
-    start_worker(extra_env={"WORKER_NAME": "info-visible"})
+    w = start_worker(extra_env={"WORKER_NAME": "info-visible"})
+    assert w.get("/healthz")[1]["worker"] == "info-visible"
     out = subprocess.run(
         [RQ, "info", "--url", redis_url, "--serializer", "rq.serializers.JSONSerializer"],
         capture_output=True, text=True, timeout=30, env=dict(os.environ, PYTHONPATH=str(ROOT)),
