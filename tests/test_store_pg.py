@@ -48,6 +48,10 @@ def _add(store, sha: str, vectors: np.ndarray, model: str = "m", **kw):
     return store.add_document(**args)
 
 
+# One process of a parallel run takes all of these: one PostgreSQL server (initdb and start cost
+# seconds of CPU), not one per process.
+pytestmark = pytest.mark.xdist_group("postgresql")
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store_url(request, tmp_path: Path) -> str:
     if request.param == "sqlite":
