@@ -283,13 +283,14 @@ def test_job_through_real_worker_equals_in_process(redis_conn, start_worker) -> 
     q = queue(redis_conn)
     small = ["One sentence to embed."]
     big = TEXTS * 2  # 2,240 tokens: enough for the horse to load its own multi-threaded session
-    jobs_ = [q.enqueue("worker.jobs.embed_texts", texts) for texts in (small, big)]
+    huge = ["a" * 5_000_000]  # one word of 5 MB: the tokenizer sees a bounded prefix (it took 70 s at 50 MB)
+    jobs_ = [q.enqueue("worker.jobs.embed_texts", texts) for texts in (small, big, huge)]
     bad = [q.enqueue("worker.jobs.embed_texts", arg) for arg in ("not a list", ["ok", None])]
     wait_for(
         lambda: all(j.get_status(refresh=True) in ("finished", "failed") for j in jobs_ + bad), 60, message="embed jobs"
     )
     fp32 = get_embedder(settings_for())
-    for job, texts in zip(jobs_, (small, big), strict=True):
+    for job, texts in zip(jobs_, (small, big, huge), strict=True):
         assert job.get_status() == "finished", worker.log()
         result = job.return_value()
         assert result["model"] == "sentence-transformers/all-MiniLM-L6-v2" and result["dim"] == 384
@@ -301,7 +302,7 @@ def test_job_through_real_worker_equals_in_process(redis_conn, start_worker) -> 
         assert job.get_status() == "failed"
         assert "InvalidArgumentsError" in job.latest_result().exc_string
     # The horses' counts reach the daemon's /metrics.
-    tokens = sum(fp32.count_tokens(small)) + sum(fp32.count_tokens(big))
+    tokens = sum(sum(fp32.count_tokens(texts)) for texts in (small, big, huge))
 
     def metric_line() -> str | None:
         text = worker.get("/metrics")[1]
