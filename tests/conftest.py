@@ -192,7 +192,7 @@ def start_worker(redis_url: str, tmp_path: Path):
         w.stop()
 
 
-def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, message: str = "condition"):
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.1, message: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()

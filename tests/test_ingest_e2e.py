@@ -35,7 +35,7 @@ def _status(job) -> str:
 
 
 def _finish(job, timeout: float = 60.0) -> str:
-    return wait_for(lambda: (s := _status(job)) in DONE and s, timeout, 0.05, f"job {job.id} to end")
+    return wait_for(lambda: (s := _status(job)) in DONE and s, timeout, 0.1, f"job {job.id} to end")
 
 
 def _error(job) -> str | None:

@@ -384,7 +384,7 @@ def test_worker_on_postgresql_ingests_once_searches_and_survives_the_database_go
 
     def finish(job, timeout: float = 90) -> str:
         done = ("finished", "failed", "stopped", "canceled")
-        return wait_for(lambda: (s := job.get_status(refresh=True)) in done and s, timeout, 0.05, f"job {job.id}")
+        return wait_for(lambda: (s := job.get_status(refresh=True)) in done and s, timeout, 0.1, f"job {job.id}")
 
     path = tmp_path / "sample.pdf"
     path.write_bytes(pdfs.sample_pdf())
