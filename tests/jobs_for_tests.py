@@ -6,6 +6,7 @@ import os
 import time
 
 from redis import Redis
+from rq.job import Job
 
 
 def sleep(seconds: float, marker: str | None = None) -> dict:
@@ -109,3 +110,7 @@ class Maths:
     def double(x: int) -> int:
         """A static method job, enqueued as tests.jobs_for_tests.Maths.double."""
         return 2 * x
+
+
+class PlainJob(Job):
+    """A job class without the allowlist, which DaemonWorker must refuse."""

@@ -127,3 +127,46 @@ def test_rq_info_shows_our_worker_idle(start_worker, redis_url):
     )  # fmt: skip
     line = next(line for line in out.stdout.splitlines() if "info-visible" in line)
     assert "idle" in line, out.stdout
+
+
+def test_rq_clis_defaults_keep_the_allowlist_and_json(redis_conn, redis_url, tmp_path):
+    """`rq worker -w worker.daemon.DaemonWorker` with no other option: RQ's CLI passes its
+    default job class (rq.job.Job) and serializer (pickle) explicitly. Neither may switch off
+    the allowlist or JSON (found by make rq-suite: the allowlist was off under `rq worker -w`)."""
+    q = queue(redis_conn)  # JSON
+    ok = q.enqueue("worker.jobs.ping", "through rq's cli, defaults")
+    forbidden = q.enqueue("os.getpid")
+    env = worker_env(redis_url, tmp_path, free_port(), TEST_JOBS)
+    cmd = [RQ, "worker", "-w", "worker.daemon.DaemonWorker", "--url", redis_url, "--burst", "default"]
+    out = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert ok.get_status(refresh=True) == "finished"
+    assert forbidden.get_status(refresh=True) == "failed"
+    assert "ForbiddenJobError" in forbidden.latest_result().exc_string
+
+
+def test_job_class_and_serializer_as_rq_passes_them(redis_conn):
+    from rq.job import Job
+    from rq.serializers import DefaultSerializer
+
+    from worker.allowlist import GuardedJob
+
+    def build(**kwargs) -> DaemonWorker:
+        return DaemonWorker(["default"], connection=redis_conn, prepare_for_work=False, **kwargs)
+
+    for job_class in (Job, "rq.job.Job", None):
+        assert build(job_class=job_class).job_class is GuardedJob
+    assert build(serializer=None).serializer is JSONSerializer
+    assert build(serializer="rq.serializers.DefaultSerializer").serializer is JSONSerializer
+    assert build(serializer="pickle").serializer is DefaultSerializer  # an explicit choice stays
+
+    class Sub(GuardedJob):
+        pass
+
+    assert build(job_class=Sub).job_class is Sub
+    try:
+        build(job_class="tests.jobs_for_tests.PlainJob")
+    except ValueError as exc:
+        assert "GuardedJob" in str(exc)
+    else:
+        raise AssertionError("a job class without the allowlist was accepted")

@@ -26,13 +26,15 @@ import time
 import redis.exceptions
 from rq import Worker
 from rq.command import parse_payload
+from rq.defaults import DEFAULT_SERIALIZER_CLASS
 from rq.exceptions import InvalidJobOperation
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.scheduler import RQScheduler
+from rq.serializers import DefaultSerializer, JSONSerializer
 from rq.suspension import is_suspended
-from rq.utils import now
+from rq.utils import import_job_class, now
 from rq.worker.base import WorkerStatus
 
 from worker import progress, recovery
@@ -82,9 +84,27 @@ class DaemonWorker(Worker):
         **kwargs,
     ) -> None:
         """Built as RQ builds workers (`cls(queues, name, connection=...)`, `rq worker -w`,
-        `Worker.all()`): settings then come from the environment."""
+        `Worker.all()`): settings then come from the environment.
+
+        RQ's defaults do not switch off what this class is for. `rq worker` passes RQ's default
+        job class (`rq.job.Job`) and serializer (pickle) explicitly, whatever the user typed:
+        those mean "unset" here, so the allowlist stays on (`GuardedJob`) and the serializer is
+        WORKER_SERIALIZER (JSON unless set to pickle). A job class that is not a `GuardedJob`
+        is refused (ValueError). Any other serializer given is used."""
         self.settings = settings if settings is not None else get_settings()  # before RQ's __init__
+        job_class = kwargs.get("job_class")
+        if job_class is not None:
+            if isinstance(job_class, str):
+                job_class = import_job_class(job_class)
+            kwargs["job_class"] = None if job_class is Job else job_class
+        if kwargs.get("serializer") in (None, DEFAULT_SERIALIZER_CLASS):
+            kwargs["serializer"] = JSONSerializer if self.settings.serializer == "json" else DefaultSerializer
         super().__init__(queues, name, *args, **kwargs)
+        if not issubclass(self.job_class, GuardedJob):
+            raise ValueError(
+                f"job class {self.job_class.__module__}.{self.job_class.__qualname__} is not a "
+                "worker.allowlist.GuardedJob: it would run any function a payload names"
+            )
         self.live = live if live is not None else LiveState(self.name, self.settings.liveness_timeout)
         self.warm_stop_at: float | None = None
         self.cold_stop = False
