@@ -3,6 +3,7 @@ beside plain RQ workers on the same queues. Real processes, real Redis."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -170,3 +171,26 @@ def test_job_class_and_serializer_as_rq_passes_them(redis_conn):
         assert "GuardedJob" in str(exc)
     else:
         raise AssertionError("a job class without the allowlist was accepted")
+
+
+def test_work_in_process_again_and_again_leaves_no_pipes_or_handlers(redis_conn):
+    """A program that calls work() repeatedly (RQ's test suite does, hundreds of times) must not
+    leak the signal wake-up pipe nor keep our signal handlers after work() returns."""
+    import signal
+
+    def pipes() -> int:
+        count = 0
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(FileNotFoundError):  # the fd that listed the directory
+                count += os.readlink(f"/proc/self/fd/{fd}").startswith("pipe:")
+        return count
+
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    before = pipes()
+    q = queue(redis_conn)
+    for i in range(3):
+        job = q.enqueue("worker.jobs.ping", str(i))
+        assert DaemonWorker([q], connection=redis_conn).work(burst=True)
+        assert job.get_status(refresh=True) == "finished"
+    assert pipes() == before
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers

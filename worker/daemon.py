@@ -127,9 +127,19 @@ class DaemonWorker(Worker):
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
-        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        self._previous_handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        self._previous_wakeup_fd = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+
+    def _restore_signal_handlers(self) -> None:
+        """When run() returns: the process's own handlers back, the wake-up pipe closed (a
+        program that calls work() again and again, as RQ's tests do, must not run out of fds)."""
+        signal.set_wakeup_fd(self._previous_wakeup_fd)
+        for sig, handler in self._previous_handlers.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        fds, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), -1, -1
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def _on_signal(self, signum: int, frame: object) -> None:
         if signum == signal.SIGINT or self.warm_stop_at is not None:
@@ -199,6 +209,7 @@ class DaemonWorker(Worker):
         self._dequeue_strategy = self.settings.dequeue_strategy
         self._tick()
         if not self._bootstrap_with_retry():
+            self._restore_signal_handlers()
             return 0
         self.live.set_state(State.IDLE)
         with contextlib.suppress(*REDIS_ERRORS):
@@ -239,6 +250,7 @@ class DaemonWorker(Worker):
         finally:
             self.live.set_state(State.DRAINING)
             self._teardown_quietly()
+            self._restore_signal_handlers()
         return completed
 
     def _bootstrap_with_retry(self) -> bool:
@@ -325,6 +337,7 @@ class DaemonWorker(Worker):
     def _teardown_quietly(self) -> None:
         if self._dequeuer is not None:
             self._dequeuer.stop()
+            self._dequeuer = None  # it holds this run's wake-up fd
         try:
             recovery.restore_inflight(self.connection, self.inflight_key)  # normally empty
             if self._scheduler is not None and self._scheduler.acquired_locks:
