@@ -194,3 +194,15 @@ def test_work_in_process_again_and_again_leaves_no_pipes_or_handlers(redis_conn)
         assert job.get_status(refresh=True) == "finished"
     assert pipes() == before
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
+
+
+def test_a_registered_builtin_runs_although_it_has_no_signature(start_worker, redis_conn):
+    """`EXTRA_JOBS=time.sleep`: inspect cannot read a builtin's signature, which failed every
+    such job with a bare ValueError. It runs unchecked, as RQ runs it; a bad call fails the job."""
+    start_worker(extra_env={"EXTRA_JOBS": f"{TEST_JOBS},time.sleep"})
+    q = queue(redis_conn)
+    ok = q.enqueue("time.sleep", 0)
+    bad = q.enqueue("time.sleep", "not a number")
+    wait_for(lambda: bad.get_status(refresh=True) == "failed", message="bad call failed")
+    assert ok.get_status(refresh=True) == "finished"
+    assert "TypeError" in bad.latest_result().exc_string
