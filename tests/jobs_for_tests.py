@@ -6,6 +6,7 @@ import os
 import time
 
 from redis import Redis
+from rq.job import Job
 
 
 def sleep(seconds: float, marker: str | None = None) -> dict:
@@ -123,3 +124,7 @@ def count_then_die_once(pages: int) -> int:
         os.kill(os.getppid(), signal.SIGKILL)
         os._exit(1)
     return pages
+
+
+class PlainJob(Job):
+    """A job class without the allowlist, which DaemonWorker must refuse."""

@@ -3,6 +3,7 @@ beside plain RQ workers on the same queues. Real processes, real Redis."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -128,3 +129,81 @@ def test_rq_info_shows_our_worker_idle(start_worker, redis_url):
     )  # fmt: skip
     line = next(line for line in out.stdout.splitlines() if "info-visible" in line)
     assert "idle" in line, out.stdout
+
+
+def test_rq_clis_defaults_keep_the_allowlist_and_json(redis_conn, redis_url, tmp_path):
+    """`rq worker -w worker.daemon.DaemonWorker` with no other option: RQ's CLI passes its
+    default job class (rq.job.Job) and serializer (pickle) explicitly. Neither may switch off
+    the allowlist or JSON (found by make rq-suite: the allowlist was off under `rq worker -w`)."""
+    q = queue(redis_conn)  # JSON
+    ok = q.enqueue("worker.jobs.ping", "through rq's cli, defaults")
+    forbidden = q.enqueue("os.getpid")
+    env = worker_env(redis_url, tmp_path, free_port(), TEST_JOBS)
+    cmd = [RQ, "worker", "-w", "worker.daemon.DaemonWorker", "--url", redis_url, "--burst", "default"]
+    out = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert ok.get_status(refresh=True) == "finished"
+    assert forbidden.get_status(refresh=True) == "failed"
+    assert "ForbiddenJobError" in forbidden.latest_result().exc_string
+
+
+def test_job_class_and_serializer_as_rq_passes_them(redis_conn):
+    from rq.job import Job
+    from rq.serializers import DefaultSerializer
+
+    from worker.allowlist import GuardedJob
+
+    def build(**kwargs) -> DaemonWorker:
+        return DaemonWorker(["default"], connection=redis_conn, prepare_for_work=False, **kwargs)
+
+    for job_class in (Job, "rq.job.Job", None):
+        assert build(job_class=job_class).job_class is GuardedJob
+    assert build(serializer=None).serializer is JSONSerializer
+    assert build(serializer="rq.serializers.DefaultSerializer").serializer is JSONSerializer
+    assert build(serializer="pickle").serializer is DefaultSerializer  # an explicit choice stays
+
+    class Sub(GuardedJob):
+        pass
+
+    assert build(job_class=Sub).job_class is Sub
+    try:
+        build(job_class="tests.jobs_for_tests.PlainJob")
+    except ValueError as exc:
+        assert "GuardedJob" in str(exc)
+    else:
+        raise AssertionError("a job class without the allowlist was accepted")
+
+
+def test_work_in_process_again_and_again_leaves_no_pipes_or_handlers(redis_conn):
+    """A program that calls work() repeatedly (RQ's test suite does, hundreds of times) must not
+    leak the signal wake-up pipe nor keep our signal handlers after work() returns."""
+    import signal
+
+    def pipes() -> int:
+        count = 0
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(FileNotFoundError):  # the fd that listed the directory
+                count += os.readlink(f"/proc/self/fd/{fd}").startswith("pipe:")
+        return count
+
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    before = pipes()
+    q = queue(redis_conn)
+    for i in range(3):
+        job = q.enqueue("worker.jobs.ping", str(i))
+        assert DaemonWorker([q], connection=redis_conn).work(burst=True)
+        assert job.get_status(refresh=True) == "finished"
+    assert pipes() == before
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
+
+
+def test_a_registered_builtin_runs_although_it_has_no_signature(start_worker, redis_conn):
+    """`EXTRA_JOBS=time.sleep`: inspect cannot read a builtin's signature, which failed every
+    such job with a bare ValueError. It runs unchecked, as RQ runs it; a bad call fails the job."""
+    start_worker(extra_env={"EXTRA_JOBS": f"{TEST_JOBS},time.sleep"})
+    q = queue(redis_conn)
+    ok = q.enqueue("time.sleep", 0)
+    bad = q.enqueue("time.sleep", "not a number")
+    wait_for(lambda: bad.get_status(refresh=True) == "failed", message="bad call failed")
+    assert ok.get_status(refresh=True) == "finished"
+    assert "TypeError" in bad.latest_result().exc_string

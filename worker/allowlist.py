@@ -84,8 +84,15 @@ def _import_dotted(name: str) -> Any:
 
 
 def check_arguments(func: Callable[..., Any], args: tuple | list, kwargs: dict) -> None:
+    """InvalidArgumentsError when the arguments do not fit the function's signature. A registered
+    function with no signature to read (a builtin such as `time.sleep`, some C extensions) is
+    called unchecked, as RQ calls it: it is on the allowlist, and a bad call fails the job."""
     try:
-        inspect.signature(func).bind(*args, **kwargs)
+        signature = inspect.signature(func)
+    except (ValueError, TypeError):
+        return
+    try:
+        signature.bind(*args, **kwargs)
     except TypeError as exc:
         raise InvalidArgumentsError(f"{func.__module__}.{func.__name__}: {exc}") from None
 

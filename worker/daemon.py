@@ -26,13 +26,15 @@ import time
 import redis.exceptions
 from rq import Worker
 from rq.command import parse_payload
+from rq.defaults import DEFAULT_SERIALIZER_CLASS
 from rq.exceptions import InvalidJobOperation
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.scheduler import RQScheduler
+from rq.serializers import DefaultSerializer, JSONSerializer
 from rq.suspension import is_suspended
-from rq.utils import now
+from rq.utils import import_job_class, now
 from rq.worker.base import WorkerStatus
 
 from worker import progress, recovery
@@ -82,9 +84,27 @@ class DaemonWorker(Worker):
         **kwargs,
     ) -> None:
         """Built as RQ builds workers (`cls(queues, name, connection=...)`, `rq worker -w`,
-        `Worker.all()`): settings then come from the environment."""
+        `Worker.all()`): settings then come from the environment.
+
+        RQ's defaults do not switch off what this class is for. `rq worker` passes RQ's default
+        job class (`rq.job.Job`) and serializer (pickle) explicitly, whatever the user typed:
+        those mean "unset" here, so the allowlist stays on (`GuardedJob`) and the serializer is
+        WORKER_SERIALIZER (JSON unless set to pickle). A job class that is not a `GuardedJob`
+        is refused (ValueError). Any other serializer given is used."""
         self.settings = settings if settings is not None else get_settings()  # before RQ's __init__
+        job_class = kwargs.get("job_class")
+        if job_class is not None:
+            if isinstance(job_class, str):
+                job_class = import_job_class(job_class)
+            kwargs["job_class"] = None if job_class is Job else job_class
+        if kwargs.get("serializer") in (None, DEFAULT_SERIALIZER_CLASS):
+            kwargs["serializer"] = JSONSerializer if self.settings.serializer == "json" else DefaultSerializer
         super().__init__(queues, name, *args, **kwargs)
+        if not issubclass(self.job_class, GuardedJob):
+            raise ValueError(
+                f"job class {self.job_class.__module__}.{self.job_class.__qualname__} is not a "
+                "worker.allowlist.GuardedJob: it would run any function a payload names"
+            )
         self.live = live if live is not None else LiveState(self.name, self.settings.liveness_timeout)
         self.warm_stop_at: float | None = None
         self.cold_stop = False
@@ -107,9 +127,19 @@ class DaemonWorker(Worker):
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
-        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        self._previous_handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        self._previous_wakeup_fd = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+
+    def _restore_signal_handlers(self) -> None:
+        """When run() returns: the process's own handlers back, the wake-up pipe closed (a
+        program that calls work() again and again, as RQ's tests do, must not run out of fds)."""
+        signal.set_wakeup_fd(self._previous_wakeup_fd)
+        for sig, handler in self._previous_handlers.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        fds, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), -1, -1
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def _on_signal(self, signum: int, frame: object) -> None:
         if signum == signal.SIGINT or self.warm_stop_at is not None:
@@ -179,6 +209,7 @@ class DaemonWorker(Worker):
         self._dequeue_strategy = self.settings.dequeue_strategy
         self._tick()
         if not self._bootstrap_with_retry():
+            self._restore_signal_handlers()
             return 0
         self.live.set_state(State.IDLE)
         with contextlib.suppress(*REDIS_ERRORS):
@@ -219,6 +250,7 @@ class DaemonWorker(Worker):
         finally:
             self.live.set_state(State.DRAINING)
             self._teardown_quietly()
+            self._restore_signal_handlers()
         return completed
 
     def _bootstrap_with_retry(self) -> bool:
@@ -305,6 +337,7 @@ class DaemonWorker(Worker):
     def _teardown_quietly(self) -> None:
         if self._dequeuer is not None:
             self._dequeuer.stop()
+            self._dequeuer = None  # it holds this run's wake-up fd
         try:
             recovery.restore_inflight(self.connection, self.inflight_key)  # normally empty
             if self._scheduler is not None and self._scheduler.acquired_locks:

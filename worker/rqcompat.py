@@ -63,6 +63,7 @@ JOB_ATTRIBUTES = (
 # Functions and classes used by dotted name.
 NAMES = (
     "rq.command.parse_payload",
+    "rq.defaults.DEFAULT_SERIALIZER_CLASS",
     "rq.executions.Execution.create",
     "rq.executions.Execution.from_composite_key",
     "rq.job_lifecycle.record_job_failure",
@@ -73,6 +74,7 @@ NAMES = (
     "rq.scheduler.RQScheduler.heartbeat",
     "rq.scheduler.RQScheduler.release_locks",
     "rq.scheduler.RQScheduler.should_reacquire_locks",
+    "rq.utils.import_job_class",
     "rq.utils.parse_composite_key",
     "rq.worker_registration.REDIS_WORKER_KEYS",
 )
