@@ -175,3 +175,19 @@ def test_webhooks_go_to_allowed_hosts_only_and_never_hold_up_the_worker(start_wo
     assert not Hooks.release.is_set()
     assert sorted(Hooks.received) == ["/crashed", "/slow"]  # localhost is not in WEBHOOK_HOSTS
     assert w.get("/healthz")[0] == 200
+
+
+def test_an_unreadable_scheduled_job_fails_alone(start_worker, redis_conn):
+    """RQ's scheduler step reads every due job's hash: one it cannot read used to end the worker."""
+    from datetime import timedelta
+
+    q = queue(redis_conn)
+    bad = q.enqueue_in(timedelta(seconds=0), "worker.jobs.ping", "garbled")
+    redis_conn.hset(bad.key, "created_at", "yesterday")
+    good = q.enqueue_in(timedelta(seconds=0), "worker.jobs.ping", "due")
+    w = start_worker()
+    wait_for(lambda: good.get_status(refresh=True) == "finished", message="the good scheduled job")
+    wait_for(lambda: status_of(redis_conn, bad.id) == "failed", message="the bad one failed")
+    assert exc_string(redis_conn, bad.id).startswith("worker.errors.UnreadableJobError: ")
+    assert bad.id not in q.scheduled_job_registry
+    assert w.proc.poll() is None and w.get("/healthz")[0] == 200

@@ -27,7 +27,7 @@ import redis.exceptions
 from rq import Worker
 from rq.command import parse_payload
 from rq.defaults import DEFAULT_SERIALIZER_CLASS
-from rq.exceptions import InvalidJobOperation
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.queue import Queue
@@ -39,7 +39,7 @@ from rq.worker.base import WorkerStatus
 
 from worker import progress, recovery
 from worker.allowlist import GuardedJob, mark_work_horse
-from worker.dequeue import Dequeuer, inflight_key
+from worker.dequeue import Dequeuer, fail_unreadable, inflight_key
 from worker.errors import BadInputError, Outcome, error_type, is_transient, outcome_of
 from worker.settings import Settings, get_settings
 from worker.state import CurrentJob, LiveState, State
@@ -293,7 +293,13 @@ class DaemonWorker(Worker):
             self._last_redis_beat = t
         if self.should_run_maintenance_tasks:
             self._recover_abandoned(force=True)  # before RQ's clean-up, which would fail or drop them
-            self.run_maintenance_tasks()
+            try:
+                self.run_maintenance_tasks()
+            except REDIS_ERRORS:
+                raise
+            except Exception:  # RQ's clean-up reads job hashes: whatever they hold, the worker goes on
+                log.exception("RQ's registry maintenance failed")
+                self.last_cleaned_at = now()
         if t - self._last_schedule >= 1:
             self._last_schedule = t
             self._enqueue_due_jobs()
@@ -332,7 +338,25 @@ class DaemonWorker(Worker):
         elif sched.acquired_locks:
             sched.heartbeat()
         if sched.acquired_locks:
-            sched.enqueue_scheduled_jobs()
+            try:
+                sched.enqueue_scheduled_jobs()
+            except REDIS_ERRORS:
+                raise
+            except Exception as exc:  # a scheduled job's hash RQ cannot read: fail it, keep the others
+                log.warning("scheduled jobs could not be moved (%s: %s)", type(exc).__name__, exc)
+                self._fail_unreadable_scheduled()
+
+    def _fail_unreadable_scheduled(self) -> None:
+        for queue in self.queues:
+            for job_id in queue.scheduled_job_registry.get_jobs_to_schedule():
+                try:
+                    self.job_class.fetch(job_id, connection=self.connection, serializer=self.serializer)
+                except NoSuchJobError:
+                    self.connection.zrem(queue.scheduled_job_registry.key, job_id)
+                except REDIS_ERRORS:
+                    raise
+                except Exception as exc:
+                    fail_unreadable(self.connection, queue, job_id, exc, self.serializer)
 
     def _teardown_quietly(self) -> None:
         if self._dequeuer is not None:

@@ -185,18 +185,7 @@ class Dequeuer:
             return job, queue
 
     def _fail_unreadable(self, queue: Queue, job_id: str, exc: Exception) -> None:
-        """Fail a job whose hash we cannot read, so that a client polling it sees `failed` and why."""
-        why = f"{type(exc).__name__}: {exc}"[:500]
-        log.error("job %s cannot be read (%s); failing it", job_id, why)
-        exc_string = f"worker.errors.UnreadableJobError: this worker cannot read the job's hash ({why})"
-        stub = Job(job_id, connection=self.conn, serializer=self.serializer)
-        failed = FailedJobRegistry(queue.name, connection=self.conn, serializer=self.serializer)
-        with self.conn.pipeline() as pipe:
-            pipe.lrem(self.inflight, 0, job_id)
-            pipe.hset(stub.key, mapping={"status": JobStatus.FAILED.value, "ended_at": utcformat(now())})
-            pipe.zadd(failed.key, {job_id: time.time() + DEFAULT_FAILURE_TTL})
-            Result.create_failure(stub, DEFAULT_FAILURE_TTL, exc_string, pipeline=pipe)
-            pipe.execute()
+        fail_unreadable(self.conn, queue, job_id, exc, self.serializer, inflight=self.inflight)
 
     def _wait(self, keys: list[str]) -> None:
         if self._waiter is None or set(self._waiter.queue_keys) != set(keys):
@@ -208,3 +197,21 @@ class Dequeuer:
     def stop(self) -> None:
         if self._waiter is not None:
             self._waiter.stop()
+
+
+def fail_unreadable(conn: Redis, queue: Queue, job_id: str, exc: Exception, serializer, inflight: str = "") -> None:
+    """Fail a job whose hash we cannot read, so that a client polling it sees `failed` and why;
+    it leaves the in-flight list and the scheduled registry in the same transaction."""
+    why = f"{type(exc).__name__}: {exc}"[:500]
+    log.error("job %s cannot be read (%s); failing it", job_id, why)
+    exc_string = f"worker.errors.UnreadableJobError: this worker cannot read the job's hash ({why})"
+    stub = Job(job_id, connection=conn, serializer=serializer)
+    failed = FailedJobRegistry(queue.name, connection=conn, serializer=serializer)
+    with conn.pipeline() as pipe:
+        if inflight:
+            pipe.lrem(inflight, 0, job_id)
+        pipe.zrem(queue.scheduled_job_registry.key, job_id)
+        pipe.hset(stub.key, mapping={"status": JobStatus.FAILED.value, "ended_at": utcformat(now())})
+        pipe.zadd(failed.key, {job_id: time.time() + DEFAULT_FAILURE_TTL})
+        Result.create_failure(stub, DEFAULT_FAILURE_TTL, exc_string, pipeline=pipe)
+        pipe.execute()

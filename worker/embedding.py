@@ -97,8 +97,10 @@ def int8_decision(flags: set[str] | frozenset[str], machine: str) -> tuple[bool,
         found = sorted(X86_INT8_FLAGS & set(flags))
         if found:
             return True, f"x86-64 with {', '.join(found)}"
-        return False, ("x86-64 without VNNI (avx512_vnni, avx_vnni): onnxruntime's int8 matmul saturates "
-                       "here (less accurate than stated) and is not reliably faster than fp32")
+        return False, (
+            "x86-64 without VNNI (avx512_vnni, avx_vnni): onnxruntime's int8 matmul saturates "
+            "here (less accurate than stated) and is not reliably faster than fp32"
+        )
     if machine in ("aarch64", "arm64"):
         if ARM_INT8_FLAGS & set(flags):
             return True, "arm64 with asimddp"
