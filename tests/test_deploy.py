@@ -343,3 +343,43 @@ def test_image_simulated_without_an_engine(redis_conn, redis_url, tmp_path):
             proc.kill()
             proc.wait()
         log.close()
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_shared_store_overlay_runs_several_pods_on_postgresql():
+    """deploy/kubernetes-postgres: the base with replicas >= 2 rolled one at a time, a
+    PodDisruptionBudget, no SQLite volume, and STORE_URL (a PostgreSQL DSN) from a Secret."""
+    import kubernetes_validate
+    import yaml
+
+    overlay = KUBE.parent / "kubernetes-postgres"
+    proc = subprocess.run(["kubectl", "kustomize", str(overlay)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    docs = [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
+    for doc in docs:
+        kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+    kinds = [doc["kind"] for doc in docs]
+    assert "PersistentVolumeClaim" not in kinds and "PodDisruptionBudget" in kinds
+    deployment = next(doc for doc in docs if doc["kind"] == "Deployment")
+    assert deployment["spec"]["replicas"] >= 2
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    pod = deployment["spec"]["template"]["spec"]
+    assert not any("persistentVolumeClaim" in volume for volume in pod["volumes"])
+    (container,) = pod["containers"]
+    store = next(e for e in container["env"] if e["name"] == "STORE_URL")["valueFrom"]["secretKeyRef"]
+    secret = next(d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == store["name"])
+    config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    assert "STORE_URL" not in config  # one place for it: the Secret
+    redis_secret = next(d for d in docs if d["kind"] == "Secret" and "REDIS_URL" in d["stringData"])
+    settings = Settings.from_env(
+        {
+            **config,
+            "REDIS_URL": redis_secret["stringData"]["REDIS_URL"],
+            "STORE_URL": secret["stringData"][store["key"]],
+        }
+    )
+    assert settings.store_url.startswith("postgresql://")
+    pdb = next(doc for doc in docs if doc["kind"] == "PodDisruptionBudget")
+    assert pdb["spec"]["selector"] == deployment["spec"]["selector"]
+    assert pdb["spec"]["minAvailable"] < deployment["spec"]["replicas"]
