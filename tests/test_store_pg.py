@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.test_store import _add, _chunks
 from worker.chunking import Chunk
 from worker.errors import StoreConfigError, StoreUnavailableError, TransientError
 from worker.store import StoreSchemaError, open_store
@@ -24,33 +25,10 @@ def _unit(rng: np.random.Generator, n: int) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def _chunks(n: int) -> list[Chunk]:
-    return [
-        Chunk(seq=i, text=f"chunk {i}", page_start=i + 1, page_end=i + 1, char_start=0, char_end=7, n_tokens=5)
-        for i in range(n)
-    ]
-
-
-def _add(store, sha: str, vectors: np.ndarray, model: str = "m", **kw):
-    args = dict(
-        document_id=kw.pop("document_id", sha),
-        sha256=sha,
-        model=model,
-        name=f"{sha}.pdf",
-        meta={"title": "T"},
-        pages=len(vectors),
-        pages_without_text=0,
-        page_errors=[],
-        chunks=kw.pop("chunks", _chunks(len(vectors))),
-        vectors=vectors,
-    )
-    args.update(kw)
-    return store.add_document(**args)
-
-
 # One process of a parallel run takes all of these: one PostgreSQL server (initdb and start cost
 # seconds of CPU), not one per process.
 pytestmark = pytest.mark.xdist_group("postgresql")
+
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store_url(request, tmp_path: Path) -> str:

@@ -114,9 +114,10 @@ class GuardedJob(Job):
     def _callback(self, name: str | None) -> Callable[..., Any] | None:
         if not name:
             return None
-        if name not in registered_names():
-            raise ForbiddenJobError(f"callback {name!r} is not a registered job; it was not imported or called")
-        return resolve(name)
+        try:
+            return resolve(name)
+        except ForbiddenJobError as exc:
+            raise ForbiddenJobError(f"callback {exc}") from None
 
     @property
     def success_callback(self) -> Callable[..., Any] | None:  # type: ignore[override]

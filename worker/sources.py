@@ -55,23 +55,6 @@ def load_source(source: object, settings: Settings | None = None) -> SourceBytes
     raise InvalidArgumentsError(f"source must be a path string or a dict, got {type(source).__name__}")
 
 
-def resolve_path(raw: object, settings: Settings) -> Path:
-    """The real path of `raw`, which must lie inside one of settings.input_roots.
-
-    For display and checks only: `load_source` never opens this path, it opens `raw` beneath its root.
-    """
-    if not isinstance(raw, str) or not raw or "\x00" in raw:
-        raise InvalidArgumentsError("source path must be a non-empty string")
-    path = Path(raw)
-    if not path.is_absolute():
-        raise PathNotAllowedError(f"source path must be absolute, got {raw!r}")
-    real = path.resolve(strict=False)  # follows every symlink that exists
-    roots = [Path(r).resolve(strict=False) for r in settings.input_roots]
-    if not any(real == root or real.is_relative_to(root) for root in roots):
-        raise PathNotAllowedError(f"{raw!r} is outside the input roots (INPUT_ROOTS)")
-    return real
-
-
 # -- opening beneath a root -------------------------------------------------------------------
 _SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437, "arm64": 437}.get(platform.machine())
 _RESOLVE_NO_MAGICLINKS = 0x02
