@@ -82,39 +82,14 @@ class Chunker:
         self.overlap = overlap
 
     def chunk_pages(self, pages: list[str]) -> list[Chunk]:
-        # One flat list of tokens over all pages: (page index, char start, char end, boundary before).
-        tok_page: list[int] = []
-        tok_start: list[int] = []
-        tok_end: list[int] = []
-        level: list[int] = []
-        texts = [p if p.strip() else "" for p in pages]
-        encodings = self.tokenizer.encode_batch(texts, add_special_tokens=False) if texts else []
-        for pno, (text, enc) in enumerate(zip(texts, encodings, strict=True)):
-            prev_end = -1
-            for piece, (s, e) in zip(enc.tokens, enc.offsets, strict=True):
-                if e <= s:  # zero-width pieces carry no text
-                    continue
-                tok_page.append(pno)
-                tok_start.append(s)
-                tok_end.append(e)
-                level.append(PAGE if prev_end < 0 else _boundary(text, prev_end, s, piece))
-                prev_end = e
-        n = len(tok_start)
-        chunks: list[Chunk] = []
-        start = 0
-        while start < n:
-            end = self._cut(level, start, n)
-            while True:
-                chunk = self._make(texts, tok_page, tok_start, tok_end, start, end, len(chunks))
-                if chunk.n_tokens <= self.chunk_tokens or end - start <= 1:
-                    break
-                # Re-tokenized alone the text came out longer (a word cut in two): shrink.
-                end -= max(1, chunk.n_tokens - self.chunk_tokens)
-            chunks.append(chunk)
-            if end >= n:
-                break
-            start = self._next_start(level, start, end)
-        return chunks
+        """The chunks of a whole document's pages (what `stream()` gives, fed every page)."""
+        stream = self.stream()
+        chunks = [chunk for page in pages for chunk, _ in stream.add_page(page)]
+        return chunks + [chunk for chunk, _ in stream.finish()]
+
+    def stream(self) -> ChunkStream:
+        """A chunker fed one page at a time, for a pipeline that embeds while pages are read."""
+        return ChunkStream(self)
 
     def _cut(self, level: list[int], start: int, n: int) -> int:
         """End (exclusive) of the chunk starting at `start`.
@@ -144,7 +119,7 @@ class Chunker:
             s += 1
         return s
 
-    def _make(self, texts, tok_page, tok_start, tok_end, a: int, b: int, seq: int) -> Chunk:
+    def _make(self, texts, tok_page, tok_start, tok_end, a: int, b: int, seq: int) -> tuple[Chunk, list[int]]:
         p0, p1 = tok_page[a], tok_page[b - 1]
         c0, c1 = tok_start[a], tok_end[b - 1]
         if p0 == p1:
@@ -152,7 +127,94 @@ class Chunker:
         else:
             parts = [texts[p0][c0:]] + [texts[p] for p in range(p0 + 1, p1) if texts[p]] + [texts[p1][:c1]]
             text = "\n\n".join(parts)
-        n_tokens = len(self.tokenizer.encode(text, add_special_tokens=True).ids)
-        return Chunk(
-            seq=seq, text=text, page_start=p0 + 1, page_end=p1 + 1, char_start=c0, char_end=c1, n_tokens=n_tokens
+        ids = self.tokenizer.encode(text, add_special_tokens=True).ids
+        chunk = Chunk(
+            seq=seq, text=text, page_start=p0 + 1, page_end=p1 + 1, char_start=c0, char_end=c1, n_tokens=len(ids)
         )
+        return chunk, ids
+
+
+class ChunkStream:
+    """`Chunker.chunk_pages`, one page at a time: `add_page(text)` returns the chunks it completed,
+    `finish()` the rest; together the very same chunks as `chunk_pages` over all the pages.
+
+    Each chunk comes with its word-piece ids (special tokens included), the exact input the
+    embedding model takes for its text, so a pipeline need not tokenize it again.
+
+    A chunk's cut is final once the tokens seen reach past its window: `_cut` looks no further.
+    Tokens and page texts before the next chunk's start are dropped as it goes, so memory holds
+    about one window of tokens and the pages it spans, whatever the document's length.
+    """
+
+    TRIM_AT = 4096  # tokens behind the next chunk's start before they are dropped (amortized)
+
+    def __init__(self, chunker: Chunker) -> None:
+        self.chunker = chunker
+        self.texts: dict[int, str] = {}  # page index -> text, for the pages still needed
+        self.tok_page: list[int] = []
+        self.tok_start: list[int] = []
+        self.tok_end: list[int] = []
+        self.level: list[int] = []
+        self.start = 0  # local index of the next chunk's first token
+        self.pages = 0
+        self.seq = 0
+        self.finished = False
+
+    def add_page(self, text: str) -> list[tuple[Chunk, list[int]]]:
+        if self.finished:
+            raise ValueError("add_page after finish")
+        pno = self.pages
+        self.pages += 1
+        text = text if text.strip() else ""
+        self.texts[pno] = text
+        enc = self.chunker.tokenizer.encode(text, add_special_tokens=False) if text else None
+        if enc is not None:
+            prev_end = -1
+            for piece, (s, e) in zip(enc.tokens, enc.offsets, strict=True):
+                if e <= s:  # zero-width pieces carry no text
+                    continue
+                self.tok_page.append(pno)
+                self.tok_start.append(s)
+                self.tok_end.append(e)
+                self.level.append(PAGE if prev_end < 0 else _boundary(text, prev_end, s, piece))
+                prev_end = e
+        out = self._emit(final=False)
+        self._trim()
+        return out
+
+    def finish(self) -> list[tuple[Chunk, list[int]]]:
+        self.finished = True
+        return self._emit(final=True)
+
+    def retained(self) -> tuple[int, int]:
+        """(tokens, pages) held right now: bounded by the window, not by the document."""
+        return len(self.tok_start), len(self.texts)
+
+    def _emit(self, final: bool) -> list[tuple[Chunk, list[int]]]:
+        c = self.chunker
+        n = len(self.tok_start)
+        out = []
+        while self.start < n and (final or self.start + c.budget < n):
+            start = self.start
+            end = c._cut(self.level, start, n)
+            while True:
+                chunk, ids = c._make(self.texts, self.tok_page, self.tok_start, self.tok_end, start, end, self.seq)
+                if chunk.n_tokens <= c.chunk_tokens or end - start <= 1:
+                    break
+                # Re-tokenized alone the text came out longer (a word cut in two): shrink.
+                end -= max(1, chunk.n_tokens - c.chunk_tokens)
+            out.append((chunk, ids))
+            self.seq += 1
+            self.start = n if end >= n else c._next_start(self.level, start, end)
+        return out
+
+    def _trim(self) -> None:
+        if self.start < self.TRIM_AT:
+            return
+        k = self.start
+        for name in ("tok_page", "tok_start", "tok_end", "level"):
+            del getattr(self, name)[:k]
+        self.start = 0
+        first_page = self.tok_page[0] if self.tok_page else self.pages
+        for p in [p for p in self.texts if p < first_page]:
+            del self.texts[p]

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from worker.errors import ModelUnavailableError
+from worker.errors import EmbeddingError, ModelUnavailableError
 from worker.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -299,8 +299,16 @@ class Embedder:
         texts = list(texts)
         if not texts:
             return np.zeros((0, getattr(self, "dim", 0)), np.float32), 0
-        encodings = self._encode(texts)
-        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        return self.embed_ids([e.ids for e in self._encode(texts)])
+
+    def embed_ids(self, id_lists: Sequence[Sequence[int]]) -> tuple[np.ndarray, int]:
+        """`embed_counted` for texts already tokenized by this model's tokenizer, special tokens
+        included (what `ChunkStream` hands out): the same vectors, without tokenizing again.
+        A list longer than the model's window is cut as the tokenizer cuts it (its [SEP] kept)."""
+        if not id_lists:
+            return np.zeros((0, getattr(self, "dim", 0)), np.float32), 0
+        id_lists = [ids if len(ids) <= self.max_length else [*ids[: self.max_length - 1], ids[-1]] for ids in id_lists]
+        lengths = np.fromiter((len(ids) for ids in id_lists), dtype=np.int64, count=len(id_lists))
         session = self._session_for(int(lengths.sum()))
         vectors: np.ndarray | None = None
         for rows in token_batches(lengths, self.batch_tokens):
@@ -309,15 +317,22 @@ class Embedder:
             mask = np.zeros((len(rows), width), np.int64)
             for r, i in enumerate(rows):
                 n = lengths[i]
-                ids[r, :n] = encodings[i].ids
+                ids[r, :n] = id_lists[i]
                 mask[r, :n] = 1
             feeds = {"input_ids": ids, "attention_mask": mask}
             if self._wants_token_types:
                 feeds["token_type_ids"] = np.zeros_like(ids)
-            hidden = session.run([self._output], feeds)[0]
+            try:
+                hidden = session.run([self._output], feeds)[0]
+            except Exception as exc:
+                if not type(exc).__module__.startswith("onnxruntime"):
+                    raise  # a job timeout, MemoryError: not the model's failure
+                raise EmbeddingError(
+                    f"the model failed on {len(rows)} texts of up to {width} word pieces: {type(exc).__name__}: {exc}"
+                ) from None
             pooled = mean_pool(hidden, mask)
             if vectors is None:
-                vectors = np.empty((len(texts), pooled.shape[1]), np.float32)
+                vectors = np.empty((len(id_lists), pooled.shape[1]), np.float32)
             vectors[rows] = pooled
         assert vectors is not None
         return l2_normalize(vectors), int(lengths.sum())

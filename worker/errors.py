@@ -96,6 +96,10 @@ class ModelUnavailableError(WorkerError):
     """The embedding model files are missing or unreadable (run `make model`)."""
 
 
+class EmbeddingError(WorkerError):
+    """The model failed at run time on this job's input (onnxruntime raised); not retried."""
+
+
 def error_type(exc_string: str | None) -> str | None:
     """The exception class name from the last line of a formatted traceback."""
     if not exc_string:

@@ -10,14 +10,15 @@ import json
 import os
 import socket
 import time
-
-import numpy as np
+from collections.abc import Callable
 
 from worker import progress
 from worker.chunking import Chunker, load_tokenizer
 from worker.embedding import get_embedder
 from worker.errors import InputTooLargeError, InvalidArgumentsError
-from worker.pdf import Throttle, extract, open_pdf, sha256
+from worker.pdf import PageTexts, Throttle, extract, open_pdf, sha256
+from worker.pdf import metadata as pdf_metadata
+from worker.pipeline import Progress, embed_pages
 from worker.settings import get_settings
 from worker.sources import load_source
 from worker.store import open_store
@@ -60,7 +61,6 @@ def embed_texts(texts: list[str]) -> dict:
 
 # -- PDF ingestion -------------------------------------------------------------------------
 
-EMBED_BATCH = 128  # chunks per embed call: progress is reported between calls
 MAX_METADATA_BYTES = 64 * 1024
 
 
@@ -140,30 +140,25 @@ def ingest_pdf(
                 "timings": _rounded(timings, t_start),
             }
 
-        t = time.perf_counter()
-        on_page = Throttle(lambda done, total: progress.report("extract", done, total))
-        doc = extract(src.data, reader=reader, on_page=on_page)
-        timings["extract"] += time.perf_counter() - t
-        progress.count(pages=doc.page_count, pages_without_text=doc.pages_without_text)
-
-        t = time.perf_counter()
-        progress.report("chunk", 0, 1)
+        pages = PageTexts(reader)
         chunker = Chunker(
             _chunk_tokenizer(embedder, settings.embed_model_dir), settings.chunk_tokens, settings.chunk_overlap
         )
-        chunks = chunker.chunk_pages(doc.pages)
-        progress.report("chunk", 1, 1, chunks=len(chunks))
-        timings["chunk"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        parts = []
-        for i in range(0, len(chunks), EMBED_BATCH):
-            progress.report("embed", i, len(chunks))
-            parts.append(embedder.embed([c.text for c in chunks[i : i + EMBED_BATCH]]))
-        progress.report("embed", len(chunks), len(chunks))
-        progress.count(embedding_tokens=sum(c.n_tokens for c in chunks), embedding_texts=len(chunks))
-        vectors = np.concatenate(parts) if parts else np.zeros((0, embedder.dim), dtype=np.float32)
-        timings["embed"] = time.perf_counter() - t
+        done = embed_pages(
+            pages,
+            chunker.stream(),
+            embedder.embed_ids,
+            embedder.dim,
+            settings.embed_batch_tokens,
+            report=_throttled(_report_pipeline),
+            pages_total=pages.total,
+        )
+        chunks, vectors = done.chunks, done.vectors
+        for stage in ("extract", "chunk", "embed"):
+            timings[stage] += done.timings[stage]
+        doc_meta = pdf_metadata(reader)
+        progress.count(pages=pages.total, pages_without_text=pages.without_text)
+        progress.count(embedding_tokens=done.tokens, embedding_texts=len(chunks))
 
         t = time.perf_counter()
         progress.report("store", 0, 1)
@@ -172,10 +167,10 @@ def ingest_pdf(
             sha256=digest,
             model=embedder.model_name,
             name=src.name,
-            meta=doc.metadata,
-            pages=doc.page_count,
-            pages_without_text=doc.pages_without_text,
-            page_errors=doc.page_errors,
+            meta=doc_meta,
+            pages=pages.total,
+            pages_without_text=pages.without_text,
+            page_errors=pages.errors,
             chunks=chunks,
             vectors=vectors,
             caller_metadata=caller_metadata,
@@ -194,6 +189,28 @@ def ingest_pdf(
         "already_stored": already,
         "timings": _rounded(timings, t_start),
     }
+
+
+def _throttled(fn: Callable[[Progress], None], interval: float = 0.25) -> Callable[[Progress], None]:
+    """`fn`, called at most every `interval` seconds (progress is written to Redis)."""
+    last = [0.0]
+
+    def call(p: Progress) -> None:
+        now = time.monotonic()
+        if now - last[0] >= interval:
+            last[0] = now
+            fn(p)
+
+    return call
+
+
+def _report_pipeline(p: Progress) -> None:
+    """One progress entry for overlapping stages: "extract" while pages are read (with the chunks
+    cut and embedded so far), then "embed" until every chunk has its vector."""
+    if not p.reading_done:
+        progress.report("extract", p.pages, p.pages_total, chunks=p.chunks, embedded=p.embedded)
+    else:
+        progress.report("embed", p.embedded, p.chunks, pages=p.pages, chunks=p.chunks)
 
 
 def _rounded(timings: dict[str, float], t_start: float) -> dict[str, float]:

@@ -151,44 +151,68 @@ def extract(
     The text limits default to the settings' MAX_PAGE_CHARS and MAX_DOCUMENT_CHARS; past
     either, TextTooLargeError, raised while pypdf is still producing the page's text.
     """
-    if max_page_chars is None or max_document_chars is None:
-        from worker.settings import get_settings
-
-        settings = get_settings()
-        max_page_chars = settings.max_page_chars if max_page_chars is None else max_page_chars
-        max_document_chars = settings.max_document_chars if max_document_chars is None else max_document_chars
     reader = reader or open_pdf(data, password, max_pages)
-    pages: list[str] = []
-    errors: list[dict[str, object]] = []
-    total = len(reader.pages)
-    used = 0  # characters of text so far
-    with _alarm_latch() as alarms:
-        for i in range(total):
-            budget = _TextBudget(i + 1, max_page_chars, max_document_chars, used)
-            try:
-                text = clean_text(reader.pages[i].extract_text(visitor_text=budget) or "")
-            except LimitReachedError as exc:
-                raise DecompressionBombError(f"page {i + 1}: pypdf stopped at a resource limit: {exc}") from None
-            except Exception as exc:
-                if alarms:
-                    raise alarms[0] from None  # the job timeout, however pypdf wrapped or swallowed it
-                if budget.error is not None:
-                    raise budget.error from None
-                if not _page_fault(exc):
-                    raise  # MemoryError, our own limits, anything not pypdf failing on the page
-                text = ""
-                message = "nesting too deep" if isinstance(exc, RecursionError) else str(exc)
-                errors.append({"page": i + 1, "error": f"{type(exc).__name__}: {message}"[:500]})
-            if alarms:  # pypdf swallowed the job timeout somewhere inside (it catches Exception in places)
-                raise alarms[0]
-            budget.check(len(text))  # also when pypdf swallowed the budget's own error
-            used += len(text)
-            pages.append(text)
-            if on_page is not None:
-                on_page(i + 1, total)
-    if total and len(errors) == total:
-        raise TruncatedPdfError(f"no page could be read; page 1: {errors[0]['error']}")
-    return Extracted(sha256=sha256(data), pages=pages, metadata=metadata(reader), page_errors=errors)
+    pages = PageTexts(reader, max_page_chars, max_document_chars)
+    texts = []
+    for text in pages:
+        texts.append(text)
+        if on_page is not None:
+            on_page(len(texts), pages.total)
+    return Extracted(sha256=sha256(data), pages=texts, metadata=metadata(reader), page_errors=pages.errors)
+
+
+class PageTexts:
+    """The text of each page of an open PDF, in order, one at a time (iterate once).
+
+    What a page that pypdf fails on gives is "" and an entry in `errors`; anything that is not
+    the page's own fault ends the iteration with its exception (see the module docstring). So
+    does a document where no page could be read (TruncatedPdfError, after the last page).
+    """
+
+    def __init__(
+        self, reader: PdfReader, max_page_chars: int | None = None, max_document_chars: int | None = None
+    ) -> None:
+        if max_page_chars is None or max_document_chars is None:
+            from worker.settings import get_settings
+
+            settings = get_settings()
+            max_page_chars = settings.max_page_chars if max_page_chars is None else max_page_chars
+            max_document_chars = settings.max_document_chars if max_document_chars is None else max_document_chars
+        self.reader = reader
+        self.max_page_chars, self.max_document_chars = max_page_chars, max_document_chars
+        self.total = len(reader.pages)
+        self.errors: list[dict[str, object]] = []  # {"page": n, "error": "..."}
+        self.without_text = 0
+
+    def __iter__(self) -> Iterator[str]:
+        reader, errors = self.reader, self.errors
+        used = 0  # characters of text so far
+        with _alarm_latch() as alarms:
+            for i in range(self.total):
+                budget = _TextBudget(i + 1, self.max_page_chars, self.max_document_chars, used)
+                try:
+                    text = clean_text(reader.pages[i].extract_text(visitor_text=budget) or "")
+                except LimitReachedError as exc:
+                    raise DecompressionBombError(f"page {i + 1}: pypdf stopped at a resource limit: {exc}") from None
+                except Exception as exc:
+                    if alarms:
+                        raise alarms[0] from None  # the job timeout, however pypdf wrapped or swallowed it
+                    if budget.error is not None:
+                        raise budget.error from None
+                    if not _page_fault(exc):
+                        raise  # MemoryError, our own limits, anything not pypdf failing on the page
+                    text = ""
+                    message = "nesting too deep" if isinstance(exc, RecursionError) else str(exc)
+                    errors.append({"page": i + 1, "error": f"{type(exc).__name__}: {message}"[:500]})
+                if alarms:  # pypdf swallowed the job timeout somewhere inside (it catches Exception in places)
+                    raise alarms[0]
+                budget.check(len(text))  # also when pypdf swallowed the budget's own error
+                used += len(text)
+                if not text.strip():
+                    self.without_text += 1
+                yield text
+        if self.total and len(errors) == self.total:
+            raise TruncatedPdfError(f"no page could be read; page 1: {errors[0]['error']}")
 
 
 class _TextBudget:
