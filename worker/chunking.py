@@ -156,6 +156,7 @@ class ChunkStream:
         self.tok_end: list[int] = []
         self.level: list[int] = []
         self.start = 0  # local index of the next chunk's first token
+        self.first_text = 0  # the lowest page index in `texts`
         self.pages = 0
         self.seq = 0
         self.finished = False
@@ -209,12 +210,14 @@ class ChunkStream:
         return out
 
     def _trim(self) -> None:
-        if self.start < self.TRIM_AT:
-            return
-        k = self.start
-        for name in ("tok_page", "tok_start", "tok_end", "level"):
-            del getattr(self, name)[:k]
-        self.start = 0
-        first_page = self.tok_page[0] if self.tok_page else self.pages
-        for p in [p for p in self.texts if p < first_page]:
-            del self.texts[p]
+        """Drop the tokens before the next chunk's start (once there are TRIM_AT of them) and
+        the texts of the pages before its page (at once: pages without text have no tokens)."""
+        if self.start >= self.TRIM_AT:
+            k = self.start
+            for name in ("tok_page", "tok_start", "tok_end", "level"):
+                del getattr(self, name)[:k]
+            self.start = 0
+        needed = self.tok_page[self.start] if self.start < len(self.tok_page) else self.pages
+        for p in range(self.first_text, needed):
+            self.texts.pop(p, None)
+        self.first_text = max(self.first_text, needed)
