@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -18,12 +17,12 @@ import pytest
 
 from tests import pdfs
 from tests.conftest import MODEL_DIR, queue, wait_for
+from worker import pipeline
 from worker.chunking import Chunker, ChunkStream
 from worker.embedding import get_embedder
 from worker.errors import EmbeddingError, TextTooLargeError
 from worker.jobs import ingest_pdf
 from worker.pdf import PageTexts, extract, open_pdf
-from worker import pipeline
 from worker.pipeline import embed_pages
 from worker.settings import Settings, get_settings, set_settings
 
@@ -59,9 +58,7 @@ def test_pipelined_ingest_stores_the_rows_and_vectors_of_the_sequential_path(set
     rows, vectors = _stored(tmp_path)
 
     embedder = get_embedder(settings)
-    chunks = Chunker(embedder.tokenizer, settings.chunk_tokens, settings.chunk_overlap).chunk_pages(
-        extract(data).pages
-    )
+    chunks = Chunker(embedder.tokenizer, settings.chunk_tokens, settings.chunk_overlap).chunk_pages(extract(data).pages)
     expected = embedder.embed([c.text for c in chunks])
     assert summary["chunks"] == len(chunks) > 8  # several token batches, chunks across pages
     assert rows == [dataclasses.astuple(c) for c in chunks]
