@@ -306,9 +306,11 @@ def test_enqueue_wait_shows_progress_and_search_prints_pages(start_worker, redis
         timeout=150,
     )
     assert out.returncode == 0, out.stderr
-    assert f"{path}: done" in out.stdout
+    # not a terminal: a line per change of progress on stderr, no cursor moves; a summary on stdout
     stages = re.findall(r": started (extract|chunk|embed|store|read)(?: (\d+)/(\d+))?", out.stderr)
     assert any(stage == "embed" and total for stage, _, total in stages), out.stderr
+    assert "\x1b" not in out.stdout + out.stderr
+    assert re.fullmatch(rf"{re.escape(str(path))}: 7 pages, \d+ chunks, 0 page errors, \d+\.\d s\n", out.stdout)
 
     out = _run_search(tmp_path, "sourdough oven temperature", "-k", "1")
     assert "long.pdf  p. 7" in out.stdout and "250 degrees" in out.stdout

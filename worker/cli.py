@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 import time
 import urllib.error
@@ -125,6 +127,8 @@ def _queue(settings: Settings, name: str):
 
 
 def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
+    from worker import progressbar
+
     queue = _queue(settings, args.queue)
     jobs = []
     for path in args.paths:
@@ -143,22 +147,44 @@ def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
     pending = {job.id: (path, job) for path, job in jobs}
     failed = 0
     shown: dict[str, str] = {}
+    live = _LiveLines() if not args.json and _is_terminal() else None
+    trackers = {job.id: progressbar.Tracker() for _, job in jobs}
+    name_cells = max(progressbar.cells(progressbar.clean(path)) for path, _ in jobs)
     while pending:
+        lines = []
+        columns = shutil.get_terminal_size().columns - 1  # the last column can wrap on some terminals
         for job_id, (path, job) in list(pending.items()):
             status = job.get_status(refresh=True)
             status = getattr(status, "value", status)
             if status in ("finished", "failed", "stopped", "canceled"):
                 del pending[job_id]
                 failed += status != "finished"
+                if live:
+                    live.clear()
                 _emit_summary(args.json, path, job, status)
                 continue
-            progress = job.get_meta(refresh=True).get("progress")
+            meta = job.get_meta(refresh=True)
+            progress = meta.get("progress")
+            if live:
+                stages = progressbar.stages_of(meta) if status == "started" else {}
+                estimate = trackers[job_id].observe(stages, time.monotonic()) if status == "started" else None
+                latest = progress.get("stage") if isinstance(progress, dict) else None
+                lines.append(
+                    progressbar.live_line(
+                        str(path), status, stages, estimate, columns, name_cells, live.unicode, latest
+                    )
+                )
+                continue
             line = f"{path}: {status}" + (f" {_fmt_progress(progress)}" if progress else "")
             if not args.json and shown.get(job_id) != line:
                 shown[job_id] = line
                 print(line, file=sys.stderr)
+        if live:
+            live.show(lines)
         if pending:
             if deadline is not None and time.monotonic() > deadline:
+                if live:
+                    live.clear()
                 for path, job in pending.values():
                     _emit(
                         args.json,
@@ -168,6 +194,44 @@ def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
                 return 1
             time.sleep(0.2)
     return 1 if failed else 0
+
+
+def _is_terminal() -> bool:
+    """Live lines only when both streams are the terminal: progress goes to stderr, summaries
+    to stdout, and a pipe on either (`| tee`) would interleave with the cursor moves."""
+    return sys.stdout.isatty() and sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
+
+
+class _LiveLines:
+    """One line per pending file on stderr, redrawn in place (cursor up, erase line) at most
+    10 times a second; a summary is printed on stdout above them once the block is cleared."""
+
+    MIN_INTERVAL = 0.1
+
+    def __init__(self) -> None:
+        self.drawn = 0  # lines of the block on screen, the cursor under them
+        self.last = 0.0
+        self.unicode = "utf" in (sys.stderr.encoding or "").lower()
+
+    def show(self, lines: list[str]) -> None:
+        from worker.progressbar import block, frame
+
+        now = time.monotonic()
+        if self.drawn and now - self.last < self.MIN_INTERVAL:
+            return
+        size = shutil.get_terminal_size()
+        lines = block(lines, size.columns, size.lines)
+        sys.stderr.write(frame(lines, self.drawn))
+        sys.stderr.flush()
+        self.drawn, self.last = len(lines), now
+
+    def clear(self) -> None:
+        from worker.progressbar import frame
+
+        if self.drawn:
+            sys.stderr.write(frame([], self.drawn))
+            sys.stderr.flush()
+            self.drawn = 0
 
 
 def _fmt_progress(p: dict) -> str:
@@ -183,17 +247,18 @@ def _emit(as_json: bool, obj: dict, text: str) -> None:
 
 def _emit_summary(as_json: bool, path: Path, job, status: str) -> None:
     from worker.errors import error_type
+    from worker.progressbar import summary_line
 
     obj: dict = {"file": str(path), "job_id": job.id, "status": status}
     if status == "finished":
         obj["result"] = job.return_value()
-        text = f"{path}: done {json.dumps(obj['result'])}"
+        text = summary_line(str(path), status, obj["result"])
     else:
         result = job.latest_result()
         exc = result.exc_string if result is not None else ""
         obj["error_type"] = error_type(exc)
         obj["error"] = (exc or "").strip().splitlines()[-1] if exc else None
-        text = f"{path}: {status}: {obj['error']}"
+        text = summary_line(str(path), status, exc_string=exc)
     _emit(as_json, obj, text)
 
 

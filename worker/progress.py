@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 
 from redis.exceptions import RedisError
 from rq import get_current_job
@@ -19,9 +20,17 @@ log = logging.getLogger(__name__)
 # The counters a job may report; the daemon adds these (and only these) to its metrics.
 COUNTERS = ("pages", "pages_without_text", "chunks", "embedding_tokens", "embedding_texts")
 
+# Stages of one job may report from several threads: one writer at a time, so that RQ never
+# serializes a meta dict another thread is growing.
+_lock = threading.Lock()
+
 
 def report(stage: str, done: int | None = None, total: int | None = None, **extra: object) -> None:
-    """Record progress, e.g. report("extract", done=3, total=10)."""
+    """Record progress, e.g. report("extract", done=3, total=10).
+
+    `meta["progress"]` is the latest report of any stage; `meta["stages"]` keeps the latest report
+    of each stage, so that stages running at once (extract while embed) can all be shown.
+    """
     job = get_current_job()
     if job is None:
         return
@@ -31,8 +40,12 @@ def report(stage: str, done: int | None = None, total: int | None = None, **extr
     if total is not None:
         progress["total"] = total
     progress.update(extra)
-    job.meta["progress"] = progress
-    _save(job)
+    with _lock:
+        stages = job.meta.get("stages")
+        # a new dict rather than an update in place: the old one may be in the middle of a save
+        job.meta["stages"] = {**(stages if isinstance(stages, dict) else {}), stage: progress}
+        job.meta["progress"] = progress
+        _save(job)
 
 
 def count(**counters: float) -> None:
@@ -40,12 +53,13 @@ def count(**counters: float) -> None:
     job = get_current_job()
     if job is None:
         return
-    current = job.meta.get("counters")
-    if not isinstance(current, dict):
-        current = job.meta["counters"] = {}
-    for name, value in counters.items():
-        current[name] = current.get(name, 0) + value
-    _save(job)
+    with _lock:
+        current = job.meta.get("counters")
+        if not isinstance(current, dict):
+            current = job.meta["counters"] = {}
+        for name, value in counters.items():
+            current[name] = current.get(name, 0) + value
+        _save(job)
 
 
 def _save(job) -> None:
@@ -57,9 +71,12 @@ def _save(job) -> None:
 
 def reset_counters(job: Job) -> None:
     """Start an attempt with no counters: a producer may have written some, and an attempt
-    killed before it ended (then put back) left its own, which must not be counted twice."""
-    if "counters" in job.meta:
-        del job.meta["counters"]
+    killed before it ended (then put back) left its own, which must not be counted twice.
+    That attempt's per-stage progress goes too, or `enqueue --wait` would show its stages."""
+    stale = [key for key in ("counters", "stages") if key in job.meta]
+    for key in stale:
+        del job.meta[key]
+    if stale:
         _save(job)
 
 
