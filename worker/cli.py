@@ -166,14 +166,7 @@ def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
             meta = job.get_meta(refresh=True)
             progress = meta.get("progress")
             if live:
-                stages = progressbar.stages_of(meta) if status == "started" else {}
-                estimate = trackers[job_id].observe(stages, time.monotonic()) if status == "started" else None
-                latest = progress.get("stage") if isinstance(progress, dict) else None
-                lines.append(
-                    progressbar.live_line(
-                        str(path), status, stages, estimate, columns, name_cells, live.unicode, latest
-                    )
-                )
+                lines.append(live.line(str(path), status, meta, trackers[job_id], columns, name_cells))
                 continue
             line = f"{path}: {status}" + (f" {_fmt_progress(progress)}" if progress else "")
             if not args.json and shown.get(job_id) != line:
@@ -211,7 +204,18 @@ class _LiveLines:
     def __init__(self) -> None:
         self.drawn = 0  # lines of the block on screen, the cursor under them
         self.last = 0.0
+        self.lines: list[str] = []
         self.unicode = "utf" in (sys.stderr.encoding or "").lower()
+
+    def line(self, name: str, status: str, meta: dict, tracker, columns: int, name_cells: int) -> str:
+        from worker import progressbar
+
+        if status != "started":
+            return progressbar.live_line(name, status, {}, None, columns, name_cells)
+        stages = progressbar.stages_of(meta)
+        latest = meta.get("progress", {}).get("stage") if isinstance(meta.get("progress"), dict) else None
+        estimate = tracker.observe(stages, time.monotonic())
+        return progressbar.live_line(name, status, stages, estimate, columns, name_cells, self.unicode, latest)
 
     def show(self, lines: list[str]) -> None:
         from worker.progressbar import block, frame
@@ -221,9 +225,11 @@ class _LiveLines:
             return
         size = shutil.get_terminal_size()
         lines = block(lines, size.columns, size.lines)
+        if self.drawn and lines == self.lines:
+            return  # nothing new: no bytes to a remote terminal
         sys.stderr.write(frame(lines, self.drawn))
         sys.stderr.flush()
-        self.drawn, self.last = len(lines), now
+        self.drawn, self.last, self.lines = len(lines), now, lines
 
     def clear(self) -> None:
         from worker.progressbar import frame
