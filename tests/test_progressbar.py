@@ -70,11 +70,29 @@ def test_fraction_weighs_stages_and_scales_later_ones_by_the_pages_extracted() -
     assert abs(pb.fraction_done(sequential) - (0.17 + 0.02 + 0.78 * 0.5)) < 1e-9
     # overlapped: half the pages extracted, and half the chunks those pages gave embedded
     overlapped = {"extract": _stage("extract", 98, 196), "embed": _stage("embed", 181, 362)}
-    assert abs(pb.fraction_done(overlapped) - (0.17 * 0.5 + 0.78 * 0.25)) < 1e-9
+    assert abs(pb.fraction_done(overlapped) - (0.17 * 0.5 + 0.02 * 0.5 + 0.78 * 0.25)) < 1e-9  # chunked as read
     done = {**sequential, "embed": _stage("embed", 724, 724), "store": _stage("store", 1, 1)}
     assert pb.fraction_done(done) == 1.0
     scan = {"extract": _stage("extract", 3, 3), "embed": _stage("embed", 0, 0)}  # no text: no chunks
     assert pb.stage_fraction(scan, "embed") == 1.0
+
+
+def test_the_pipelines_reports_become_its_two_stages() -> None:
+    """ingest_pdf reports "extract" with the chunks cut and embedded so far while it reads, then
+    "embed" with the pages read: the line shows reading and embedding as the stages they are."""
+    reading = _stage("extract", 120, 196, chunks=400, embedded=256)
+    stages = pb.stages_of({"stages": {"read": {"stage": "read"}, "extract": reading}, "progress": reading})
+    assert stages["embed"] == {"stage": "embed", "done": 256, "total": 400}
+    assert pb.stage_text(stages, "extract") == "extract 120/196 pages, embed 256/400 chunks"
+    read = 120 / 196
+    assert abs(pb.fraction_done(stages) - (0.17 * read + 0.02 * read + 0.78 * 0.64 * read)) < 1e-9
+    # reading done: the last "extract" report was throttled at 190 pages; "embed" says all 196 were read
+    embedding = _stage("embed", 500, 724, pages=196, chunks=724)
+    stages = pb.stages_of({"stages": {"extract": _stage("extract", 190, 196), "embed": embedding}})
+    assert pb.stage_text(stages, "embed") == "embed 500/724 chunks"
+    assert abs(pb.fraction_done(stages) - (0.17 + 0.02 + 0.78 * 500 / 724)) < 1e-9
+    stages["store"] = _stage("store", 1, 1)
+    assert pb.fraction_done({**stages, "embed": _stage("embed", 724, 724, pages=196)}) == 1.0
 
 
 def test_rate_and_time_left_sequential() -> None:
@@ -217,7 +235,7 @@ def test_tty_shows_live_lines_in_place_then_readable_summaries(start_worker, red
     assert f"{bad_name}  queued" in _drawn_lines(out), out  # one line each
     assert len(set(live)) >= 2, live  # updated in place, not drawn once
     # the stage with its counts, the share done, pages/s, elapsed and time left
-    pattern = r"█*░* +\d+%  extract \d/5 pages  \d+\.\d pages/s  0:0\d elapsed, \d+:\d\d left"
+    pattern = r"█*░* +\d+%  extract \d/5 pages(, embed \d+/\d+ chunks)?  \d+\.\d pages/s  0:0\d elapsed, \d+:\d\d left"
     assert any(re.fullmatch(f"{re.escape(name)}  +{pattern}", line) for line in live), live
     text = ESC.sub("", out).replace("\r", "")
     assert re.search(

@@ -103,7 +103,12 @@ def _number(value: object) -> float | None:
 
 def stages_of(meta: object) -> dict[str, dict]:
     """The latest report of each stage in a job's meta; a worker that writes only
-    `meta["progress"]` (before per-stage reports) gives its one stage."""
+    `meta["progress"]` (before per-stage reports) gives its one stage.
+
+    ingest_pdf's pipeline reads, chunks and embeds at once and reports "extract" with the chunks
+    cut and embedded so far as extras (`chunks`, `embedded`), then "embed" with the pages read
+    (`pages`): these become an "embed" stage, and the pages read, as the two stages they are.
+    """
     if not isinstance(meta, dict):
         return {}
     found: dict[str, dict] = {}
@@ -112,6 +117,14 @@ def stages_of(meta: object) -> dict[str, dict]:
             for value in source.values():
                 if isinstance(value, dict) and isinstance(value.get("stage"), str):
                     found[value["stage"]] = value
+    extract = found.get("extract")
+    if extract is not None:
+        embedded, chunks = _number(extract.get("embedded")), _number(extract.get("chunks"))
+        if "embed" not in found and embedded is not None and chunks is not None:
+            found["embed"] = {"stage": "embed", "done": embedded, "total": chunks}
+        done, read = _number(extract.get("done")), max(_number(r.get("pages")) or 0 for r in found.values())
+        if done is not None and read > done:  # a later report saw more pages read than the last extract one
+            found["extract"] = {**extract, "done": read}
     return found
 
 
@@ -140,8 +153,10 @@ def fraction_done(stages: dict[str, dict]) -> float | None:
         pages = 1.0 if any(name in stages for name in WEIGHTS if name != "extract") else 0.0
     done = 0.0
     for name, weight in WEIGHTS.items():
-        share = stage_fraction(stages, name) or 0.0
-        done += weight * (share if name == "extract" else share * pages)
+        share = stage_fraction(stages, name)
+        if name == "chunk" and share is None and "embed" in stages:
+            share = 1.0  # not reported apart: the pipeline chunks the pages as it reads them
+        done += weight * (share or 0.0) * (1.0 if name == "extract" else pages)
     return min(1.0, done)
 
 
