@@ -76,6 +76,27 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.fixture()
+def copy_in_process(capsys, monkeypatch):
+    """`store copy` through `worker.cli.main` in this process: the same code and output as `_cli`
+    without an interpreter's start-up."""
+    import worker.settings
+    from worker import cli
+
+    monkeypatch.setattr(worker.settings, "_settings", worker.settings._settings)  # main() installs its own
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        try:
+            code = cli.main(["store", "copy", *args])
+        except SystemExit as exc:  # argparse
+            code = exc.code
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return run
+
+
 def _env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=str(ROOT), EMBED_MODEL_DIR=str(MODEL_DIR), STORE_BUSY_TIMEOUT="30")
 
@@ -103,7 +124,9 @@ def _summary(out: subprocess.CompletedProcess) -> dict:
     return json.loads(out.stdout)
 
 
-def test_copy_to_postgresql_keeps_everything_once_and_back_again(source: str, pg_url: str, tmp_path: Path) -> None:
+def test_copy_to_postgresql_keeps_everything_once_and_back_again(
+    source: str, pg_url: str, tmp_path: Path, copy_in_process
+) -> None:
     expected = _records(source)
     total = len(expected)
     first = _cli("--from", source, "--to", pg_url, "--json")
@@ -141,14 +164,14 @@ def test_copy_to_postgresql_keeps_everything_once_and_back_again(source: str, pg
         assert want[0]["document"] == "broken" and "oven" in src.search(query, k=1)[0]["text"]
 
     # Again: nothing copied, nothing duplicated.
-    again = _summary(_cli("--from", source, "--to", pg_url, "--json"))
+    again = _summary(copy_in_process("--from", source, "--to", pg_url, "--json"))
     assert (again["copied"], again["skipped"], again["chunks"]) == (0, total, 0)
     with open_store(pg_url) as target:
         assert target.counts() == {"documents": total, "chunks": summary["chunks"]}
 
     # And back from PostgreSQL into a new SQLite file, with the plain text summary.
     back = f"sqlite:///{tmp_path}/back.db"
-    out = _cli("--from", pg_url, "--to", back)
+    out = copy_in_process("--from", pg_url, "--to", back)
     assert out.returncode == 0, out.stderr
     assert f"{total} documents copied ({summary['chunks']} chunks), 0 already there" in out.stdout
     _assert_same(_records(back), expected)
@@ -192,7 +215,7 @@ def _start_copy(source: str, pg_url: str) -> subprocess.Popen:
 
 
 def test_copy_killed_mid_document_leaves_whole_documents_and_a_rerun_finishes(
-    source: str, pg_server, pg_url: str
+    source: str, pg_server, pg_url: str, copy_in_process
 ) -> None:
     """The copier stores the first document, then is SIGKILLed while the second one is half written
     (its documents row inserted, its chunks' COPY under way): the target holds the first document
@@ -238,12 +261,14 @@ def test_copy_killed_mid_document_leaves_whole_documents_and_a_rerun_finishes(
     with open_store(pg_url) as target:  # the half-written document was rolled back
         assert target.counts() == {"documents": 1, "chunks": len(expected[0].chunks)}
 
-    summary = _summary(_cli("--from", source, "--to", pg_url, "--json"))
+    summary = _summary(copy_in_process("--from", source, "--to", pg_url, "--json"))
     assert (summary["copied"], summary["skipped"]) == (len(expected) - 1, 1)
     _assert_same(_records(pg_url), expected)
 
 
-def test_target_going_away_mid_copy_fails_readably_and_a_rerun_finishes(source: str, pg_server, pg_url: str) -> None:
+def test_target_going_away_mid_copy_fails_readably_and_a_rerun_finishes(
+    source: str, pg_server, pg_url: str, copy_in_process
+) -> None:
     """The target database drops the copier's connection (what a restart or failover does): exit 1,
     a message saying what happened and to run again, no traceback, no password; the re-run finishes."""
     expected = _records(source)
@@ -268,7 +293,7 @@ def test_target_going_away_mid_copy_fails_readably_and_a_rerun_finishes(source: 
     failed = json.loads(out)
     assert failed["status"] == "failed" and failed["copied"] == 1 and "StoreUnavailableError" in failed["error"]
 
-    summary = _summary(_cli("--from", source, "--to", pg_url, "--json"))
+    summary = _summary(copy_in_process("--from", source, "--to", pg_url, "--json"))
     assert (summary["copied"], summary["skipped"]) == (len(expected) - 1, 1)
     _assert_same(_records(pg_url), expected)
 
@@ -276,10 +301,10 @@ def test_target_going_away_mid_copy_fails_readably_and_a_rerun_finishes(source: 
 # -- refused ------------------------------------------------------------------------------------
 
 
-def test_dimension_mismatch_is_refused_before_any_write(source: str, pg_url: str) -> None:
+def test_dimension_mismatch_is_refused_before_any_write(source: str, pg_url: str, copy_in_process) -> None:
     with open_store(pg_url, dim=8):
         pass  # a store made for another model
-    out = _cli("--from", source, "--to", pg_url)
+    out = copy_in_process("--from", source, "--to", pg_url)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "vectors of 8 dimensions" in out.stderr and "(384 dimensions)" in out.stderr, out.stderr
     assert "S3cret" not in out.stderr + out.stdout
@@ -287,11 +312,11 @@ def test_dimension_mismatch_is_refused_before_any_write(source: str, pg_url: str
         assert target.counts() == {"documents": 0, "chunks": 0}
 
 
-def test_bad_urls_exit_readably_without_secrets(source: str, pg_server, tmp_path: Path) -> None:
+def test_bad_urls_exit_readably_without_secrets(source: str, pg_server, tmp_path: Path, copy_in_process) -> None:
     outs = []
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        outs.append(_cli(*args))
+        outs.append(copy_in_process(*args))
         return outs[-1]
 
     missing = tmp_path / "nothing-here.db"
