@@ -1,4 +1,4 @@
-"""`python -m worker <command>`: run, enqueue, search, status, healthcheck, embed."""
+"""`python -m worker <command>`: run, enqueue, search, status, healthcheck, embed, store copy."""
 
 from __future__ import annotations
 
@@ -69,10 +69,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("embed", help="embed a JSON list of strings")
     p.add_argument("file", type=Path)
     p.add_argument("--out", type=Path, help="write an .npy file instead of JSON to stdout")
+
+    p = sub.add_parser("store", help="store maintenance: copy")
+    store_sub = p.add_subparsers(dest="store_command", required=True)
+    p = store_sub.add_parser(
+        "copy", help="copy documents, chunks and vectors into another store, without embedding again"
+    )
+    p.add_argument(
+        "--from", dest="from_url", required=True, metavar="URL", help="source: sqlite:///... or postgresql://..."
+    )
+    p.add_argument(
+        "--to", dest="to_url", required=True, metavar="URL", help="target: sqlite:///... or postgresql://..."
+    )
+    p.add_argument("--json", action="store_true", help="the summary as one JSON object on stdout")
     return parser
 
 
-COMMANDS = ("run", "enqueue", "search", "status", "healthcheck", "embed")
+COMMANDS = ("run", "enqueue", "search", "status", "healthcheck", "embed", "store")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -401,5 +414,61 @@ def cmd_embed(settings: Settings, args: argparse.Namespace) -> int:
         f"embedded {len(texts)} texts ({tokens} tokens) in {elapsed:.2f}s with {embedder.model_name} "
         f"{embedder.precision}" + (f" -> {args.out}" if args.out else ""),
         file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_store(settings: Settings, args: argparse.Namespace) -> int:
+    """`store copy`: idempotent and resumable (see worker/store_copy.py); progress on stderr."""
+    import sqlite3
+
+    from worker import store_pg
+    from worker.errors import WorkerError
+    from worker.settings import check_store_url, redact_url
+    from worker.store_copy import CopyReport, copy_store
+
+    for flag, url in (("--from", args.from_url), ("--to", args.to_url)):
+        try:
+            check_store_url(url)
+        except SettingsError as exc:
+            print(f"worker: store copy {flag}: {exc}", file=sys.stderr)
+            return 2
+    where = {"from": redact_url(args.from_url), "to": redact_url(args.to_url)}
+    last: list[CopyReport] = []
+    shown = [0.0]
+
+    def progress(report: CopyReport) -> None:
+        last[:] = [report]
+        if time.monotonic() - shown[0] >= 1 or report.done == report.total:
+            shown[0] = time.monotonic()
+            counts = f"{report.copied} copied, {report.skipped} skipped"
+            print(f"store copy: {report.done}/{report.total} documents ({counts})", file=sys.stderr, flush=True)
+
+    failures: tuple[type[BaseException], ...] = (WorkerError, sqlite3.Error, OSError, ValueError)
+    if store_pg.psycopg is not None:
+        failures += (store_pg.psycopg.Error,)
+    try:
+        report = copy_store(args.from_url, args.to_url, settings.store_busy_timeout, progress)
+    except SettingsError as exc:
+        print(f"worker: store copy: {exc}", file=sys.stderr)
+        return 2
+    except failures as exc:
+        error = store_pg.scrub(store_pg.scrub(f"{type(exc).__name__}: {exc}", args.from_url), args.to_url)
+        so_far = last[0].as_dict() if last else {}
+        if args.json:
+            print(json.dumps({"status": "failed", **where, **so_far, "error": error}))
+        done = f" after {so_far['copied']} copied, {so_far['skipped']} skipped of {so_far['total']}" if so_far else ""
+        print(
+            f"worker: store copy {where['from']} -> {where['to']} failed{done}: {error}"
+            + ("\nRun the same command again to finish: documents already copied are skipped." if so_far else ""),
+            file=sys.stderr,
+        )
+        return 1
+    summary = report.as_dict()
+    _emit(
+        args.json,
+        {"status": "done", **where, **summary},
+        f"store copy {where['from']} -> {where['to']}: {report.copied} documents copied ({report.chunks} chunks),"
+        f" {report.skipped} already there, {report.total} in the source, {summary['seconds']:.1f}s",
     )
     return 0

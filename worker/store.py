@@ -24,7 +24,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Protocol
 
@@ -91,12 +91,42 @@ class StoredDocument:
     page_errors: list[dict] = field(default_factory=list)  # {"page", "error"} of pages that failed
 
 
+@dataclass(frozen=True)
+class DocumentRecord:
+    """A stored document in full, vectors included, as `export_document` reads it; its fields are
+    `add_document`'s arguments, so `add_document(**record.as_kwargs())` stores it again elsewhere
+    without embedding (`python -m worker store copy`)."""
+
+    document_id: str
+    sha256: str
+    model: str
+    name: str | None
+    meta: dict  # title, author, producer of the PDF
+    pages: int
+    pages_without_text: int
+    page_errors: list[dict]
+    chunks: list[Chunk]
+    vectors: np.ndarray  # float32, one row per chunk
+    caller_metadata: dict
+    created_at: float  # seconds since the epoch
+
+    def as_kwargs(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
 class DocumentStore(Protocol):
     """What jobs, the CLI and the health server need of a store, whichever it is."""
 
     kind: str  # "sqlite" or "postgresql"
+    dim: int | None  # the one vector dimension the schema holds (PostgreSQL); None: any (SQLite)
 
     def counts(self) -> dict[str, int]: ...
+
+    def document_keys(self) -> list[tuple[str, str, int]]:
+        """(sha256, model, dim) of every stored document, oldest first (dim 0: no chunks)."""
+        ...
+
+    def export_document(self, sha256: str, model: str) -> DocumentRecord | None: ...
 
     def find(self, sha256: str, model: str) -> StoredDocument | None: ...
 
@@ -123,6 +153,7 @@ class DocumentStore(Protocol):
         chunks: Sequence[Chunk],
         vectors: np.ndarray,
         caller_metadata: dict | None = None,
+        created_at: float | None = None,
     ) -> tuple[StoredDocument, bool]: ...
 
 
@@ -164,6 +195,7 @@ class Store:
     """The SQLite store (see the module docstring)."""
 
     kind = "sqlite"
+    dim = None  # each document has its own dimension; a search matches those of its query's
 
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self.conn = conn
@@ -224,11 +256,49 @@ class Store:
             ).fetchone()
         if row is None:
             return None
-        try:
-            page_errors = json.loads(row[-1] or "[]")
-        except ValueError:
-            page_errors = [{"page": None, "error": "unreadable page_errors in the store"}]
-        return StoredDocument(*row[:-1], page_errors=page_errors)
+        return StoredDocument(*row[:-1], page_errors=_page_errors(row[-1]))
+
+    def document_keys(self) -> list[tuple[str, str, int]]:
+        with _translate_busy():
+            return [tuple(r) for r in self.conn.execute("SELECT sha256, model, dim FROM documents ORDER BY id")]
+
+    def export_document(self, sha256: str, model: str) -> DocumentRecord | None:
+        """The document stored under (sha256, model) with its chunks and vectors, read in one snapshot."""
+        with _translate_busy():
+            self.conn.execute("BEGIN")
+            try:
+                row = self.conn.execute(
+                    "SELECT id, document_id, name, title, author, producer, pages, pages_without_text, page_errors,"
+                    " metadata, created_at, dim FROM documents WHERE sha256 = ? AND model = ?",
+                    (sha256, model),
+                ).fetchone()
+                rows = []
+                if row is not None:
+                    rows = self.conn.execute(
+                        "SELECT seq, text, page_start, page_end, char_start, char_end, n_tokens, vector"
+                        " FROM chunks WHERE document = ? ORDER BY seq",
+                        (row[0],),
+                    ).fetchall()
+            finally:
+                self.conn.execute("COMMIT")
+        if row is None:
+            return None
+        _, document_id, name, title, author, producer, pages, pages_without_text, errors, metadata, created, dim = row
+        vectors = np.frombuffer(b"".join(r[-1] for r in rows), dtype="<f4").reshape(len(rows), dim)
+        return DocumentRecord(
+            document_id=document_id,
+            sha256=sha256,
+            model=model,
+            name=name,
+            meta={"title": title, "author": author, "producer": producer},
+            pages=pages,
+            pages_without_text=pages_without_text,
+            page_errors=_page_errors(errors),
+            chunks=[Chunk(*r[:-1]) for r in rows],
+            vectors=vectors,
+            caller_metadata=json.loads(metadata or "{}"),
+            created_at=created,
+        )
 
     def search(
         self,
@@ -310,8 +380,10 @@ class Store:
         chunks: Sequence[Chunk],
         vectors: np.ndarray,
         caller_metadata: dict | None = None,
+        created_at: float | None = None,
     ) -> tuple[StoredDocument, bool]:
-        """Store a document and its chunks in one transaction; returns (row, already_stored)."""
+        """Store a document and its chunks in one transaction; returns (row, already_stored).
+        `created_at` (default now) is kept from the source when copying from another store."""
         vectors = np.ascontiguousarray(vectors, dtype="<f4")
         if vectors.ndim != 2 or vectors.shape[0] != len(chunks):
             raise ValueError(f"{len(chunks)} chunks but vectors of shape {vectors.shape}")
@@ -342,7 +414,7 @@ class Store:
                         int(not chunks),
                         json.dumps(list(page_errors)),
                         json.dumps(caller_metadata or {}),
-                        time.time(),
+                        time.time() if created_at is None else created_at,
                     ),
                 )
                 doc = cur.lastrowid
@@ -373,6 +445,13 @@ class Store:
             doc, document_id, sha256, model, name, pages, pages_without_text, len(chunks), list(page_errors)
         )
         return stored, False
+
+
+def _page_errors(text: str | None) -> list[dict]:
+    try:
+        return json.loads(text or "[]")
+    except ValueError:
+        return [{"page": None, "error": "unreadable page_errors in the store"}]
 
 
 @contextlib.contextmanager

@@ -33,7 +33,7 @@ from worker.chunking import Chunk
 from worker.errors import StoreConfigError, StoreUnavailableError
 from worker.logs import redact
 from worker.settings import redact_url
-from worker.store import StoredDocument, StoreSchemaError, check_filters
+from worker.store import DocumentRecord, StoredDocument, StoreSchemaError, check_filters
 
 try:
     import psycopg
@@ -183,6 +183,7 @@ class PgStore:
     """The PostgreSQL store (see the module docstring)."""
 
     kind = "postgresql"
+    dim: int  # vector(dim) of chunks.embedding, fixed when the schema was created
 
     def __init__(self, conn, url: str, dim: int, ef_search: int = 100) -> None:
         self.conn = conn
@@ -224,6 +225,47 @@ class PgStore:
             return None
         page_errors = row[-1] if isinstance(row[-1], list) else []
         return StoredDocument(*row[:-1], page_errors=page_errors)
+
+    def document_keys(self) -> list[tuple[str, str, int]]:
+        with translate_errors(self.url):
+            return [tuple(r) for r in self.conn.execute("SELECT sha256, model, dim FROM documents ORDER BY id")]
+
+    def export_document(self, sha256: str, model: str) -> DocumentRecord | None:
+        """The document stored under (sha256, model) with its chunks and vectors, read in one snapshot;
+        vectors come back in binary, the float32 values as stored."""
+        with translate_errors(self.url), self.conn.transaction(), self.conn.cursor(binary=True) as cur:
+            cur.adapters.register_loader("vector", _Float32Loader)
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            row = cur.execute(
+                "SELECT id, document_id, name, title, author, producer, pages, pages_without_text, page_errors,"
+                " metadata, created_at, dim FROM documents WHERE sha256 = %s AND model = %s",
+                (sha256, model),
+            ).fetchone()
+            if row is None:
+                return None
+            rows = cur.execute(
+                "SELECT seq, text, page_start, page_end, char_start, char_end, n_tokens, embedding"
+                " FROM chunks WHERE document = %s ORDER BY seq",
+                (row[0],),
+            ).fetchall()
+        _, document_id, name, title, author, producer, pages, pages_without_text, errors, metadata, created, dim = row
+        vectors = np.zeros((len(rows), dim), dtype=np.float32)
+        for i, r in enumerate(rows):
+            vectors[i] = r[-1]  # big-endian float32 to native: exact
+        return DocumentRecord(
+            document_id=document_id,
+            sha256=sha256,
+            model=model,
+            name=name,
+            meta={"title": title, "author": author, "producer": producer},
+            pages=pages,
+            pages_without_text=pages_without_text,
+            page_errors=errors if isinstance(errors, list) else [],
+            chunks=[Chunk(*r[:-1]) for r in rows],
+            vectors=vectors,
+            caller_metadata=metadata if isinstance(metadata, dict) else {},
+            created_at=created.timestamp(),
+        )
 
     def search_sql(
         self, model: str | None, document_id: str | None, where: Mapping[str, str] | None
@@ -300,8 +342,10 @@ class PgStore:
         chunks: Sequence[Chunk],
         vectors: np.ndarray,
         caller_metadata: dict | None = None,
+        created_at: float | None = None,
     ) -> tuple[StoredDocument, bool]:
-        """Store a document and its chunks in one transaction; returns (row, already_stored)."""
+        """Store a document and its chunks in one transaction; returns (row, already_stored).
+        `created_at` (default now) is kept from the source when copying from another store."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[0] != len(chunks):
             raise ValueError(f"{len(chunks)} chunks but vectors of shape {vectors.shape}")
@@ -314,8 +358,9 @@ class PgStore:
         with translate_errors(self.url), self.conn.transaction():
             row = self.conn.execute(
                 "INSERT INTO documents (document_id, sha256, model, dim, name, title, author, producer, pages,"
-                " pages_without_text, chunks, no_text, page_errors, metadata)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " pages_without_text, chunks, no_text, page_errors, metadata, created_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+                " coalesce(to_timestamp(%s::float8), now()))"
                 " ON CONFLICT (sha256, model) DO NOTHING RETURNING id",
                 (
                     document_id,
@@ -332,6 +377,7 @@ class PgStore:
                     not chunks,
                     Jsonb(list(page_errors)),
                     Jsonb(caller_metadata or {}),
+                    created_at,
                 ),
             ).fetchone()
             if row is None:  # another writer committed this (sha256, model) first: report its row
@@ -361,6 +407,18 @@ class PgStore:
                 copy.write_row(
                     (doc, c.seq, c.page_start, c.page_end, c.char_start, c.char_end, c.n_tokens, c.text, vec)
                 )
+
+
+if psycopg is not None:
+
+    class _Float32Loader(psycopg.adapt.Loader):
+        """pgvector's binary `vector` as a numpy array: uint16 dim, uint16 unused, dim big-endian float32.
+        (pgvector's own loader returns a numpy array or a `Vector` depending on its version.)"""
+
+        format = psycopg.pq.Format.BINARY
+
+        def load(self, data) -> np.ndarray:
+            return np.frombuffer(data, dtype=">f4", offset=4)
 
 
 def _text(value: object) -> str | None:
