@@ -22,6 +22,8 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import pypdf._codecs._codecs  # noqa: F401  (imported here, in the parent: see below)
+import pypdf.filters  # noqa: F401
 from pypdf import PasswordType, PdfReader
 from pypdf.errors import DependencyError, EmptyFileError, LimitReachedError, PyPdfError
 
@@ -36,6 +38,8 @@ from worker.errors import (
     WorkerError,
 )
 
+# pypdf imports these lazily on every PdfReader; a forked work-horse would import them again for
+# each job (about 17 ms of a one-page ingest). Imported with this module, in the daemon, once.
 log = logging.getLogger(__name__)
 logging.getLogger("pypdf").setLevel(logging.ERROR)  # its warnings on sloppy real-world files are noise
 
