@@ -1,6 +1,6 @@
 """Ingest scaling: pages/s with 1, 2 and 4 worker processes, PostgreSQL store against SQLite.
 
-Run: .venv/bin/python bench/bench_scaling.py [--docs 16] [--pages 4] [--workers 1,2,4]
+Run: .venv/bin/python bench/bench_scaling.py [--docs 12] [--pages 4] [--rounds 2] [--workers 1,2,4]
 
 One throwaway Redis, one private PostgreSQL 18 + pgvector (tests/pgserver.py, fsync off as in the
 tests) and the same generated PDFs for every configuration. For each number of processes N and
@@ -8,7 +8,8 @@ each store, in one run and interleaved (N=1 PostgreSQL, N=1 SQLite, N=2 PostgreS
 store, `--docs` ingest_pdf jobs enqueued, then N `python -m worker run --burst` processes with
 WORKERS_PER_HOST=N (each gets cores/N embedding threads, at least 1, as a deployment would).
 Throughput counts pages from the first job's start to the last job's end (RQ's timestamps), so
-process start-up is left out. Scaling efficiency = pages/s at N / (N x pages/s at 1). The store
+process start-up is left out. `--rounds` rounds, the order reversed every other round; medians.
+Scaling efficiency = pages/s at N / (N x pages/s at 1). The store
 stage's share is the sum of the jobs' own `store` timings over their `total`.
 
 Search latency and recall at 100k (and 1M) chunks: bench/bench_store_pg.py.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -94,8 +96,9 @@ def run_once(redis_url: str, store_url: str, documents: list[Path], pages: int, 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--docs", type=int, default=16)
+    parser.add_argument("--docs", type=int, default=12)
     parser.add_argument("--pages", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=2, help="rounds, in alternating order; medians are reported")
     parser.add_argument("--workers", default="1,2,4", help="process counts to measure, the first being the base")
     args = parser.parse_args()
     counts = [int(n) for n in args.workers.split(",")]
@@ -106,22 +109,31 @@ def main() -> int:
         (workdir / "pg").mkdir()
         pg = PgServer(workdir / "pg").start()
         redis = RedisServer(directory=workdir / "redis").start()
-        figures: dict[tuple[str, int], dict] = {}
+        runs: dict[tuple[str, int], list[dict]] = {}
+        order = [(kind, n) for n in counts for kind in ("postgresql", "sqlite")]
         try:
-            for n in counts:
-                for kind in ("postgresql", "sqlite"):
-                    url = pg.new_database() if kind == "postgresql" else f"sqlite:///{workdir}/store-{n}.db"
-                    figures[kind, n] = r = run_once(redis.url, url, documents, args.pages, n, workdir)
+            for round_ in range(args.rounds):
+                for kind, n in order if round_ % 2 == 0 else order[::-1]:  # ABBA: drift hits both alike
+                    url = pg.new_database() if kind == "postgresql" else f"sqlite:///{workdir}/store-{round_}-{n}.db"
+                    r = run_once(redis.url, url, documents, args.pages, n, workdir)
+                    runs.setdefault((kind, n), []).append(r)
                     print(
-                        f"  N={n} {kind:<10} {r['pages_per_s']:6.2f} pages/s ({r['seconds']:.1f} s,"
+                        f"  round {round_ + 1} N={n} {kind:<10} {r['pages_per_s']:6.2f} pages/s ({r['seconds']:.1f} s,"
                         f" {r['chunks']} chunks, store stage {100 * r['store_share']:.1f}%)",
                         flush=True,
                     )
         finally:
             redis.stop()
             pg.stop()
+    figures = {
+        key: {
+            "pages_per_s": statistics.median(r["pages_per_s"] for r in rs),
+            "store_share": statistics.median(r["store_share"] for r in rs),
+        }
+        for key, rs in runs.items()
+    }
     pages = args.docs * args.pages
-    print(f"\ningest, {args.docs} PDFs x {args.pages} pages = {pages} pages, {cores} cores:")
+    print(f"\ningest, {args.docs} PDFs x {args.pages} pages = {pages} pages, {cores} cores, median of {args.rounds}:")
     print("| processes | PostgreSQL pages/s | efficiency | SQLite pages/s | efficiency | PostgreSQL / SQLite |")
     print("|---|---|---|---|---|---|")
     base = {k: figures[k, counts[0]]["pages_per_s"] / counts[0] for k in ("postgresql", "sqlite")}
@@ -131,6 +143,8 @@ def main() -> int:
             f"| {n} | {pg_r:.2f} | {pg_r / (n * base['postgresql']):.2f} | {sq_r:.2f} |"
             f" {sq_r / (n * base['sqlite']):.2f} | {pg_r / sq_r:.2f}x |"
         )
+    shares = ", ".join(f"{k} N={n} {100 * f['store_share']:.1f}%" for (k, n), f in sorted(figures.items()))
+    print(f"store stage share of an ingest: {shares}")
     for kind in ("postgresql", "sqlite"):
         best = max(counts, key=lambda n: figures[kind, n]["pages_per_s"])
         print(f"{kind}: most pages/s at N={best}")

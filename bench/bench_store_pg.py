@@ -130,6 +130,9 @@ def bench_search(
         with store.conn.transaction():
             plan = " ".join(r[0] for r in store.conn.execute("EXPLAIN " + sql, [vectors[0], *params, 10]))
         out["plan_uses_hnsw"] = "chunks_embedding_hnsw" in plan
+        store.ef_search = max(ef_values)
+        for q in qs:  # warm up: the index into shared buffers, so the first ef measured is not the coldest
+            store.search(q, k=10, model="m")
         for ef in ef_values:
             store.ef_search = ef
             out[f"postgresql ef_search={ef}"] = _measure(store, vectors, qs, exact)
