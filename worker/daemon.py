@@ -47,6 +47,8 @@ from worker.state import CurrentJob, LiveState, State
 log = logging.getLogger("worker.daemon")
 
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError)
+# A horse exits with this when its job was taken over by another worker (see _may_end_job).
+TAKEN_OVER_EXIT = 75
 
 
 def func_name(job: Job) -> str:
@@ -439,7 +441,27 @@ class DaemonWorker(Worker):
             progress.reset_counters(job)
         super().main_work_horse(job, queue)
 
+    def _may_end_job(self, job: Job, execution) -> None:
+        """In the horse, before anything about the job's end is written: claim the execution.
+        If a sweep took the job over meanwhile (this worker was cut off from Redis for longer
+        than DEAD_WORKER_AFTER, so it looked dead, and another worker runs the job again), the
+        job is the other run's to end: write nothing and exit with TAKEN_OVER_EXIT."""
+        if execution is None or recovery.claim_ending(self.connection, execution.key):
+            return
+        log.warning(
+            "job %s was taken over by another worker while this one could not reach Redis; this run's outcome"
+            " is dropped",
+            job.id,
+        )
+        logging.shutdown()
+        os._exit(TAKEN_OVER_EXIT)
+
+    def _finalize_success(self, job, queue, execution, return_value) -> None:  # runs in the horse
+        self._may_end_job(job, execution)
+        super()._finalize_success(job, queue, execution, return_value)
+
     def _finalize_failure(self, job, queue, execution, exc_info) -> None:  # runs in the horse
+        self._may_end_job(job, execution)
         exc = exc_info[1]
         if isinstance(exc, BadInputError):
             job.retries_left = 0  # bad input is final, whatever Retry the client asked for
@@ -501,6 +523,10 @@ class DaemonWorker(Worker):
             self._job_ended(job, queue, Outcome.REQUEUED, duration, None)
             return
         try:
+            # (the execution gone: not a job that called os._exit(75) itself)
+            if self._taken_over(status) and not self.connection.hexists(execution.key, "id"):
+                self._job_ended(job, queue, Outcome.TAKEN_OVER, duration, None)
+                return
             if status != 0:
                 self._handle_dead_horse(job, queue, execution, status)
             outcome, etype = self._outcome(job)
@@ -509,6 +535,10 @@ class DaemonWorker(Worker):
             log.warning("could not read the outcome of job %s (%s)", job.id, type(exc).__name__)
             outcome, etype, counters = Outcome.UNKNOWN, None, {}
         self._job_ended(job, queue, outcome, duration, etype, counters)
+
+    @staticmethod
+    def _taken_over(status: int | None) -> bool:
+        return status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == TAKEN_OVER_EXIT
 
     def _kill_and_reap(self, pid: int) -> int | None:
         with contextlib.suppress(ProcessLookupError):
@@ -527,6 +557,9 @@ class DaemonWorker(Worker):
         except InvalidJobOperation:
             return
         if job_status in (JobStatus.FINISHED, JobStatus.FAILED):
+            return
+        if not recovery.claim_ending(self.connection, execution.key):
+            log.warning("job %s: its horse died, and the job was taken over by another worker meanwhile", job.id)
             return
         job.ended_at = now()
         if status is not None and os.WIFSIGNALED(status):

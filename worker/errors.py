@@ -120,6 +120,7 @@ class Outcome(StrEnum):
     REQUEUED = "requeued"  # not finished (shutdown): put back at the front of its queue
     STOPPED = "stopped"  # stopped on request (rq's send_stop_job_command)
     UNKNOWN = "unknown"  # Redis could not be read when the horse ended
+    TAKEN_OVER = "taken_over"  # another worker took the job over while this one was cut off; outcome dropped
 
 
 def is_transient(exc: BaseException | None) -> bool:

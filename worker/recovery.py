@@ -7,6 +7,13 @@ queues every few seconds (one at a time, under a short Redis lock): an entry who
 has not heartbeated for `DEAD_WORKER_AFTER` seconds, or whose worker registered its death,
 is put back at the front of its queue. Ingestion is idempotent, so a re-run is safe. A job
 that keeps killing its worker (a poison input) is failed after `MAX_ATTEMPTS` with the reason.
+
+A worker cut off from Redis (a network partition) looks dead too, while its horse may still be
+running the job; when the link comes back, that horse must not end the job a second time. So
+ending a job and taking it over exclude each other: the horse first claims its execution (an
+`ending` stamp on the execution's hash, set only while the execution exists, `claim_ending`),
+and a sweep takes a job in one transaction that watches that hash and the job's, and leaves
+it alone while a fresh claim stands. A horse whose execution was taken drops its outcome.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from datetime import timedelta
 
 from redis import Redis
 from redis.client import Pipeline
+from redis.exceptions import WatchError
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.job_lifecycle import record_job_failure
@@ -38,6 +46,26 @@ TERMINAL = (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.C
 # a job runs, so silence means death after DEAD_WORKER_AFTER. Other RQ workers (a plain `rq
 # worker`, a SimpleWorker) may be silent for minutes mid-job and are judged by RQ's own rules.
 OURS_FIELD = "heartbeats_while_busy"
+
+
+# A field of an execution's hash: when its horse claimed the right to end the job (epoch seconds).
+ENDING_FIELD = "ending"
+# "id" is written when the execution is created; a hash without it is the stub a late heartbeat
+# of the cut-off worker (HSET last_heartbeat) leaves after a sweep deleted the execution.
+_CLAIM = """
+if redis.call('hexists', KEYS[1], 'id') == 1 then
+  redis.call('hset', KEYS[1], ARGV[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+def claim_ending(conn: Redis, execution_key: str) -> bool:
+    """Claim the right to end an execution's job: False when the execution is gone (a sweep
+    took the job over while this worker looked dead, or its key expired), and then the caller
+    must write nothing about the job."""
+    return bool(conn.eval(_CLAIM, 1, execution_key, ENDING_FIELD, repr(time.time())))
 
 
 def owner_dead(conn: Redis, owner: str, dead_after: float, entry_expires_at: float) -> bool:
@@ -164,43 +192,67 @@ def sweep(
             owner = as_text(conn.hget(execution_key, "worker_name") or b"")
             if owner and owner != me and not owner_dead(conn, owner, dead_after, expires_at):
                 continue
-            outcome = _recover(conn, queue, registry, composite, job_id, owner, max_attempts, job_class, serializer)
+            outcome = _recover(
+                conn, queue, registry, composite, job_id, owner, max_attempts, job_class, serializer, dead_after
+            )
             if outcome:
                 done.append((job_id, outcome))
     return done
 
 
-def _recover(conn, queue, registry, composite, job_id, owner, max_attempts, job_class, serializer) -> str | None:
+def _fresh(stamp: bytes, seconds: float) -> bool:
     try:
-        job = job_class.fetch(job_id, connection=conn, serializer=serializer)
-    except Exception:  # gone, or a payload we cannot read: drop the stale entry
-        conn.zrem(registry.key, composite)
-        return None
-    status = job.get_status(refresh=False)
-    if status in TERMINAL or conn.lpos(queue.key, job.id) is not None:
-        conn.zrem(registry.key, composite)  # ended after all, or already back in its queue: a leftover
-        return None
-    # STARTED, or still QUEUED: the worker died after registering the job but before its horse
-    # marked it started. Either way nobody else will run it: put it back. (RQ's own cleanup skips
-    # a non-STARTED job yet still drops its entry, which loses it.)
-    meta, meta_bytes = counted(job, "abandoned")
-    attempts = meta["abandoned"]
+        return time.time() - float(as_text(stamp)) < seconds
+    except ValueError:
+        return False
+
+
+def _recover(
+    conn, queue, registry, composite, job_id, owner, max_attempts, job_class, serializer, dead_after: float
+) -> str | None:
+    execution_key = Execution.from_composite_key(composite, conn).key
     who = owner or "an unknown worker"
     with conn.pipeline() as pipe:
-        pipe.zrem(registry.key, composite)
-        pipe.delete(Execution.from_composite_key(composite, conn).key)
-        if attempts >= max_attempts:
-            reason = (
-                f"worker.errors.WorkerDiedError: the worker running this job ({who}) died {attempts} times; "
-                "not retried again (a poison input?)"
-            )
-            pipe.hset(job.key, "meta", meta_bytes)
-            record_job_failure(job, reason, pipe)
-            outcome = Outcome.FAILED
-        else:
-            put_back(pipe, job.id, queue.key, meta_bytes)
-            outcome = Outcome.REQUEUED
-        pipe.execute()
+        try:
+            # Watched: a horse that claims its execution, or writes its job, after this point
+            # makes the transaction fail, and the job is left to it.
+            pipe.watch(execution_key, Job.key_for(job_id))
+            try:
+                job = job_class.fetch(job_id, connection=conn, serializer=serializer)
+            except Exception:  # gone, or a payload we cannot read: drop the stale entry
+                pipe.reset()
+                conn.zrem(registry.key, composite)
+                return None
+            status, ending = pipe.hget(job.key, "status"), pipe.hget(execution_key, ENDING_FIELD)
+            if as_text(status) in TERMINAL or pipe.lpos(queue.key, job.id) is not None:
+                pipe.multi()
+                pipe.zrem(registry.key, composite)  # ended after all, or already back in its queue: a leftover
+                pipe.execute()
+                return None
+            if ending is not None and _fresh(ending, dead_after):
+                return None  # its horse is writing the outcome right now
+            # STARTED, or still QUEUED: the worker died after registering the job but before its
+            # horse marked it started. Either way nobody else will run it: put it back. (RQ's own
+            # cleanup skips a non-STARTED job yet still drops its entry, which loses it.)
+            meta, meta_bytes = counted(job, "abandoned")
+            attempts = meta["abandoned"]
+            pipe.multi()
+            pipe.zrem(registry.key, composite)
+            pipe.delete(execution_key)
+            if attempts >= max_attempts:
+                reason = (
+                    f"worker.errors.WorkerDiedError: the worker running this job ({who}) died {attempts} times; "
+                    "not retried again (a poison input?)"
+                )
+                pipe.hset(job.key, "meta", meta_bytes)
+                record_job_failure(job, reason, pipe)
+                outcome = Outcome.FAILED
+            else:
+                put_back(pipe, job.id, queue.key, meta_bytes)
+                outcome = Outcome.REQUEUED
+            pipe.execute()
+        except WatchError:
+            return None  # its horse or another sweep got there first; the next sweep looks again
     job.meta = meta
     log.warning(
         "job %s abandoned by dead worker %s (attempt %d): %s",
