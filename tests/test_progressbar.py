@@ -223,8 +223,8 @@ def _worker(start_worker):
 def test_tty_shows_live_lines_in_place_then_readable_summaries(start_worker, redis_url, tmp_path) -> None:
     _worker(start_worker)
     good, bad = tmp_path / "slow.pdf", tmp_path / "notes.pdf"
-    slow = pdfs.slow_page(60_000)  # about a second of parsing each: the job lasts a few seconds
-    good.write_bytes(pdfs.make_pdf([pdfs.long_page("part", 60), slow, slow, slow, pdfs.BREAD]))
+    slow = pdfs.slow_page(50_000)  # most of a second of parsing each: the job lasts a few seconds
+    good.write_bytes(pdfs.make_pdf([pdfs.long_page("part", 30), slow, slow, pdfs.BREAD]))
     bad.write_bytes(b"just some text, not a PDF")
     code, out = _on_pty(["enqueue", str(good), str(bad), "--wait", "--timeout", "120"], redis_url, columns=200)
 
@@ -235,18 +235,18 @@ def test_tty_shows_live_lines_in_place_then_readable_summaries(start_worker, red
     assert f"{bad_name}  queued" in _drawn_lines(out), out  # one line each
     assert len(set(live)) >= 2, live  # updated in place, not drawn once
     # the stage with its counts, the share done, pages/s, elapsed and time left
-    pattern = r"█*░* +\d+%  extract \d/5 pages(, embed \d+/\d+ chunks)?  \d+\.\d pages/s  0:0\d elapsed, \d+:\d\d left"
+    pattern = r"█*░* +\d+%  extract \d/4 pages(, embed \d+/\d+ chunks)?  \d+\.\d pages/s  0:0\d elapsed, \d+:\d\d left"
     assert any(re.fullmatch(f"{re.escape(name)}  +{pattern}", line) for line in live), live
     text = ESC.sub("", out).replace("\r", "")
     assert re.search(
-        rf"^{re.escape(str(good))}: 5 pages, \d+ chunks, 0 page errors, 3 without text, \d+\.\d s$", text, re.M
+        rf"^{re.escape(str(good))}: 4 pages, \d+ chunks, 0 page errors, 2 without text, \d+\.\d s$", text, re.M
     )
     assert re.search(rf"^{re.escape(str(bad))}: failed: NotAPdfError: not a PDF\b.*$", text, re.M), text
     assert "{" not in text
 
     # again: already stored; and --json on a terminal stays one JSON object a line, no escapes
     code, out = _on_pty(["enqueue", str(good), "--wait", "--timeout", "60"], redis_url, columns=200)
-    assert code == 0 and re.search(r"slow.pdf: 5 pages, .*, \d+\.\d s, already stored\r?$", out, re.M), out
+    assert code == 0 and re.search(r"slow.pdf: 4 pages, .*, \d+\.\d s, already stored\r?$", out, re.M), out
     code, out = _on_pty(["enqueue", str(good), "--wait", "--json", "--timeout", "60"], redis_url, columns=200)
     assert code == 0 and "\x1b" not in out, out
     (obj,) = [json.loads(line) for line in out.splitlines() if line.strip()]
