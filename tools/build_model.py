@@ -237,6 +237,20 @@ def build_graph(t: dict[str, np.ndarray], config: dict, smooth: dict[str, np.nda
     bias = g.op("Mul", [g.op("Sub", [g.const("f_one", np.array(1.0, np.float32)), mask]),
                         g.const("f_neg", np.array(-10000.0, np.float32))])
 
+    # Attention stays spelled out (MatMul, Softmax, Transpose). Measured on chunk-length texts
+    # (issue 13: 150-256 word pieces, mean 230; fp32, 2 threads, AVX2 Zen 3, shared machine;
+    # interleaved in one process, median of 8-12 paired rounds, against this graph):
+    # - onnxruntime's com.microsoft Attention (packed QKV weights + bias, 2-D mask_index) with
+    #   SkipLayerNormalization (residual + bias + LayerNorm) and BiasGelu: 1.00x, 1.04x and 1.00x
+    #   in three runs (1.00x on 1 thread, 1.01x on short texts): the Attention kernel
+    #   took as long as the nodes it replaced (316 against ~305 ms a 2048-token batch, 1 thread);
+    # - MultiHeadAttention (separate Q, K, V MatMuls, bias in the op) + the same: 0.96x to 1.01x;
+    # - onnxruntime.transformers.optimizer (model_type="bert"): fuses only SkipLayerNormalization and
+    #   BiasGelu here (its attention patterns do not match this graph), 0.99x; it also needs sympy.
+    # Vectors were the same (cosine >= 0.9999999) in each. ORT_ENABLE_ALL already fuses BiasGelu and
+    # the score scale into the Q K^T MatMul; about 69% of the time is the linear layers' GEMMs, at
+    # the rate MLAS reaches on any shape on this CPU (75-86 GFLOP/s a core). docs/embeddings.md has
+    # the figures ("Chunk-length texts").
     split_heads = g.const("split_heads", np.array([0, 0, heads, head_dim], i64))  # [b, s, h, d]
     merge_heads = g.const("merge_heads", np.array([0, 0, hidden], i64))
     scale = g.const("scale", np.array(1.0 / np.sqrt(head_dim), np.float32))

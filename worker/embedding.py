@@ -50,6 +50,9 @@ MODEL_FILES = {"fp32": "model.onnx", "int8": "model-int8.onnx"}
 TOKENIZER_FILE = "tokenizer.json"
 MANIFEST_FILE = "manifest.json"
 DEFAULT_MAX_LENGTH = 256
+# Larger batches are slower on chunk-length texts (150-256 pieces, 2 threads, AVX2; against 2048,
+# median of 10 paired rounds): 4096 0.89x, 8192 0.82x (the attention scores outgrow the caches);
+# 1024 0.94x. Intra-op spinning off (session.intra_op.allow_spinning=0): 0.95x, so it stays on.
 DEFAULT_BATCH_TOKENS = 2048
 # In a forked horse, once this many tokens are asked for (in one call or several), it gets a
 # session of its own with all the process's threads; until then it uses the single-threaded
