@@ -157,8 +157,12 @@ def ingest_pdf(
         for stage in ("extract", "chunk", "embed"):
             timings[stage] += done.timings[stage]
         doc_meta = pdf_metadata(reader)
-        progress.count(pages=pages.total, pages_without_text=pages.without_text)
-        progress.count(embedding_tokens=done.tokens, embedding_texts=len(chunks))
+        progress.count(
+            pages=pages.total,
+            pages_without_text=pages.without_text,
+            embedding_tokens=done.tokens,
+            embedding_texts=len(chunks),
+        )
 
         t = time.perf_counter()
         progress.report("store", 0, 1)
