@@ -12,7 +12,8 @@ One run measures, side by side:
 - float32 matmul GFLOP/s with numpy and onnxruntime on this machine, the fraction of it inference
   reaches, and the ceiling that puts on fp32 tokens/s for each corpus;
 - the fork choice: in a forked child, a small input on the inherited single-threaded session
-  against loading a session of its own;
+  against loading a session of its own; and a page's worth of chunks (4 chunk-length texts) on
+  the inherited session, its batches on one thread against shared among the process's threads;
 - enqueue -> result latency of a one-sentence `embed_texts` job on an idle worker (median),
   and the worker's RSS with the model loaded.
 
@@ -222,14 +223,17 @@ def fork_choice(threads: int, rounds: int = 5) -> dict:
     parent.embed(["warm up"])
     sentence = ["How long does a one-sentence query take in a freshly forked work-horse?"]
     texts = corpus(400)[:120]
+    page = chunk_corpus(4)
     results: dict[str, list[float]] = {
+        "page_one_thread": [],
+        "page_shared": [],
         "inherited_small": [],
         "load": [],
         "own_small": [],
         "inherited_big": [],
         "own_big": [],
     }
-    for _ in range(rounds):
+    for r in range(rounds):
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:
@@ -237,6 +241,12 @@ def fork_choice(threads: int, rounds: int = 5) -> dict:
             t = time.perf_counter()
             parent.embed(sentence)
             out["inherited_small"] = time.perf_counter() - t
+            for shared in (r % 2 == 0, r % 2 == 1):  # alternate which goes first
+                parent.threads = threads if shared else 1  # 1: every batch on this thread, as before
+                t = time.perf_counter()
+                parent.embed(page)
+                out["page_shared" if shared else "page_one_thread"] = time.perf_counter() - t
+            parent.threads = threads
             t = time.perf_counter()
             parent.embed(texts)
             out["inherited_big"] = time.perf_counter() - t
@@ -259,7 +269,22 @@ def fork_choice(threads: int, rounds: int = 5) -> dict:
             results[key].append(value)
     medians = {key: statistics.median(values) for key, values in results.items()}
     medians["big_tokens"] = sum(parent.count_tokens(texts))
+    medians["page_tokens"] = sum(parent.count_tokens(page))
     return medians
+
+
+def print_fork(threads: int) -> None:
+    fork = fork_choice(threads)
+    print(
+        f"fork, in a child of a process holding a 1-thread session (median of 5 children): one sentence "
+        f"{fork['inherited_small'] * 1000:.1f} ms on the inherited session vs {fork['load'] * 1000:.0f} ms to load "
+        f"an own {threads}-thread session + {fork['own_small'] * 1000:.1f} ms; {fork['big_tokens']} tokens "
+        f"{fork['inherited_big'] * 1000:.0f} ms through the inherited embedder (it loads its own session past"
+        f" FORK_RELOAD_TOKENS) vs {fork['own_big'] * 1000:.0f} ms on an own session loaded before; a page's 4 chunks"
+        f" ({fork['page_tokens']} tokens) on the inherited session {fork['page_one_thread'] * 1000:.0f} ms on one"
+        f" thread vs {fork['page_shared'] * 1000:.0f} ms shared among {threads}:"
+        f" {fork['page_one_thread'] / fork['page_shared']:.2f}x"
+    )
 
 
 def worker_latency(jobs: int = 40) -> tuple[float, float, float]:
@@ -314,6 +339,7 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, default=240, help="chunk-length texts (at most ~246)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--skip-worker", action="store_true", help="only the engines: no fork or worker figures")
+    ap.add_argument("--fork-only", action="store_true", help="only the fork figures")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--st-python", default=None, help="an interpreter with sentence-transformers")
     ap.add_argument("--engine", help=argparse.SUPPRESS)
@@ -324,6 +350,9 @@ def main() -> None:
         print(json.dumps(run_engine(args.engine, args.texts_file, args.out, args.threads)))
         return
 
+    if args.fork_only:
+        print_fork(args.threads)
+        return
     sys.path.insert(0, str(ROOT))
     from worker.embedding import Embedder, int8_here
 
@@ -409,13 +438,7 @@ def main() -> None:
 
     if args.skip_worker:
         return
-    fork = fork_choice(args.threads)
-    print(
-        f"fork, in a child of a process holding a 1-thread session (median of 5 children): one sentence "
-        f"{fork['inherited_small'] * 1000:.1f} ms on the inherited session vs {fork['load'] * 1000:.0f} ms to load "
-        f"an own {args.threads}-thread session + {fork['own_small'] * 1000:.1f} ms; {fork['big_tokens']} tokens "
-        f"{fork['inherited_big'] * 1000:.0f} ms inherited vs {fork['own_big'] * 1000:.0f} ms own"
-    )
+    print_fork(args.threads)
     median, p90, rss = worker_latency()
     print(
         f"embed_texts, one sentence, enqueue -> result on an idle worker: median {median:.1f} ms, p90 {p90:.1f} ms;"

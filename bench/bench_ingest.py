@@ -13,7 +13,7 @@
 5. store search time by store size.
 
 Run: .venv/bin/python bench/bench_ingest.py [--rounds 5] [--st-python PYTHON] [--small 500]
-     [--no-ingest] [--search-sizes 10000,100000]
+     [--no-ingest (sections 2 and 3 skipped)] [--search-sizes 10000,100000]
 
 The documents are real-world multi-page PDFs that ship in pypdf's source distribution on PyPI
 (pypdf 7.1.1, pinned by sha256; fetched once with `pip download` into var/cache/bench), plus the
@@ -467,18 +467,18 @@ def main() -> int:
                 f"plain made {vp['plain_chunks']} chunks, {vp['plain_over_window']} of them past the model's "
                 f"256 word pieces (their ends not embedded); ours {pl['chunks']}, none past it"
             )
-        if args.small:
-            sm = bench_small(paths, workdir, args.small, args.st_python)
-            line = (
-                f"{sm['files']} one-page PDFs enqueued at once: 1 worker process {sm['workers_1']:.1f} jobs/s, "
-                f"2 processes {sm['workers_2']:.1f} jobs/s"
+    if args.small:
+        sm = bench_small(paths, workdir, args.small, args.st_python)
+        line = (
+            f"{sm['files']} one-page PDFs enqueued at once: 1 worker process {sm['workers_1']:.1f} jobs/s, "
+            f"2 processes {sm['workers_2']:.1f} jobs/s"
+        )
+        if "plain" in sm:
+            line += (
+                f"; plain script {sm['plain']:.1f} files/s; ratio {sm['workers_1'] / sm['plain']:.2f}x "
+                f"(1 process), {sm['workers_2'] / sm['plain']:.2f}x (2)"
             )
-            if "plain" in sm:
-                line += (
-                    f"; plain script {sm['plain']:.1f} files/s; ratio {sm['workers_1'] / sm['plain']:.2f}x "
-                    f"(1 process), {sm['workers_2'] / sm['plain']:.2f}x (2)"
-                )
-            print(line)
+        print(line)
 
     sizes = [int(s) for s in args.search_sizes.split(",") if s.strip()]
     if sizes:

@@ -28,7 +28,7 @@ from worker.embedding import (
     model_available,
     preload,
 )
-from worker.errors import InputTooLargeError, InvalidArgumentsError, ModelUnavailableError
+from worker.errors import EmbeddingError, InputTooLargeError, InvalidArgumentsError, ModelUnavailableError
 from worker.settings import Settings, get_settings, set_settings
 
 GOLDEN = ROOT / "tests" / "golden"
@@ -254,6 +254,49 @@ def test_forked_child_computes_correctly() -> None:
     # An embedder with a thread pool, forked: the child replaces its session and still computes right.
     pooled = Embedder(MODEL_DIR, "fp32", threads=2)
     np.testing.assert_allclose(_in_child(lambda: pooled.embed(TEXTS[:5])), GOLD[:5], atol=1e-4)
+
+
+def test_forked_child_shares_small_input_among_its_threads() -> None:
+    """A horse's inherited session has one thread; a small input (one page) is cut into batches
+    that run at the same time on EMBED_THREADS threads, with the same vectors, and a failure on
+    any of them is the call's failure."""
+    import threading
+
+    parent = preload(settings_for(embed_threads=2))
+    run_batch = Embedder._run_batch
+
+    def concurrently(work):
+        def child() -> np.ndarray:
+            together = threading.Barrier(2, timeout=20)  # passes only if two batches run at once
+            seen: set[int] = set()
+
+            def batch(session, id_lists, lengths):
+                if threading.get_ident() not in seen:
+                    seen.add(threading.get_ident())
+                    together.wait()
+                return work(session, id_lists, lengths)
+
+            parent._run_batch = batch
+            return parent.embed(TEXTS[:6])
+
+        return child
+
+    shared = _in_child(concurrently(lambda *args: run_batch(parent, *args)))
+    np.testing.assert_allclose(shared, GOLD[:6], atol=1e-4)
+
+    def fails_off_the_main_thread(*args):
+        if threading.current_thread() is not threading.main_thread():
+            raise EmbeddingError("the model failed on a helper thread")
+        return run_batch(parent, *args)
+
+    def child_fails() -> np.ndarray:
+        try:
+            concurrently(fails_off_the_main_thread)()
+        except EmbeddingError as exc:
+            return np.array([str(exc) == "the model failed on a helper thread"])
+        return np.array([False])
+
+    assert _in_child(child_fails).all()
 
 
 def test_embed_texts_job_in_process_and_bad_input() -> None:

@@ -18,7 +18,8 @@ working in a forked child, but single-threaded whatever it was configured with. 
 `preload`s one session with ONE intra-op thread before forking (no thread pool to lose); a
 horse uses that inherited session for small inputs (a query, a few sentences: no model load),
 and creates its own session with `threads_per_process()` threads once `FORK_RELOAD_TOKENS`
-tokens are asked for, where the ~0.13 s load pays for itself. An inherited session is
+tokens are asked for, where the ~0.13 s load pays for itself. Until then, the inherited session
+runs the batches of one call on `threads` Python threads at once (`_share`). An inherited session is
 never destroyed in the child (see `_abandon`). The horse leaves with os._exit, as
 multiprocessing's children do; that matters: a forked child that runs a normal interpreter exit
 hangs or aborts in onnxruntime's static destructors (onnxruntime 1.32), whatever is done here.
@@ -37,6 +38,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -319,33 +321,84 @@ class Embedder:
             return np.zeros((0, getattr(self, "dim", 0)), np.float32), 0
         id_lists = [ids if len(ids) <= self.max_length else [*ids[: self.max_length - 1], ids[-1]] for ids in id_lists]
         lengths = np.fromiter((len(ids) for ids in id_lists), dtype=np.int64, count=len(id_lists))
-        session = self._session_for(int(lengths.sum()))
-        vectors: np.ndarray | None = None
-        for rows in token_batches(lengths, self.batch_tokens):
-            width = int(lengths[rows].max())
-            ids = np.zeros((len(rows), width), np.int64)
-            mask = np.zeros((len(rows), width), np.int64)
-            for r, i in enumerate(rows):
-                n = lengths[i]
-                ids[r, :n] = id_lists[i]
-                mask[r, :n] = 1
-            feeds = {"input_ids": ids, "attention_mask": mask}
-            if self._wants_token_types:
-                feeds["token_type_ids"] = np.zeros_like(ids)
+        total = int(lengths.sum())
+        session = self._session_for(total)
+        # A single-threaded session (the one a horse inherits) can run batches on several threads at
+        # once: onnxruntime releases the GIL, and Run is thread-safe. Cut the input so that each
+        # thread gets a batch: a one-page document uses every core without loading a session.
+        workers = self.threads if self._session_threads == 1 and len(id_lists) > 1 else 1
+        budget = min(self.batch_tokens, -(-total // workers))
+        batches = list(token_batches(lengths, budget))
+        vectors = np.empty((len(id_lists), self._width(session)), np.float32)
+
+        def run(rows: np.ndarray) -> None:
+            vectors[rows] = self._run_batch(session, [id_lists[i] for i in rows], lengths[rows])
+
+        if workers == 1 or len(batches) == 1:
+            for rows in batches:
+                run(rows)
+        else:
+            _share(batches, run, min(workers, len(batches)))
+        return l2_normalize(vectors), total
+
+    def _width(self, session) -> int:
+        dim = getattr(self, "dim", None)
+        if dim:
+            return dim
+        return int(self._run_batch(session, [[0, 0]], np.array([2])).shape[1])
+
+    def _run_batch(self, session, id_lists: list[Sequence[int]], lengths: np.ndarray) -> np.ndarray:
+        """Mean-pooled (not yet normalized) vectors of one batch, padded to its longest text."""
+        width = int(lengths.max())
+        ids = np.zeros((len(id_lists), width), np.int64)
+        mask = np.zeros((len(id_lists), width), np.int64)
+        for r, (row, n) in enumerate(zip(id_lists, lengths, strict=True)):
+            ids[r, :n] = row
+            mask[r, :n] = 1
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if self._wants_token_types:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        try:
+            hidden = session.run([self._output], feeds)[0]
+        except Exception as exc:
+            if not type(exc).__module__.startswith("onnxruntime"):
+                raise  # a job timeout, MemoryError: not the model's failure
+            raise EmbeddingError(
+                f"the model failed on {len(id_lists)} texts of up to {width} word pieces: {type(exc).__name__}: {exc}"
+            ) from None
+        return mean_pool(hidden, mask)
+
+
+def _share(batches: list[np.ndarray], run, workers: int) -> None:
+    """`run` every batch, on this thread and `workers - 1` more, each taking the next batch left.
+    The first failure is raised here; the others stop taking batches (a job timeout raised in this
+    thread stops them too, at the end of the batch they are running)."""
+    pending = list(reversed(batches))
+    lock = threading.Lock()
+
+    def drain() -> None:
+        while True:
+            with lock:
+                if not pending:
+                    return
+                rows = pending.pop()
             try:
-                hidden = session.run([self._output], feeds)[0]
-            except Exception as exc:
-                if not type(exc).__module__.startswith("onnxruntime"):
-                    raise  # a job timeout, MemoryError: not the model's failure
-                raise EmbeddingError(
-                    f"the model failed on {len(rows)} texts of up to {width} word pieces: {type(exc).__name__}: {exc}"
-                ) from None
-            pooled = mean_pool(hidden, mask)
-            if vectors is None:
-                vectors = np.empty((len(id_lists), pooled.shape[1]), np.float32)
-            vectors[rows] = pooled
-        assert vectors is not None
-        return l2_normalize(vectors), int(lengths.sum())
+                run(rows)
+            except BaseException:
+                with lock:
+                    pending.clear()
+                raise
+
+    pool = ThreadPoolExecutor(workers - 1, thread_name_prefix="embed")
+    try:
+        helpers = [pool.submit(drain) for _ in range(workers - 1)]
+        drain()
+        for helper in helpers:
+            helper.result()
+    finally:
+        with lock:
+            pending.clear()
+        pool.shutdown(wait=False)
 
 
 def token_batches(lengths: np.ndarray, budget: int) -> Iterator[np.ndarray]:
