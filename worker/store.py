@@ -35,6 +35,8 @@ from worker.errors import StoreBusyError, WorkerError
 from worker.settings import sqlite_path, store_kind
 
 SCHEMA_VERSION = 1
+# PostgreSQL search: hnsw.ef_search (HNSW_EF_SEARCH); what it buys is in docs/benchmarks.md.
+DEFAULT_EF_SEARCH = 200
 BUSY_TIMEOUT_S = 30.0
 
 SCHEMA = """
@@ -159,7 +161,7 @@ class DocumentStore(Protocol):
 
 @contextlib.contextmanager
 def open_store(
-    store_url: str, busy_timeout: float = BUSY_TIMEOUT_S, *, ef_search: int = 100, dim: int | None = None
+    store_url: str, busy_timeout: float = BUSY_TIMEOUT_S, *, ef_search: int = DEFAULT_EF_SEARCH, dim: int | None = None
 ) -> Iterator[DocumentStore]:
     """Open the store `store_url` names (creating or migrating its schema when needed).
 
