@@ -177,7 +177,8 @@ def test_hnsw_build_options_come_with_migration_3(pg_url: str, caplog: pytest.Lo
     with open_store(pg_url) as store:
         oid, definition = index(store)
         assert oid == filled_before and all(f"{k}='{v}'" in definition for k, v in options)
-        assert "REINDEX INDEX CONCURRENTLY chunks_embedding_hnsw" in caplog.text
+        said = [r.getMessage() for r in caplog.records if r.name == "worker.store_pg"]
+        assert len(said) == 1 and "REINDEX INDEX CONCURRENTLY chunks_embedding_hnsw" in said[0], said
         assert store.search(vectors[7], k=1, model="m")[0]["page_start"] == 8
         store.conn.execute("REINDEX INDEX chunks_embedding_hnsw")
         assert index(store)[1] == definition

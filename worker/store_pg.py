@@ -494,27 +494,25 @@ def _migrate(conn, url: str, dim: int) -> int:
         return int(current_dim)
     if version > SCHEMA_VERSION:
         raise StoreSchemaError(f"PostgreSQL store has schema {version}; this version knows up to {SCHEMA_VERSION}")
-    conn.add_notice_handler(_log_notice)
-    try:
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-            _ensure_vector_extension(conn, url)
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS worker_migrations"
-                " (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            version, _ = _state(conn)  # another worker may have migrated while we waited for the lock
-            if version > SCHEMA_VERSION:
-                raise StoreSchemaError(
-                    f"PostgreSQL store has schema {version}; this version knows up to {SCHEMA_VERSION}"
-                )
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        _ensure_vector_extension(conn, url)
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS worker_migrations"
+            " (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        version, _ = _state(conn)  # another worker may have migrated while we waited for the lock
+        if version > SCHEMA_VERSION:
+            raise StoreSchemaError(f"PostgreSQL store has schema {version}; this version knows up to {SCHEMA_VERSION}")
+        conn.add_notice_handler(_log_notice)  # what a migration says to the operator (not "already exists")
+        try:
             for number, statements in _migrations(dim):
                 if number <= version:
                     continue
                 for statement in statements:
                     conn.execute(statement)
                 conn.execute("INSERT INTO worker_migrations (version) VALUES (%s)", (number,))
-    finally:
-        conn.remove_notice_handler(_log_notice)
+        finally:
+            conn.remove_notice_handler(_log_notice)
     _, current_dim = _state(conn)
     return int(current_dim)
