@@ -179,6 +179,29 @@ def test_a_job_taken_over_while_its_worker_looked_dead_is_ended_once(start_worke
     assert q.started_job_registry.count == 0
 
 
+def test_a_cold_stop_does_not_put_back_a_job_taken_over_while_its_worker_looked_dead(start_worker, redis_conn):
+    """A worker cut off past DEAD_WORKER_AFTER had its job taken over, and another worker runs it
+    now. Stopped cold before it noticed, it kills its horse and must not put the job back: that
+    would queue a running job a second time."""
+    w = start_worker(extra_env={**FAST, "SHUTDOWN_TIMEOUT": "60"})
+    q = queue(redis_conn)
+    job = q.enqueue("tests.jobs_for_tests.sleep", 30, marker="gone", result_ttl=600)
+    wait_for(lambda: redis_conn.llen("test:started:gone") == 1, message="job started")
+    taken = recovery.sweep(
+        redis_conn, [q], "another-worker", None, dead_after=0, max_attempts=5, serializer=JSONSerializer, force=True
+    )
+    assert taken == [(job.id, "requeued")]
+    assert redis_conn.lrem(q.key, 0, job.id) == 1  # another worker took it from the queue and runs it
+    redis_conn.hset(job.key, "status", "started")
+    w.signal(signal.SIGTERM)
+    time.sleep(0.5)
+    w.signal(signal.SIGTERM)
+    assert w.wait(10) == 0
+    assert "taken over by another worker" in w.log()
+    assert q.job_ids == [] and job.get_status(refresh=True) == "started"
+    assert redis_conn.llen("test:started:gone") == 1
+
+
 def test_claim_ending_needs_the_execution_itself(redis_conn):
     """A sweep deletes the execution; a late heartbeat of the cut-off worker may leave a stub hash
     (last_heartbeat only) in its place, which is no claim."""

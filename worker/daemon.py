@@ -591,14 +591,25 @@ class DaemonWorker(Worker):
         while True:
             try:
                 with self.connection.pipeline() as pipe:
-                    if execution is not None:
-                        self.cleanup_execution(job, pipeline=pipe, execution=execution)
+                    ours = self._still_ours(pipe, job, execution)
+                    pipe.multi()
                     pipe.lrem(self.inflight_key, 0, job.id)
-                    recovery.put_back(pipe, job.id, queue.key, meta_bytes)
+                    if ours:
+                        if execution is not None:
+                            self.cleanup_execution(job, pipeline=pipe, execution=execution)
+                        recovery.put_back(pipe, job.id, queue.key, meta_bytes)
                     pipe.execute()
+                if not ours:
+                    log.warning(
+                        "job %s was taken over by another worker while this one looked dead; not putting it back",
+                        job.id,
+                    )
+                    return
                 job.meta = meta
                 log.info("job %s put back at the front of %s", job.id, queue.name)
                 return
+            except redis.exceptions.WatchError:
+                continue  # a sweep took the job at this very moment: look again
             except REDIS_ERRORS as exc:
                 if self.cold_stop and backoff.current >= 4:
                     log.error("could not put job %s back (%s); recovery will", job.id, type(exc).__name__)
@@ -607,6 +618,17 @@ class DaemonWorker(Worker):
                 log.warning("putting job %s back failed (%s); retrying in %.1fs", job.id, type(exc).__name__, delay)
                 time.sleep(delay)
                 self.live.beat()
+
+    def _still_ours(self, pipe, job: Job, execution) -> bool:
+        """Is the job still this worker's to put back? Not when a sweep took it over while this
+        worker was cut off from Redis and looked dead: it deleted the execution (or, for a job not
+        yet started, emptied the in-flight list), and someone may be running the job now. Watched,
+        so that a sweep at the same moment makes the caller's transaction fail and look again."""
+        if execution is not None:
+            pipe.watch(execution.key)
+            return bool(pipe.hexists(execution.key, "id"))
+        pipe.watch(self.inflight_key)
+        return pipe.lpos(self.inflight_key, job.id) is not None
 
     def _job_ended(self, job, queue, outcome, duration, etype, counters=None) -> None:
         self.live.job_ended(outcome, duration, counters)
