@@ -304,12 +304,12 @@ class Cluster:
 
 
 def make_documents(directory: Path) -> list[Path]:
-    """Small real PDFs (two pages, a few chunks each), all different."""
+    """Small real PDFs (five pages, a few chunks each: long enough to be cut mid-ingest), all different."""
     directory.mkdir()
     rng = random.Random(12)
     paths = []
     for i in range(DISTINCT_PDFS):
-        pages = [long_page(f"Host document {i} page {p} {' '.join(rng.sample(WORDS, 3))}", 14) for p in range(2)]
+        pages = [long_page(f"Host document {i} page {p} {' '.join(rng.sample(WORDS, 3))}", 14) for p in range(5)]
         path = directory / f"doc-{i:02d}.pdf"
         path.write_bytes(make_pdf(pages, title=f"multi-host {i}"))
         paths.append(path)
