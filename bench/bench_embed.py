@@ -44,10 +44,34 @@ LINEAR_FLOP_PER_TOKEN = 2 * 6 * (4 * 384 * 384 + 2 * 384 * 1536)
 ATTENTION_FLOP_PER_TOKEN_AND_LENGTH = 4 * 384 * 6
 CHUNK_RANGE = (150, 256)  # word pieces, special tokens included
 MODULES = (
-    "collections", "json", "argparse", "logging", "pathlib", "subprocess", "threading", "email.message",
-    "http.client", "urllib.request", "zipfile", "tarfile", "sqlite3", "decimal", "fractions", "statistics",
-    "datetime", "calendar", "textwrap", "difflib", "asyncio", "unittest", "configparser", "csv", "shutil",
-    "socket", "ssl", "enum",
+    "collections",
+    "json",
+    "argparse",
+    "logging",
+    "pathlib",
+    "subprocess",
+    "threading",
+    "email.message",
+    "http.client",
+    "urllib.request",
+    "zipfile",
+    "tarfile",
+    "sqlite3",
+    "decimal",
+    "fractions",
+    "statistics",
+    "datetime",
+    "calendar",
+    "textwrap",
+    "difflib",
+    "asyncio",
+    "unittest",
+    "configparser",
+    "csv",
+    "shutil",
+    "socket",
+    "ssl",
+    "enum",
 )
 
 
@@ -395,8 +419,9 @@ def main() -> None:
         " fraction of a float peak can pass 100%)"
     )
     for engine in engines:
-        load, loaded, peak_mb = (statistics.median(r[k] for r in runs[engine])
-                                 for k in ("load", "loaded_mb", "peak_mb"))
+        load, loaded, peak_mb = (
+            statistics.median(r[k] for r in runs[engine]) for k in ("load", "loaded_mb", "peak_mb")
+        )
         print(f"  {engine:<10} load {load:.2f}s  RSS loaded {loaded:5.0f} MB  peak {peak_mb:5.0f} MB")
 
     def cosine(corpus_name: str, a: str, b: str) -> str:
@@ -421,12 +446,15 @@ def main() -> None:
         if "st" in speed:
             st_best = tokens / min(r["seconds"][name] for r in runs["st"])
             need = 2.5 * st_best * flop_per_token / 1e9
-            line += (f" = {ceiling / st_best:.2f}x st's fastest round ({st_best:.0f} tokens/s); 2.5x that would take"
-                     f" {need:.0f} GFLOP/s = {need / peak:.0%} of the best matmul rate")
+            line += (
+                f" = {ceiling / st_best:.2f}x st's fastest round ({st_best:.0f} tokens/s); 2.5x that would take"
+                f" {need:.0f} GFLOP/s = {need / peak:.0%} of the best matmul rate"
+            )
         print(line)
         if "st" in speed:
-            print(f"  cosine fp32 vs st: {cosine(name, 'ours-fp32', 'st')};"
-                  f" int8 vs st: {cosine(name, 'ours-int8', 'st')}")
+            print(
+                f"  cosine fp32 vs st: {cosine(name, 'ours-fp32', 'st')}; int8 vs st: {cosine(name, 'ours-int8', 'st')}"
+            )
         print(
             f"  int8/fp32 {speed['ours-int8'] / speed['ours-fp32']:.2f}x; cosine int8 vs fp32:"
             f" {cosine(name, 'ours-int8', 'ours-fp32')}"
