@@ -162,6 +162,26 @@ def test_sweep_skips_the_job_the_sweeper_itself_runs(redis_conn):
     assert mine.get_status(refresh=True) == JobStatus.STARTED
 
 
+def test_sweep_ignores_a_claim_left_by_the_sweepers_own_ended_horse(redis_conn):
+    """A horse that lost Redis while writing its job's end leaves its claim behind. Its own worker
+    runs one horse at a time, so that horse is gone: the job goes back at once, not after
+    DEAD_WORKER_AFTER. A fresh claim of another worker's horse still holds."""
+    q = queue(redis_conn)
+    mine = q.enqueue("worker.jobs.ping", "mine, its end half-written")
+    theirs = q.enqueue("worker.jobs.ping", "a dead worker's horse, writing its end")
+    for job, owner in ((mine, "me"), (theirs, "dead-worker")):
+        assert redis_conn.lrem(q.key, 1, job.id) == 1
+        register_started(redis_conn, job, owner)
+    for composite in q.started_job_registry.get_job_and_execution_ids(cleanup=False):
+        key = Execution.from_composite_key(":".join(composite), redis_conn).key
+        assert recovery.claim_ending(redis_conn, key)
+    done = recovery.sweep(redis_conn, [q], "me", None, 30, 3, job_class=GuardedJob, serializer=JSONSerializer)
+    assert done == [(mine.id, "requeued")]
+    assert q.job_ids == [mine.id] and mine.get_status(refresh=True) == JobStatus.QUEUED
+    assert theirs.get_status(refresh=True) == JobStatus.STARTED
+    assert q.started_job_registry.get_job_ids() == [theirs.id]
+
+
 def test_put_back_writes_nothing_until_its_transaction_runs_and_counts_once(redis_conn):
     """A put-back whose transaction fails (Redis went away) and is retried counts `requeued`
     once: the meta is part of the transaction, not written on the side."""

@@ -192,8 +192,11 @@ def sweep(
             owner = as_text(conn.hget(execution_key, "worker_name") or b"")
             if owner and owner != me and not owner_dead(conn, owner, dead_after, expires_at):
                 continue
+            # A job of this very worker other than the one it runs now: its horse is gone (one at a
+            # time), so a claim it left (it lost Redis while writing the end) binds nobody.
+            claim_lasts = 0.0 if owner == me else dead_after
             outcome = _recover(
-                conn, queue, registry, composite, job_id, owner, max_attempts, job_class, serializer, dead_after
+                conn, queue, registry, composite, job_id, owner, max_attempts, job_class, serializer, claim_lasts
             )
             if outcome:
                 done.append((job_id, outcome))
@@ -208,7 +211,7 @@ def _fresh(stamp: bytes, seconds: float) -> bool:
 
 
 def _recover(
-    conn, queue, registry, composite, job_id, owner, max_attempts, job_class, serializer, dead_after: float
+    conn, queue, registry, composite, job_id, owner, max_attempts, job_class, serializer, claim_lasts: float
 ) -> str | None:
     execution_key = Execution.from_composite_key(composite, conn).key
     who = owner or "an unknown worker"
@@ -229,7 +232,7 @@ def _recover(
                 pipe.zrem(registry.key, composite)  # ended after all, or already back in its queue: a leftover
                 pipe.execute()
                 return None
-            if ending is not None and _fresh(ending, dead_after):
+            if ending is not None and _fresh(ending, claim_lasts):
                 return None  # its horse is writing the outcome right now
             # STARTED, or still QUEUED: the worker died after registering the job but before its
             # horse marked it started. Either way nobody else will run it: put it back. (RQ's own
