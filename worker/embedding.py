@@ -329,23 +329,16 @@ class Embedder:
         workers = self.threads if self._session_threads == 1 and len(id_lists) > 1 else 1
         budget = min(self.batch_tokens, -(-total // workers))
         batches = list(token_batches(lengths, budget))
-        vectors = np.empty((len(id_lists), self._width(session)), np.float32)
+        pooled: list[tuple[np.ndarray, np.ndarray]] = []  # (rows, their vectors); append is thread-safe
 
         def run(rows: np.ndarray) -> None:
-            vectors[rows] = self._run_batch(session, [id_lists[i] for i in rows], lengths[rows])
+            pooled.append((rows, self._run_batch(session, [id_lists[i] for i in rows], lengths[rows])))
 
-        if workers == 1 or len(batches) == 1:
-            for rows in batches:
-                run(rows)
-        else:
-            _share(batches, run, min(workers, len(batches)))
+        _share(batches, run, min(workers, len(batches)))
+        vectors = np.empty((len(id_lists), pooled[0][1].shape[1]), np.float32)
+        for rows, part in pooled:
+            vectors[rows] = part
         return l2_normalize(vectors), total
-
-    def _width(self, session) -> int:
-        dim = getattr(self, "dim", None)
-        if dim:
-            return dim
-        return int(self._run_batch(session, [[0, 0]], np.array([2])).shape[1])
 
     def _run_batch(self, session, id_lists: list[Sequence[int]], lengths: np.ndarray) -> np.ndarray:
         """Mean-pooled (not yet normalized) vectors of one batch, padded to its longest text."""
@@ -373,6 +366,10 @@ def _share(batches: list[np.ndarray], run, workers: int) -> None:
     """`run` every batch, on this thread and `workers - 1` more, each taking the next batch left.
     The first failure is raised here; the others stop taking batches (a job timeout raised in this
     thread stops them too, at the end of the batch they are running)."""
+    if workers <= 1:
+        for rows in batches:
+            run(rows)
+        return
     pending = list(reversed(batches))
     lock = threading.Lock()
 

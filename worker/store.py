@@ -32,11 +32,10 @@ import numpy as np
 
 from worker.chunking import Chunk
 from worker.errors import StoreBusyError, WorkerError
-from worker.settings import sqlite_path, store_kind
+from worker.settings import Settings, sqlite_path, store_kind
 
 SCHEMA_VERSION = 1
-# PostgreSQL search: hnsw.ef_search (HNSW_EF_SEARCH); what it buys is in docs/benchmarks.md.
-DEFAULT_EF_SEARCH = 200
+DEFAULT_EF_SEARCH = Settings.hnsw_ef_search  # PostgreSQL search: hnsw.ef_search (HNSW_EF_SEARCH)
 BUSY_TIMEOUT_S = 30.0
 
 SCHEMA = """
@@ -114,6 +113,28 @@ class DocumentRecord:
 
     def as_kwargs(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_rows(
+        cls, sha256: str, model: str, row: Sequence, chunk_rows: Sequence[Sequence], vectors: np.ndarray, **decoded
+    ) -> DocumentRecord:
+        """From `export_document`'s rows, the same in both stores: the document's (id, document_id,
+        name, title, author, producer, pages, pages_without_text, ...) and its chunks' (the Chunk
+        fields, then the vector). `decoded`: page_errors, caller_metadata, created_at as each store
+        reads them."""
+        _, document_id, name, title, author, producer, pages, pages_without_text = row[:8]
+        return cls(
+            document_id=document_id,
+            sha256=sha256,
+            model=model,
+            name=name,
+            meta={"title": title, "author": author, "producer": producer},
+            pages=pages,
+            pages_without_text=pages_without_text,
+            chunks=[Chunk(*r[:-1]) for r in chunk_rows],
+            vectors=vectors,
+            **decoded,
+        )
 
 
 class DocumentStore(Protocol):
@@ -285,19 +306,15 @@ class Store:
                 self.conn.execute("COMMIT")
         if row is None:
             return None
-        _, document_id, name, title, author, producer, pages, pages_without_text, errors, metadata, created, dim = row
+        errors, metadata, created, dim = row[8:]
         vectors = np.frombuffer(b"".join(r[-1] for r in rows), dtype="<f4").reshape(len(rows), dim)
-        return DocumentRecord(
-            document_id=document_id,
-            sha256=sha256,
-            model=model,
-            name=name,
-            meta={"title": title, "author": author, "producer": producer},
-            pages=pages,
-            pages_without_text=pages_without_text,
+        return DocumentRecord.from_rows(
+            sha256,
+            model,
+            row,
+            rows,
+            vectors,
             page_errors=_page_errors(errors),
-            chunks=[Chunk(*r[:-1]) for r in rows],
-            vectors=vectors,
             caller_metadata=json.loads(metadata or "{}"),
             created_at=created,
         )

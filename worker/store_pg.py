@@ -275,21 +275,17 @@ class PgStore:
                 " FROM chunks WHERE document = %s ORDER BY seq",
                 (row[0],),
             ).fetchall()
-        _, document_id, name, title, author, producer, pages, pages_without_text, errors, metadata, created, dim = row
+        errors, metadata, created, dim = row[8:]
         vectors = np.zeros((len(rows), dim), dtype=np.float32)
         for i, r in enumerate(rows):
             vectors[i] = r[-1]  # big-endian float32 to native: exact
-        return DocumentRecord(
-            document_id=document_id,
-            sha256=sha256,
-            model=model,
-            name=name,
-            meta={"title": title, "author": author, "producer": producer},
-            pages=pages,
-            pages_without_text=pages_without_text,
+        return DocumentRecord.from_rows(
+            sha256,
+            model,
+            row,
+            rows,
+            vectors,
             page_errors=errors if isinstance(errors, list) else [],
-            chunks=[Chunk(*r[:-1]) for r in rows],
-            vectors=vectors,
             caller_metadata=metadata if isinstance(metadata, dict) else {},
             created_at=created.timestamp(),
         )
