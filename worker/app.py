@@ -163,8 +163,8 @@ def run_daemon(settings: Settings, burst: bool = False, max_jobs: int | None = N
 
     _preload_model(settings)
     _prepare_store(settings)
-    for name in rqcompat.missing():
-        log.error("this RQ lacks %s, which this worker relies on: install the pinned RQ (setup.cfg)", name)
+    for missing in rqcompat.missing():
+        log.error("this RQ lacks %s, which this worker relies on: install the pinned RQ (setup.cfg)", missing)
     for problem in import_registered():
         log.warning("registered job cannot be imported: %s", problem)
     log.info(

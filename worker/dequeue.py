@@ -12,7 +12,8 @@ A Lua script cannot block, so an idle worker waits with one thread per queue doi
 entry and leaves it exactly as it was. The first that sees work wakes the main loop, which then
 runs the script. Needs Redis 6.2 or newer.
 
-`Dequeuer` puts these together and hands the daemon its next job.
+`Dequeuer` puts these together and hands the daemon its next job. The move itself and the
+failing of an unreadable job are transitions of `worker.lifecycle`.
 """
 
 from __future__ import annotations
@@ -26,44 +27,16 @@ import time
 
 from redis import Redis
 from redis.exceptions import RedisError
-from rq.defaults import DEFAULT_FAILURE_TTL
 from rq.exceptions import NoSuchJobError
-from rq.job import Job, JobStatus
+from rq.job import Job
 from rq.queue import Queue
-from rq.registry import FailedJobRegistry
-from rq.results import Result
-from rq.utils import now, utcformat
+
+from worker.errors import redis_unusable
+from worker.lifecycle import Mover, fail_unreadable, inflight_key
+
+__all__ = ["Dequeuer", "Mover", "QueueWaiter", "inflight_key"]
 
 log = logging.getLogger(__name__)
-
-INFLIGHT_PREFIX = "worker:inflight:"
-
-_MOVE = """
-local inflight = KEYS[#KEYS]
-for i = 1, #KEYS - 1 do
-  local id = redis.call('LMOVE', KEYS[i], inflight, 'LEFT', 'RIGHT')
-  if id then return {KEYS[i], id} end
-end
-return false
-"""
-
-
-def inflight_key(worker_name: str) -> str:
-    return INFLIGHT_PREFIX + worker_name
-
-
-class Mover:
-    """The atomic priority move, as a registered script (EVALSHA after the first call)."""
-
-    def __init__(self, conn: Redis) -> None:
-        self._script = conn.register_script(_MOVE)
-
-    def __call__(self, queue_keys: list[str], inflight: str) -> tuple[str, str] | None:
-        result = self._script(keys=[*queue_keys, inflight])
-        if not result:
-            return None
-        queue_key, job_id = (v.decode() if isinstance(v, bytes) else v for v in result)
-        return queue_key, job_id
 
 
 class QueueWaiter:
@@ -177,15 +150,12 @@ class Dequeuer:
             except NoSuchJobError:  # deleted while queued: nothing to run
                 self.conn.lrem(self.inflight, 0, job_id)
                 continue
-            except RedisError:
-                raise
             except Exception as exc:
-                self._fail_unreadable(queue, job_id, exc)
+                if redis_unusable(exc):
+                    raise
+                fail_unreadable(self.conn, queue, job_id, exc, self.serializer, inflight=self.inflight)
                 continue
             return job, queue
-
-    def _fail_unreadable(self, queue: Queue, job_id: str, exc: Exception) -> None:
-        fail_unreadable(self.conn, queue, job_id, exc, self.serializer, inflight=self.inflight)
 
     def _wait(self, keys: list[str]) -> None:
         if self._waiter is None or set(self._waiter.queue_keys) != set(keys):
@@ -197,21 +167,3 @@ class Dequeuer:
     def stop(self) -> None:
         if self._waiter is not None:
             self._waiter.stop()
-
-
-def fail_unreadable(conn: Redis, queue: Queue, job_id: str, exc: Exception, serializer, inflight: str = "") -> None:
-    """Fail a job whose hash we cannot read, so that a client polling it sees `failed` and why;
-    it leaves the in-flight list and the scheduled registry in the same transaction."""
-    why = f"{type(exc).__name__}: {exc}"[:500]
-    log.error("job %s cannot be read (%s); failing it", job_id, why)
-    exc_string = f"worker.errors.UnreadableJobError: this worker cannot read the job's hash ({why})"
-    stub = Job(job_id, connection=conn, serializer=serializer)
-    failed = FailedJobRegistry(queue.name, connection=conn, serializer=serializer)
-    with conn.pipeline() as pipe:
-        if inflight:
-            pipe.lrem(inflight, 0, job_id)
-        pipe.zrem(queue.scheduled_job_registry.key, job_id)
-        pipe.hset(stub.key, mapping={"status": JobStatus.FAILED.value, "ended_at": utcformat(now())})
-        pipe.zadd(failed.key, {job_id: time.time() + DEFAULT_FAILURE_TTL})
-        Result.create_failure(stub, DEFAULT_FAILURE_TTL, exc_string, pipeline=pipe)
-        pipe.execute()

@@ -128,6 +128,19 @@ def is_transient(exc: BaseException | None) -> bool:
     return isinstance(exc, TransientError | redis.exceptions.ConnectionError | redis.exceptions.TimeoutError)
 
 
+def redis_unusable(exc: BaseException) -> bool:
+    """Whether an error means Redis cannot be used for a while (back off and carry on) rather
+    than something tied to one job or one entry. Any Redis error counts (connection, timeout,
+    LOADING, READONLY after a failover, BUSY, OOM, MASTERDOWN...) except an optimistic lock
+    lost (WatchError: look again), a value redis-py refused to send (DataError) and WRONGTYPE
+    (a key a producer wrote with the wrong type: that entry's problem, not Redis's)."""
+    if not isinstance(exc, redis.exceptions.RedisError):
+        return False
+    if isinstance(exc, redis.exceptions.WatchError | redis.exceptions.DataError):
+        return False
+    return "WRONGTYPE" not in str(exc)[:200]
+
+
 def outcome_of(status: JobStatus | None) -> Outcome:
     """The outcome of a run from the job's status after its horse ended (None: the job has
     already expired, which only a finished job with result_ttl=0 does)."""

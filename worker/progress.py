@@ -72,7 +72,13 @@ def _save(job) -> None:
 def reset_counters(job: Job) -> None:
     """Start an attempt with no counters: a producer may have written some, and an attempt
     killed before it ended (then put back) left its own, which must not be counted twice.
-    That attempt's per-stage progress goes too, or `enqueue --wait` would show its stages."""
+    That attempt's per-stage progress goes too, or `enqueue --wait` would show its stages.
+    Meta that is not a dict (a producer may write JSON null, a list, a number) becomes an empty
+    dict: jobs report progress into it."""
+    if not isinstance(job.meta, dict):
+        job.meta = {}
+        _save(job)
+        return
     stale = [key for key in ("counters", "stages") if key in job.meta]
     for key in stale:
         del job.meta[key]

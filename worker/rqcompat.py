@@ -13,6 +13,8 @@ import importlib
 # Methods and properties of rq.Worker that DaemonWorker overrides or calls.
 WORKER_METHODS = (
     "_finalize_failure",
+    "_finalize_success",
+    "_pubsub_exception_handler",
     "_handle_stopped_job",
     "_install_signal_handlers",
     "bootstrap",
@@ -30,6 +32,7 @@ WORKER_METHODS = (
     "monitor_work_horse",
     "prepare_execution",
     "reorder_queues",
+    "request_stop",
     "run_maintenance_tasks",
     "set_state",
     "should_run_maintenance_tasks",
