@@ -285,12 +285,12 @@ def restore_inflight(conn: Redis, key: str) -> int:
     """
     restored = 0
     for raw in reversed(conn.lrange(key, 0, -1)):  # reversed + LPUSH keeps their order
-        job_id = as_text(raw)
+        job_id = raw.decode(errors="replace")
         if not is_job_id(job_id):
             quarantine(conn, key, raw, "not a job id RQ accepts", remove=lambda p, r=raw: p.lrem(key, 0, r))
             continue
         job_key = Job.key_for(job_id)
-        origin, status = (as_text(v) if v is not None else None for v in conn.hmget(job_key, ["origin", "status"]))
+        origin, status = (v.decode(errors="replace") if v else None for v in conn.hmget(job_key, ["origin", "status"]))
         with conn.pipeline() as pipe:
             pipe.lrem(key, 0, job_id)
             if origin and status not in TERMINAL:
@@ -335,7 +335,8 @@ def quarantine(conn: Redis, source: str, entry: object, why: str, remove: Callab
     """Move an entry that is not a job out of `source` (`remove(pipe)` queues its removal) into
     the capped quarantine list, with where it was and why, in one transaction."""
     global quarantined
-    record = {"from": source, "entry": safe_text(entry, 300), "why": why, "at": utcformat(now())}
+    shown = entry.decode(errors="replace") if isinstance(entry, bytes) else entry
+    record = {"from": source, "entry": safe_text(shown, 300), "why": why, "at": utcformat(now())}
     with conn.pipeline() as pipe:
         remove(pipe)
         pipe.lpush(QUARANTINE_KEY, json.dumps(record))
