@@ -12,9 +12,19 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from rq.exceptions import NoSuchJobError
+from rq.queue import Queue
+from rq.scheduler import RQScheduler
+from rq.utils import now
+
+from worker import lifecycle, recovery
 from worker.errors import redis_unusable
 from worker.safe import safe_text
+
+if TYPE_CHECKING:
+    from worker.daemon.worker import DaemonWorker
 
 log = logging.getLogger("worker.daemon")
 
@@ -49,6 +59,20 @@ def report(where: str, exc: BaseException) -> None:
         )
 
 
+class Backoff:
+    def __init__(self, first: float = 0.5, factor: float = 2.0, cap: float = 30.0) -> None:
+        self.first, self.factor, self.cap = first, factor, cap
+        self.current = first
+
+    def next(self) -> float:
+        value = self.current
+        self.current = min(self.current * self.factor, self.cap)
+        return value
+
+    def reset(self) -> None:
+        self.current = self.first
+
+
 @dataclass
 class Task:
     name: str
@@ -69,3 +93,78 @@ class Housekeeping:
             if is_due:
                 task.last = now
                 guarded(task.name, task.run)
+
+
+def tasks(worker: DaemonWorker) -> Housekeeping:
+    """The main loop's periodic work: worker heartbeat, RQ maintenance (after our own sweep),
+    due scheduled jobs, recovery of dead workers' jobs."""
+    interval = worker.settings.heartbeat_interval
+    return Housekeeping(
+        [
+            Task("heartbeat", interval, worker.heartbeat),
+            Task("maintenance", 0, lambda: maintenance(worker), due=lambda: worker.should_run_maintenance_tasks),
+            Task("scheduler", 1.0, lambda: enqueue_due_jobs(worker)),
+            Task("recovery sweep", interval, lambda: sweep(worker)),
+        ]
+    )
+
+
+def maintenance(worker: DaemonWorker) -> None:
+    sweep(worker, force=True)  # before RQ's clean-up, which would fail or drop them
+    try:
+        guarded("RQ's registry maintenance", worker.run_maintenance_tasks)
+    finally:
+        worker.last_cleaned_at = now()  # whatever happened, not again before the next interval
+
+
+def sweep(worker: DaemonWorker, current_job_id: str | None = None, force: bool = False) -> None:
+    recovery.sweep(
+        worker.connection,
+        worker.queues,
+        worker.name,
+        current_job_id,
+        worker.settings.dead_worker_after,
+        worker.settings.max_attempts,
+        job_class=worker.job_class,
+        serializer=worker.serializer,
+        force=force,
+    )
+
+
+def enqueue_due_jobs(worker: DaemonWorker) -> None:
+    """Move due scheduled jobs (retries with a delay) to their queues, as RQ's scheduler
+    does, without a separate scheduler process; RQ's locks keep it to one worker per queue."""
+    if worker._scheduler is None:
+        worker._scheduler = RQScheduler(
+            worker.queue_names(), connection=worker.connection, serializer=worker.serializer, name=worker.name
+        )
+    sched = worker._scheduler
+    if sched.should_reacquire_locks:
+        sched.acquire_locks()
+    elif sched.acquired_locks:
+        sched.heartbeat()
+    if sched.acquired_locks:
+        try:
+            sched.enqueue_scheduled_jobs()
+        except Exception as exc:  # a scheduled job's hash RQ cannot read: fail it, keep the others
+            if redis_unusable(exc):
+                raise
+            log.warning("scheduled jobs could not be moved (%s)", safe_text(f"{type(exc).__name__}: {exc}"))
+            fail_unreadable_scheduled(worker)
+
+
+def fail_unreadable_scheduled(worker: DaemonWorker) -> None:
+    for queue in worker.queues:
+        for job_id in queue.scheduled_job_registry.get_jobs_to_schedule():
+            guarded("scheduled entry", lambda q=queue, j=job_id: check_scheduled(worker, q, j))
+
+
+def check_scheduled(worker: DaemonWorker, queue: Queue, job_id: str) -> None:
+    try:
+        worker.job_class.fetch(job_id, connection=worker.connection, serializer=worker.serializer)
+    except NoSuchJobError:
+        worker.connection.zrem(queue.scheduled_job_registry.key, job_id)
+    except Exception as exc:
+        if redis_unusable(exc):
+            raise
+        lifecycle.fail_unreadable(worker.connection, queue, job_id, exc, worker.serializer)
