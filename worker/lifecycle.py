@@ -235,22 +235,8 @@ def take_over(
             # STARTED, or still QUEUED: the worker died after registering the job but before its
             # horse marked it started. Either way nobody else will run it: put it back. (RQ's own
             # cleanup skips a non-STARTED job yet still drops its entry, which loses it.)
-            meta, meta_bytes = counted(job, "abandoned")
-            attempts = meta["abandoned"]
             pipe.multi()
-            pipe.zrem(registry.key, composite)
-            pipe.delete(execution_key)
-            if attempts >= max_attempts:
-                reason = (
-                    f"worker.errors.WorkerDiedError: the worker running this job ({safe_text(who)}) died "
-                    f"{attempts} times; not retried again (a poison input?)"
-                )
-                pipe.hset(job.key, "meta", meta_bytes)
-                record_job_failure(job, reason, pipe)
-                outcome = Outcome.FAILED
-            else:
-                put_back(pipe, job.id, queue.key, meta_bytes)
-                outcome = Outcome.REQUEUED
+            outcome, meta = _queue_take_over(pipe, job, queue, composite, execution_key, who, max_attempts)
             pipe.execute()
         except WatchError:
             return None
@@ -259,11 +245,32 @@ def take_over(
         "job %s abandoned by dead worker %s (attempt %d): %s",
         job_id,
         safe_text(who),
-        attempts,
+        meta["abandoned"],
         outcome,
         extra={"job_id": job_id, "queue": queue.name, "outcome": f"recovered-{outcome}"},
     )
     return outcome
+
+
+def _queue_take_over(
+    pipe: Pipeline, job: Job, queue: Queue, composite: str, execution_key: str, who: str, max_attempts: int
+) -> tuple[Outcome, dict]:
+    """The writes of a take-over, queued on `pipe` in MULTI: the entry and execution gone, the
+    job put back with its `abandoned` count, or failed once it reached `max_attempts`."""
+    meta, meta_bytes = counted(job, "abandoned")
+    attempts = meta["abandoned"]
+    pipe.zrem(queue.started_job_registry.key, composite)
+    pipe.delete(execution_key)
+    if attempts < max_attempts:
+        put_back(pipe, job.id, queue.key, meta_bytes)
+        return Outcome.REQUEUED, meta
+    reason = (
+        f"worker.errors.WorkerDiedError: the worker running this job ({safe_text(who)}) died "
+        f"{attempts} times; not retried again (a poison input?)"
+    )
+    pipe.hset(job.key, "meta", meta_bytes)
+    record_job_failure(job, reason, pipe)
+    return Outcome.FAILED, meta
 
 
 def _end_unfetchable(conn: Redis, queue: Queue, composite: str, job_id: str, exc: Exception, serializer) -> None:
