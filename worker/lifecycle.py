@@ -110,8 +110,10 @@ def start(pipe: Pipeline, job: Job, inflight: str, ttl: int, worker_name: str) -
 
 # -- claim the end ----------------------------------------------------------------------
 # "id" is written when the execution is created; a hash without it is the stub a late heartbeat
-# of a cut-off worker (HSET last_heartbeat) leaves after a sweep deleted the execution.
-_CLAIM = """
+# of a cut-off worker (HSET last_heartbeat) leaves after a sweep deleted the execution. The
+# shebang declares a writing script: a replica (an old primary after a failover, where the
+# execution may not exist yet) refuses it with READONLY instead of answering "gone".
+_CLAIM = """#!lua
 if redis.call('hexists', KEYS[1], 'id') == 1 then
   redis.call('hset', KEYS[1], ARGV[1], ARGV[2])
   return 1

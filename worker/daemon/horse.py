@@ -14,6 +14,7 @@ import os
 import random
 import resource
 import signal
+import time
 import traceback
 from typing import TYPE_CHECKING, NoReturn
 
@@ -32,8 +33,11 @@ log = logging.getLogger("worker.horse")
 
 # A horse exits with this when its job was taken over by another worker (see may_end_job).
 TAKEN_OVER_EXIT = 75
-# ... and with this when something outside the job's own code failed in it (the parent fails the job).
+# ... with this when something outside the job's own code failed in it (the parent fails the job).
 BROKEN_EXIT = 70
+# ... and with this when Redis stayed unusable while it tried to claim the job's end (put back).
+UNCLAIMED_EXIT = 76
+CLAIM_PATIENCE = 20.0  # seconds
 
 
 def run(worker: DaemonWorker, job: Job, queue: Queue) -> NoReturn:
@@ -78,9 +82,25 @@ def may_end_job(worker: DaemonWorker, job: Job, execution) -> None:
     """Before anything about the job's end is written: claim the execution. If a sweep took the
     job over meanwhile (this worker was cut off from Redis for longer than DEAD_WORKER_AFTER, so
     it looked dead, and another worker runs the job again), the job is the other run's to end:
-    write nothing and exit with TAKEN_OVER_EXIT."""
-    if execution is None or claim_ending(worker.connection, execution.key):
+    write nothing and exit with TAKEN_OVER_EXIT. While Redis is unusable (a failover, say) the
+    claim is tried again for CLAIM_PATIENCE seconds; past that the horse exits UNCLAIMED_EXIT
+    and the parent puts the job back (ingestion is idempotent: a second run stores nothing twice)."""
+    if execution is None:
         return
+    deadline = time.monotonic() + CLAIM_PATIENCE
+    delay = 0.25
+    while True:
+        try:
+            if claim_ending(worker.connection, execution.key):
+                return
+            break
+        except Exception as exc:
+            if not redis_unusable(exc) or time.monotonic() + delay > deadline:
+                log.warning("job %s: its end could not be claimed (%s); the worker puts it back", job.id, exc)
+                logging.shutdown()
+                os._exit(UNCLAIMED_EXIT)
+            time.sleep(delay)
+            delay = min(delay * 2, 4.0)
     log.warning(
         "job %s was taken over by another worker while this one could not reach Redis; this run's outcome is dropped",
         job.id,

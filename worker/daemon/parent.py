@@ -107,6 +107,8 @@ def watch_horse(worker: DaemonWorker, job: Job, queue: Queue, execution) -> None
 
 
 def horse_ended(worker: DaemonWorker, job: Job, queue: Queue, execution, ending: Ending, duration: float) -> None:
+    if ending.verdict is Verdict.WAIT and _exit_code(ending.status) == horse.UNCLAIMED_EXIT:
+        ending = Ending(ending.status, Verdict.PUT_BACK, "could not write its end while Redis was unusable")
     if ending.verdict is Verdict.PUT_BACK:
         log.warning("job %s %s: horse stopped, job put back", job.id, ending.why)
         put_back(worker, job, queue, execution)
