@@ -9,6 +9,7 @@ import pytest
 
 from tests.conftest import http_get
 from worker.health import HealthServer, RedisProbe
+from worker.safe import safe_text
 from worker.state import CurrentJob, LiveState
 
 
@@ -126,3 +127,40 @@ def test_keep_alive_connection_answers_every_request_whole(server):
             head, _, body = data.partition(b"\r\n\r\n")
             length = int(next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")).split(b":")[1])
             assert len(body) == length, data
+
+
+HOSTILE_JOBS = [
+    CurrentJob("j1", ["worker.jobs.ping"], "default", time.monotonic(), 10),  # a JSON list as function name
+    CurrentJob("j2", {"name": "x"}, {"q": 1}, time.monotonic(), 10),  # an object, and an odd queue
+    CurrentJob(["id"], None, None, time.monotonic(), 10),
+    CurrentJob("j4\x1b[2J\n", "f\n" * 100_000, "q" * 100_000, time.monotonic() - 5, timeout=1),
+]
+
+
+def test_a_job_ends_recorded_whatever_its_function_and_queue_hold(server):
+    """A JSON list or object as a function name used to be a dict key: TypeError, daemon exit."""
+    state = server.state
+    for job in HOSTILE_JOBS:
+        state.job_started(job)
+        state.beat()
+        status, body = http_get(url(server, "/healthz"))
+        shown = body["current_job"]
+        assert all(
+            isinstance(shown[k], str) and len(shown[k]) <= 200 and shown[k].isprintable()
+            for k in shown
+            if k != "elapsed_seconds"
+        )
+        assert len(body.get("reason", "")) < 400 and body.get("reason", "").isprintable()
+        state.job_ended("failed", 0.5, counters={"pages": 2, "chunks": float("nan"), "made_up": 5, ("t",): 1})
+    state.job_ended("ok", 0.1, counters=[1, 2])  # no current job, and counters that are not a dict
+    metrics = state.metrics_snapshot()
+    unregistered = "<unregistered>"
+    assert metrics["outcomes"] == {
+        ("default", unregistered, "failed"): 1,
+        ("{'q': 1}", unregistered, "failed"): 1,
+        ("None", unregistered, "failed"): 1,
+        (safe_text("q" * 100_000), unregistered, "failed"): 1,
+    }
+    assert len(safe_text("q" * 100_000)) == 200
+    assert metrics["counters"] == {"pages": 8}
+    assert state.jobs_failed == 4

@@ -156,3 +156,27 @@ def test_json_logs_have_stable_fields_and_no_password(start_worker, redis_conn, 
     )
     # The start-up line names the Redis it uses, without the secret.
     assert any("redis://***@127.0.0.1" in rec["message"] for rec in lines)
+
+
+def test_forbidden_names_cannot_grow_the_metrics(start_worker, redis_conn):
+    """Jobs with distinct 100 KB names used to add a label each, for the life of the process
+    (300 of them: /metrics from 2 KB to 30 MB)."""
+    n = 60
+    w = start_worker()
+    q = queue(redis_conn)
+    jobs = [q.enqueue(f"forbidden.job_{i}_" + "x" * 100_000) for i in range(n)]
+    jobs += [q.enqueue("worker.jobs.ping", "registered")]
+    wait_for(
+        lambda: w.get("/healthz")[1]["jobs_done"] + w.get("/healthz")[1]["jobs_failed"] >= n + 1,
+        timeout=120,
+        message="the parent to count every job",
+    )
+    status, text = w.get("/metrics")
+    assert status == 200 and len(text) < 20_000
+    jobs_fam = families(text)["worker_jobs"]
+    functions = {s.labels["function"] for s in jobs_fam.samples}
+    assert functions == {"<unregistered>", "worker.jobs.ping"}
+    assert samples(jobs_fam, function="<unregistered>", outcome="failed")[0].value == n
+    assert all(len(value) <= 200 for s in jobs_fam.samples for value in s.labels.values())
+    assert all(j.get_status(refresh=True) in ("finished", "failed") for j in jobs)
+    assert w.proc.poll() is None

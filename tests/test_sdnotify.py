@@ -19,7 +19,8 @@ import uuid
 import pytest
 
 from tests.conftest import queue, wait_for
-from worker.sdnotify import Notifier, socket_address, watchdog_seconds
+from worker.sdnotify import Notifier, SystemdNotifier, socket_address, watchdog_seconds
+from worker.state import CurrentJob, LiveState, State
 
 WATCHDOG_USEC = 2_000_000
 
@@ -127,6 +128,38 @@ def test_a_forked_child_never_notifies(notify_socket):
     assert notify_socket.statuses() == ["parent", "parent again"]
     assert {pid for _, pid, _ in notify_socket.snapshot()} == {os.getpid()}
     notifier.close()
+
+
+def test_a_job_cannot_add_an_assignment_to_a_status(notify_socket):
+    """A function name with "\nWATCHDOG=trigger" used to arrive as an assignment of its own, which
+    under the shipped unit fires the watchdog (SIGABRT); a NUL made systemd drop the message."""
+    live = LiveState("w")
+    systemd = SystemdNotifier(Notifier({"NOTIFY_SOCKET": notify_socket.env_value}))
+    systemd.STATUS_MIN_INTERVAL = 0  # every change sent, so that each job's STATUS is seen
+    live.listener = systemd
+    live.set_state(State.IDLE)
+    notify_socket.wait(has("READY", "1"), message="READY=1")
+    jobs = [
+        CurrentJob("j1", "worker.jobs.x\nWATCHDOG=trigger\nREADY=0", "default", time.monotonic(), 10),
+        CurrentJob("j2\nSTOPPING=1", ["list\nWATCHDOG=trigger"], "default\rX=1", time.monotonic(), 10),
+        CurrentJob("j3", "nul\x00WATCHDOG=trigger", "default", time.monotonic(), 10),
+        CurrentJob("j4", "f" * 100_000, "default", time.monotonic(), 10),
+    ]
+    for i, job in enumerate(jobs):
+        live.job_started(job)
+        notify_socket.wait(lambda m, i=i: len(notify_socket.statuses()) >= 2 * i + 2, message=f"busy STATUS {i}")
+        live.job_ended("failed", 0.1)
+        notify_socket.wait(lambda m, i=i: len(notify_socket.statuses()) >= 2 * i + 3, message=f"idle STATUS {i}")
+    assert Notifier({"NOTIFY_SOCKET": notify_socket.env_value}).notify("STATUS=direct\nWATCHDOG=trigger")
+    notify_socket.wait(status_contains("direct"), message="the direct STATUS")
+    msgs = notify_socket.snapshot()
+    assert [set(f) for _, _, f in msgs] == [{"STATUS", "READY"}] + [{"STATUS"}] * (len(msgs) - 1)
+    busy = [s for s in notify_socket.statuses() if s.startswith("busy")]
+    assert busy[0].startswith("busy: job j1 (worker.jobs.x\\nWATCHDOG=trigger\\nREADY=0) on default")
+    assert "j2\\nSTOPPING=1" in busy[1] and "default\\rX=1" in busy[1]
+    assert "nul\\x00WATCHDOG=trigger" in busy[2]
+    assert len(busy[3]) < 1000 and "...[100000 chars]" in busy[3]
+    assert notify_socket.statuses()[-1] == "direct\\nWATCHDOG=trigger"
 
 
 def test_ready_status_watchdog_and_stopping_from_the_real_daemon(start_worker, redis_conn, notify_socket):

@@ -283,7 +283,6 @@ def _emit_summary(as_json: bool, path: Path, job, status: str) -> None:
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     from redis.exceptions import RedisError
-    from rq import Worker
 
     from worker.app import redis_client
     from worker.metrics import queue_figures
@@ -291,10 +290,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     client = redis_client(settings, timeout=3)
     try:
         queues = queue_figures(client, settings.queues)
-        workers = [
-            {"name": w.name, "state": w.get_state(), "current_job": w.get_current_job_id(), "queues": w.queue_names()}
-            for w in Worker.all(connection=client)
-        ]
+        workers = _workers(client)
     except RedisError as exc:
         print(f"worker: Redis at {settings.safe_redis_url} unavailable: {type(exc).__name__}", file=sys.stderr)
         return 1
@@ -308,9 +304,79 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         print(f"  {q:<10} depth {fig['depth']:>6}  started {fig['started']:>4}  failed {fig['failed']:>4}")
     print(f"workers: {len(workers)}")
     for w in workers:
-        print(f"  {w['name']:<30} {w['state']:<10} {w['current_job'] or '-'}")
+        age = w["heartbeat_age_seconds"]
+        age = f"{age:.0f}s ago" if age is not None else "unknown"
+        print(f"  {w['name']:<30} {w['state']:<10} {w['current_job'] or '-'}  (heartbeat {age})")
     print("store: " + (", ".join(f"{k} {v}" for k, v in store.items()) if store else "none"))
     return 0
+
+
+def _workers(client) -> list[dict]:
+    """The workers registered in Redis, read leniently: a worker hash is whatever was written
+    to Redis, so every value is made safe text (no terminal escapes, bounded) and a date that
+    does not parse is unknown (None); RedisError is the caller's."""
+    from redis.exceptions import ResponseError
+    from rq.executions import WORKER_EXECUTIONS_KEY_TEMPLATE
+    from rq.worker import Worker
+    from rq.worker_registration import REDIS_WORKER_KEYS
+
+    from worker.safe import safe_text
+
+    prefix = Worker.redis_worker_namespace_prefix.encode()
+    workers = []
+    for key in sorted(client.smembers(REDIS_WORKER_KEYS)):
+        if not key.startswith(prefix):
+            continue  # not a worker's key
+        name = key[len(prefix) :]
+        try:
+            data = client.hgetall(key)
+            current_job = _current_job_id(client, WORKER_EXECUTIONS_KEY_TEMPLATE, name)
+        except ResponseError:  # WRONGTYPE: a key that is not a worker's hash
+            data, current_job = {b"state": b"<unreadable>"}, None
+        if not data:
+            continue  # a worker gone since (RQ cleans the set up)
+        queues = data.get(b"queues") or b""
+        workers.append(
+            {
+                "name": safe_text(name, 100),
+                "state": safe_text(data.get(b"state") or b"?", 40),
+                "current_job": current_job,
+                "queues": [safe_text(q, 100) for q in queues.split(b",")[:20] if q],
+                **_heartbeat(data.get(b"last_heartbeat")),
+            }
+        )
+    return workers
+
+
+def _current_job_id(client, template: str, name: bytes) -> str | None:
+    """The job id of one of the worker's live executions (RQ's execution index), as safe text."""
+    from rq.defaults import RQ_KEY_PREFIX
+
+    from worker.safe import safe_text
+
+    try:
+        index = template.format(name.decode("utf-8"))
+    except UnicodeDecodeError:
+        return None
+    for member in sorted(client.smembers(index)):
+        if client.exists(f"{RQ_KEY_PREFIX}:execution:".encode() + member):
+            return safe_text(member.rpartition(b":")[0] or member, 100)
+    return None
+
+
+def _heartbeat(raw: bytes | None) -> dict:
+    """The worker's last heartbeat as RQ wrote it (2026-12-03T10:00:00.123456Z) and its age;
+    both None when missing or unreadable (a worker hash holds what anyone wrote)."""
+    from rq.utils import utcparse
+
+    try:
+        when = utcparse(raw.decode("ascii")) if raw else None
+    except (ValueError, OverflowError):  # UnicodeDecodeError is a ValueError
+        when = None
+    if when is None:
+        return {"last_heartbeat": None, "heartbeat_age_seconds": None}
+    age = max(time.time() - when.timestamp(), 0.0)
+    return {"last_heartbeat": when.isoformat(), "heartbeat_age_seconds": round(age, 3)}
 
 
 def _store_counts(settings: Settings) -> dict:

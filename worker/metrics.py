@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from rq.queue import Queue
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
-from worker.state import DURATION_BUCKETS, LiveState, State
+from worker.safe import cut, escape
+from worker.state import DURATION_BUCKETS, TEXT_LIMIT, LiveState, State
 
 COUNTER_HELP = {
     "pages": "PDF pages extracted",
@@ -25,6 +26,9 @@ COUNTER_HELP = {
 
 
 def _escape(value: str) -> str:
+    """A label value as the text format writes it. Values from jobs arrive made safe and from a
+    bounded set (LiveState.job_ended); anything else is escaped and bounded here too."""
+    value = cut(value if value.isprintable() else escape(value), TEXT_LIMIT)
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 

@@ -26,6 +26,7 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 
+from worker.safe import escape
 from worker.state import State
 
 log = logging.getLogger(__name__)
@@ -92,10 +93,13 @@ class Notifier:
                 sock.close()
 
     def notify(self, *lines: str) -> bool:
-        """Send one message made of `lines` (e.g. "READY=1", "STATUS=idle"); True if sent."""
+        """Send one message made of `lines` (e.g. "READY=1", "STATUS=idle"); True if sent.
+
+        Each line is one assignment: a newline (or NUL, which makes systemd drop the whole
+        message) inside a line is escaped, so text in a STATUS can never add an assignment."""
         if not self.enabled or not lines:
             return False
-        data = "\n".join(lines).encode("utf-8", "replace")
+        data = "\n".join(line if line.isprintable() else escape(line) for line in lines).encode("utf-8", "replace")
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)

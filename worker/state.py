@@ -7,6 +7,7 @@ long-lived parent, when a work-horse ends, so nothing counted is lost with the h
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import defaultdict
@@ -15,9 +16,14 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from worker.errors import Outcome
+from worker.progress import COUNTERS
+from worker.safe import function_label, safe_text
 
 # Job duration histogram buckets, in seconds.
 DURATION_BUCKETS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+# Longest job id, function or queue name shown in /healthz, STATUS= or a metric label.
+TEXT_LIMIT = 200
 
 
 class State(StrEnum):
@@ -31,6 +37,9 @@ class State(StrEnum):
 
 @dataclass(frozen=True)
 class CurrentJob:
+    """The job a horse runs. `id`, `function` and `queue` are what the job hash said: any value
+    (a list, 100 KB, a newline); whatever shows them makes them safe first (worker.safe)."""
+
     id: str
     function: str
     queue: str
@@ -50,6 +59,10 @@ class Histogram:
         for i, bound in enumerate(DURATION_BUCKETS):
             if value <= bound:
                 self.buckets[i] += 1
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
 
 class LiveState:
@@ -103,14 +116,17 @@ class LiveState:
             if self.state == State.BUSY:
                 self.state = State.IDLE
             if job is not None:
-                self.outcomes[(job.queue, job.function, outcome)] += 1
-                self.durations[job.queue].observe(duration)
+                # Metric labels from a bounded set: a registered function's name as it is, any
+                # other one label; so a producer's names cannot grow /metrics (nor this dict).
+                queue = safe_text(job.queue, TEXT_LIMIT)
+                self.outcomes[(queue, function_label(job.function), safe_text(outcome, TEXT_LIMIT))] += 1
+                self.durations[queue].observe(duration)
                 if outcome == Outcome.OK:
                     self.jobs_done += 1
                 elif outcome == Outcome.FAILED:
                     self.jobs_failed += 1
-                for name, value in (counters or {}).items():
-                    if isinstance(value, int | float):
+                for name, value in counters.items() if isinstance(counters, dict) else ():
+                    if name in COUNTERS and _is_count(value):
                         self.counters[name] += value
         self._notify("job_ended")
 
@@ -124,7 +140,10 @@ class LiveState:
         if job is not None and job.timeout and job.timeout > 0:
             elapsed = now - job.started
             if elapsed > job.timeout + self.job_grace:
-                return False, f"job {job.id} running {elapsed:.0f}s, past its timeout {job.timeout:.0f}s + grace"
+                return False, (
+                    f"job {safe_text(job.id, TEXT_LIMIT)} running {elapsed:.0f}s, past its timeout {job.timeout:.0f}s"
+                    " + grace"
+                )
         return True, "ok"
 
     def snapshot(self) -> dict:
@@ -136,9 +155,9 @@ class LiveState:
                 "state": self.state,
                 "current_job": (
                     {
-                        "id": job.id,
-                        "function": job.function,
-                        "queue": job.queue,
+                        "id": safe_text(job.id, TEXT_LIMIT),
+                        "function": safe_text(job.function, TEXT_LIMIT),
+                        "queue": safe_text(job.queue, TEXT_LIMIT),
                         "elapsed_seconds": round(now - job.started, 3),
                     }
                     if job
