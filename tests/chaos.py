@@ -486,7 +486,7 @@ def run_sentinel_failover(
             time.sleep(1)
         for job_id, kind in jobs.items():
             status = statuses.get(job_id)
-            report.outcomes[str(status)] += 1
+            report.outcomes[str(getattr(status, "value", status))] += 1
             if status != "finished":
                 (report.lost if status != "failed" else report.wrongly_failed).append(f"{kind} {job_id}: {status}")
             elif len(Job.fetch(job_id, connection=conn, serializer=JSONSerializer).results()) != 1:
