@@ -34,7 +34,7 @@ from rq.serializers import JSONSerializer
 
 from tests.conftest import MODEL_DIR, ROOT
 from tests.pdfs import make_pdf
-from worker.devredis import RedisServer, free_port
+from worker.devredis import RedisServer, SentinelGroup, free_port
 from worker.errors import error_type
 
 # What anyone who can write to Redis may put in a queued job's hash (field, value). The job may
@@ -417,6 +417,99 @@ def run_chaos(
         if seqs != list(range(n)):
             report.chunk_mismatches += 1
     db.close()
+    return report
+
+
+def run_sentinel_failover(
+    tmp: Path, *, documents: int, slow_jobs: int, failovers: int, workers: int = 2, seed: int = 7
+) -> Report:
+    """Workers on a Sentinel-managed Redis (a primary, a replica, a sentinel) ingesting PDFs and
+    running slow jobs, while `SENTINEL FAILOVER` moves the primary back and forth `failovers`
+    times. Lost: a job not finished at the end; duplicated: a job ended twice (two results) or a
+    document stored twice; worker exits: a worker that ended without being told to."""
+    rng = random.Random(seed)
+    report = Report()
+    docs = make_documents(tmp / "docs", documents, rng)
+    group = SentinelGroup(tmp / "redis").start()
+    env = dict(os.environ)
+    env.update(
+        REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",  # its host is not used: the sentinels name the primary
+        REDIS_SENTINELS=group.sentinel.address,
+        REDIS_SENTINEL_MASTER=group.master_name,
+        STORE_URL=f"sqlite:///{tmp}/store.db",
+        INPUT_ROOTS=str(tmp / "docs"),
+        EMBED_MODEL_DIR=str(MODEL_DIR),
+        WORKERS_PER_HOST=str(workers),
+        DEAD_WORKER_AFTER="4",
+        RETRY_INTERVALS="1,2,4",
+        EXTRA_JOBS="tests.jobs_for_tests.sleep",
+        PYTHONPATH=str(ROOT),
+    )
+    procs: list[tuple[subprocess.Popen, str]] = []
+    started = time.monotonic()
+    try:
+        (tmp / "logs").mkdir(exist_ok=True)
+        for slot in range(workers):
+            name = f"failover-{slot}"
+            with open(tmp / "logs" / f"{name}.log", "wb") as log:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "worker", "run"],
+                    env={**env, "WORKER_NAME": name, "HEALTH_PORT": str(free_port())},
+                    cwd=tmp,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            procs.append((proc, name))
+        conn = group.client(decode_responses=False)
+        q = Queue("default", connection=conn, serializer=JSONSerializer)
+        work = [("ingest", "worker.jobs.ingest_pdf", str(p)) for p in docs]
+        work += [("slow", "tests.jobs_for_tests.sleep", rng.uniform(0.3, 1.5)) for _ in range(slow_jobs)]
+        rng.shuffle(work)
+        jobs: dict[str, str] = {}
+        for kind, func, arg in work:
+            job = _retrying(lambda f=func, a=arg: q.enqueue(f, a, retry=Retry(max=3), job_timeout=120, result_ttl=3600))
+            jobs[job.id] = kind
+            report.jobs[kind] += 1
+        for _ in range(failovers):
+            time.sleep(rng.uniform(1.0, 3.0))
+            group.failover()
+            report.faults["sentinel failover"] += 1
+        deadline = time.monotonic() + 240
+        statuses: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            statuses = {
+                i: _retrying(lambda i=i: Job.fetch(i, connection=conn, serializer=JSONSerializer).get_status(True))
+                for i in jobs
+            }
+            if all(s in ("finished", "failed") for s in statuses.values()):
+                break
+            time.sleep(1)
+        for job_id, kind in jobs.items():
+            status = statuses.get(job_id)
+            report.outcomes[str(getattr(status, "value", status))] += 1
+            if status != "finished":
+                (report.lost if status != "failed" else report.wrongly_failed).append(f"{kind} {job_id}: {status}")
+            elif len(Job.fetch(job_id, connection=conn, serializer=JSONSerializer).results()) != 1:
+                report.duplicates += 1  # ended twice
+        for proc, name in procs:
+            if proc.poll() is not None:
+                report.worker_exits.append(f"{name}: exit {proc.returncode}")
+    finally:
+        for proc, _ in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for proc, _ in procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        group.stop()
+        report.elapsed = time.monotonic() - started
+    db = sqlite3.connect(tmp / "store.db")
+    names = [r[0] for r in db.execute("SELECT name FROM documents")]
+    db.close()
+    report.duplicates += len(names) - len(set(names))
+    report.missing_documents = len({p.name for p in docs} - set(names))
     return report
 
 

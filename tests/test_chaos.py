@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.chaos import run_chaos, run_rq_alone
+from tests.chaos import run_chaos, run_rq_alone, run_sentinel_failover
 
 
 def _check(report) -> None:
@@ -30,6 +30,13 @@ def test_chaos_short(tmp_path):
 @pytest.mark.slow
 def test_chaos_full(tmp_path):
     _check(run_chaos(tmp_path, documents=60, embed_jobs=60, slow_jobs=60, bad_jobs=40, faults=60, workers=3))
+
+
+@pytest.mark.slow
+def test_chaos_sentinel_failover(tmp_path):
+    """Redis Sentinel moves the primary four times while two workers ingest and sleep: 0 lost,
+    0 duplicated, 0 worker exits."""
+    _check(run_sentinel_failover(tmp_path, documents=12, slow_jobs=40, failovers=4, workers=2))
 
 
 @pytest.mark.slow

@@ -11,6 +11,9 @@ import secrets
 import socket
 
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection, SentinelManagedSSLConnection
 from rq.serializers import DefaultSerializer, JSONSerializer
 
 from worker import __version__, rqcompat
@@ -29,21 +32,66 @@ def serializer_for(settings: Settings):
     return JSONSerializer if settings.serializer == "json" else DefaultSerializer
 
 
+class PrimaryConnection(SentinelManagedConnection):
+    """redis-py's Sentinel-managed connection, which already turns READONLY from a demoted
+    primary into a ConnectionError, plus the same for NOREPLICAS: a primary configured with
+    `min-replicas-to-write` whose replica was just promoted refuses writes until Sentinel demotes
+    it, and the next connection must ask the sentinels again."""
+
+    def read_response(self, *args, **kwargs):
+        try:
+            return super().read_response(*args, **kwargs)
+        except ResponseError as exc:
+            if not str(exc).startswith("NOREPLICAS"):
+                raise
+            self.disconnect()
+            raise RedisConnectionError("the primary has no replica to write to (NOREPLICAS)") from exc
+
+
+class PrimarySSLConnection(PrimaryConnection, SentinelManagedSSLConnection):
+    pass
+
+
 def redis_client(settings: Settings, timeout: float | None = None) -> Redis:
     """A client that fails fast instead of hanging: a bounded socket timeout (above the idle
     dequeue's short block) and no silent retries inside redis-py, so a frozen Redis costs the
-    main loop at most one timeout per call and our own backoff loop decides what happens next."""
+    main loop at most one timeout per call and our own backoff loop decides what happens next.
+
+    With REDIS_SENTINELS, the client asks the sentinels for the primary's address on every new
+    connection; a connection whose server was demoted or cut off from its replicas fails with a
+    ConnectionError (see `PrimaryConnection`), so the caller backs off and the next attempt
+    reaches the new primary."""
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
     if timeout is None:
         timeout = settings.poll_interval + 4.0
-    return Redis.from_url(
-        settings.redis_url,
-        socket_timeout=timeout,
-        socket_connect_timeout=min(timeout, 5.0),
-        health_check_interval=30,
-        retry=Retry(NoBackoff(), 0),
+    bounds = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": min(timeout, 5.0),
+        "health_check_interval": 30,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    if not settings.redis_sentinels:
+        return Redis.from_url(settings.redis_url, **bounds)
+    from redis.connection import SSLConnection, parse_url
+
+    options = parse_url(settings.redis_url)  # database, user, password, TLS; host and port unused
+    options.pop("host", None)
+    options.pop("port", None)
+    tls = options.pop("connection_class", None) is SSLConnection
+    tls_options = {k: v for k, v in options.items() if k.startswith("ssl")}
+    sentinel = Sentinel(
+        list(settings.redis_sentinels),
+        # the sentinels: same bounds and TLS as the data nodes, not their password or database
+        sentinel_kwargs={**bounds, **tls_options, **({"ssl": True} if tls else {})},
+        **bounds,
+    )
+    return sentinel.master_for(
+        settings.redis_sentinel_master,
+        connection_pool_class=SentinelConnectionPool,
+        connection_class=PrimarySSLConnection if tls else PrimaryConnection,
+        **options,
     )
 
 

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -55,12 +56,20 @@ class RedisServer:
     """A throwaway redis-server process on loopback."""
 
     def __init__(
-        self, port: int | None = None, directory: Path | None = None, persist: bool = False, password: str = ""
+        self,
+        port: int | None = None,
+        directory: Path | None = None,
+        persist: bool = False,
+        password: str = "",
+        replica_of: int | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.port = port or free_port()
         self.directory = Path(directory or Path("var") / "redis")
         self.persist = persist
         self.password = password
+        self.replica_of = replica_of  # the port of a primary on loopback this one replicates
+        self.extra_args = list(extra_args)  # more `--option value` pairs, e.g. min-replicas-to-write
         self.process: subprocess.Popen | None = None
 
     @property
@@ -68,8 +77,7 @@ class RedisServer:
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
-    def start(self, timeout: float = 10.0) -> RedisServer:
-        self.directory.mkdir(parents=True, exist_ok=True)
+    def _command(self) -> list[str]:
         args = [
             find_redis_server(),
             "--port",
@@ -88,10 +96,16 @@ class RedisServer:
         args += (
             ["--appendonly", "yes", "--appendfsync", "always"] if self.persist else ["--save", "", "--appendonly", "no"]
         )
-        if self.password:
-            args += ["--requirepass", self.password]
+        if self.password:  # a replica authenticates to its primary with the same password
+            args += ["--requirepass", self.password, "--masterauth", self.password]
+        if self.replica_of:
+            args += ["--replicaof", "127.0.0.1", str(self.replica_of)]
+        return args + self.extra_args
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+            self._command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
         deadline = time.monotonic() + timeout
         while not answers("127.0.0.1", self.port):
@@ -119,6 +133,167 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class SentinelServer(RedisServer):
+    """A throwaway Redis Sentinel (`redis-server sentinel.conf --sentinel`) watching one primary.
+
+    Its timeouts are short so that tests see a failover within seconds; `directory` must be its
+    own (the sentinel rewrites its configuration file there)."""
+
+    def __init__(
+        self,
+        primary_port: int,
+        master_name: str = "mymaster",
+        port: int | None = None,
+        directory: Path | None = None,
+        password: str = "",
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 3000,
+    ) -> None:
+        super().__init__(port=port, directory=directory)
+        self.primary_port = primary_port
+        self.master_name = master_name
+        self.primary_password = password
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+
+    @property
+    def address(self) -> str:
+        """host:port, as REDIS_SENTINELS lists it."""
+        return f"127.0.0.1:{self.port}"
+
+    def _command(self) -> list[str]:
+        name = self.master_name
+        lines = [
+            f"port {self.port}",
+            "bind 127.0.0.1",
+            f"dir {self.directory.resolve()}",
+            "logfile sentinel.log",
+            f"sentinel monitor {name} 127.0.0.1 {self.primary_port} 1",
+            f"sentinel down-after-milliseconds {name} {self.down_after_ms}",
+            f"sentinel failover-timeout {name} {self.failover_timeout_ms}",
+            f"sentinel parallel-syncs {name} 1",
+        ]
+        if self.primary_password:
+            lines.append(f"sentinel auth-pass {name} {self.primary_password}")
+        conf = self.directory / "sentinel.conf"
+        conf.write_text("\n".join(lines) + "\n")
+        return [find_redis_server(), str(conf.resolve()), "--sentinel"]
+
+
+class SentinelGroup:
+    """A primary, one replica and one sentinel watching them, each on a free loopback port.
+
+    Before a failover the primary gets `min-replicas-to-write 1`: once its replica is promoted it
+    refuses writes (NOREPLICAS) instead of taking writes that its demotion, about 10 s later, would
+    throw away. (Set on the replica too, it would make the new primary refuse writes until the old
+    one has come back as its replica; a deployment with two replicas sets it everywhere.)"""
+
+    def __init__(self, directory: Path, master_name: str = "mymaster", password: str = "") -> None:
+        self.master_name = master_name
+        self.password = password
+        self.primary = RedisServer(directory=directory / "primary", password=password)
+        self.replica = RedisServer(directory=directory / "replica", password=password, replica_of=self.primary.port)
+        self.sentinel = SentinelServer(
+            self.primary.port, master_name, directory=directory / "sentinel", password=password
+        )
+
+    def start(self, timeout: float = 20.0) -> SentinelGroup:
+        self.primary.start()
+        self.replica.start()
+        self.sentinel.start()
+        self._wait(self._replica_known, timeout, "the sentinel to see a replica in sync")
+        self._guard_primary()
+        return self
+
+    def _guard_primary(self) -> None:
+        with self._server(self.primary_port) as primary:
+            primary.config_set("min-replicas-to-write", 1)
+            primary.config_set("min-replicas-max-lag", 10)
+
+    def stop(self) -> None:
+        for server in (self.sentinel, self.replica, self.primary):
+            server.stop()
+
+    def __enter__(self) -> SentinelGroup:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _sentinel(self):
+        from redis import Redis
+
+        return Redis(port=self.sentinel.port, socket_timeout=2, decode_responses=True)
+
+    def _server(self, port: int):
+        from redis import Redis
+
+        return Redis(port=port, password=self.password or None, socket_timeout=2, decode_responses=True)
+
+    @staticmethod
+    def _wait(predicate, timeout: float, what: str) -> None:
+        from redis.exceptions import RedisError
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(RedisError):
+                if predicate():
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"timed out waiting for {what}")
+
+    def _replica_known(self) -> bool:
+        with self._sentinel() as s:
+            replicas = s.sentinel_slaves(self.master_name)
+        with self._server(self.primary_port) as primary:
+            in_sync = primary.info("replication").get("connected_slaves", 0) >= 1
+        return in_sync and any(not r["is_sdown"] and r.get("master-link-status") == "ok" for r in replicas)
+
+    def _writable(self, port: int) -> bool:
+        with self._server(port) as server:
+            return bool(server.set("devredis:failover", "1", px=1000))
+
+    @property
+    def primary_port(self) -> int:
+        """The primary's port, as the sentinel tells it."""
+        with self._sentinel() as s:
+            return int(s.sentinel_get_master_addr_by_name(self.master_name)[1])
+
+    def client(self, **kwargs):
+        """A client of the current primary, found through the sentinel."""
+        from redis.sentinel import Sentinel
+
+        return Sentinel([("127.0.0.1", self.sentinel.port)], socket_timeout=2).master_for(
+            self.master_name, password=self.password or None, **kwargs
+        )
+
+    def failover(self, timeout: float = 30.0) -> int:
+        """`SENTINEL FAILOVER`, retried until the sentinel accepts it (it refuses while no replica
+        is in sync yet); returns when the new primary takes writes. Its port is returned."""
+        from redis.exceptions import ResponseError
+
+        self._wait(self._replica_known, timeout, "a replica in sync")
+        self._guard_primary()
+        old = self.primary_port
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with self._sentinel() as s:
+                    s.execute_command("SENTINEL", "FAILOVER", self.master_name)
+                break
+            except ResponseError:  # NOGOODSLAVE, INPROG: not yet
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        self._wait(lambda: self.primary_port != old, timeout, "the sentinel to name a new primary")
+        new = self.primary_port
+        self._wait(lambda: self._writable(new), timeout, "the new primary to take writes")
+        self.primary, self.replica = (
+            (self.replica, self.primary) if new == self.replica.port else (self.primary, self.replica)
+        )
+        return new
 
 
 def main(argv: list[str]) -> int:

@@ -2,7 +2,7 @@
 
 A `ThreadingHTTPServer` in a daemon thread. Liveness answers from the in-memory state
 only (no Redis, no disk), so a Redis outage never gets the worker restarted. Readiness
-pings Redis over a connection of its own with a short timeout. The server knows nothing
+writes to Redis over a connection of its own with a short timeout. The server knows nothing
 of the daemon: it reads a `LiveState` and calls the checks it is given.
 """
 
@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from redis.exceptions import ResponseError
+
 from worker import __version__
 from worker.state import LiveState, State
 
@@ -28,8 +30,29 @@ log = logging.getLogger(__name__)
 Check = Callable[[], tuple[bool, str]]
 
 
+PROBE_KEY = "worker:readyz"  # the probe's write: one small key, expiring on its own
+PROBE_TTL_MS = 10_000
+
+
+def redis_error(exc: BaseException) -> str:
+    """What went wrong, safe for a health body: the exception's type, plus what Redis refused with
+    (its error code: NOREPLICAS, OOM, BUSY, MISCONF..., or redis-py's class for it: ReadOnlyError),
+    also when redis-py turned the refusal into a ConnectionError (its Sentinel client does with
+    READONLY). Never the message itself."""
+    for cause in (exc.__cause__, exc.__context__, exc):
+        if isinstance(cause, ResponseError):
+            code = str(cause).split(" ", 1)[0]
+            if not (code.isalpha() and code.isupper() and len(code) <= 20):
+                code = type(cause).__name__
+            return code if cause is exc and code == type(exc).__name__ else f"{type(exc).__name__}: {code}"
+    return type(exc).__name__
+
+
 class RedisProbe:
-    """PING Redis with a short timeout, remembering the answer for `cache_seconds`."""
+    """Whether Redis takes writes: one SET of a small key with a TTL, under a short timeout, the
+    answer remembered for `cache_seconds`. A PING is not enough: after a failover the old primary
+    answers PING and refuses writes (READONLY), and so do a full Redis (OOM), one busy in a script
+    (BUSY) and a primary without its replicas under `min-replicas-to-write` (NOREPLICAS)."""
 
     def __init__(self, client_factory: Callable[[], object], cache_seconds: float = 1.0) -> None:
         self._factory = client_factory
@@ -47,10 +70,10 @@ class RedisProbe:
             try:
                 if self._client is None:
                     self._client = self._factory()
-                self._client.ping()  # type: ignore[attr-defined]
+                self._client.set(PROBE_KEY, "1", px=PROBE_TTL_MS)  # type: ignore[attr-defined]
                 result = {"ok": True, "latency_ms": round((time.perf_counter() - start) * 1000, 3), "error": None}
             except Exception as exc:  # any failure means not ready; say which kind, never the URL
-                result = {"ok": False, "latency_ms": None, "error": type(exc).__name__}
+                result = {"ok": False, "latency_ms": None, "error": redis_error(exc)}
             self._result = result
             self._checked = time.monotonic()
             return result
@@ -244,7 +267,7 @@ class HealthServer(ThreadingHTTPServer):
         reasons = []
         redis = self.redis_probe.check()
         if not redis["ok"]:
-            reasons.append(f"redis unreachable ({redis['error']})")
+            reasons.append(f"redis unavailable or refusing writes ({redis['error']})")
         for name, check in self.checks.items():
             try:
                 ok, why = check()

@@ -107,6 +107,28 @@ def check_redis_url(url: str) -> None:
             raise SettingsError(hint.format(why="the database after the host must be a number")) from None
 
 
+SENTINEL_PORT = 26379  # Redis Sentinel's default port
+
+
+def parse_sentinels(raw: str) -> tuple[tuple[str, int], ...]:
+    """REDIS_SENTINELS: comma-separated `host:port` (`[v6addr]:port` for IPv6; no port: 26379)."""
+    found: list[tuple[str, int]] = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        if item.startswith("["):
+            host, bracket, rest = item[1:].partition("]")
+            port = rest.removeprefix(":")
+            ok = bracket == "]" and (rest == "" or (rest.startswith(":") and port != ""))
+        else:
+            host, colon, port = item.partition(":")
+            ok = not (colon and port == "")
+        if not (ok and host and (port == "" or (port.isdigit() and 0 < int(port) < 65536))):
+            raise SettingsError(f"REDIS_SENTINELS wants comma-separated host:port, got {item!r}")
+        found.append((host, int(port) if port else SENTINEL_PORT))
+    return tuple(found)
+
+
 STORE_SCHEMES = {"sqlite": "sqlite", "postgresql": "postgresql", "postgres": "postgresql"}
 
 
@@ -202,6 +224,10 @@ def default_horse_memory_mb(root: Path = Path("/")) -> int:
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Redis Sentinel: the sentinels and the name of the primary they watch. When set, they give
+    # the primary's address; REDIS_URL still gives the database, user, password and TLS.
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    redis_sentinel_master: str = ""
     queues: tuple[str, ...] = ("high", "default", "low")
     # RQ's dequeue strategies: default (strict priority), round_robin, random.
     dequeue_strategy: str = "default"
@@ -273,6 +299,8 @@ class Settings:
         model_dir = env.get("EMBED_MODEL_DIR", "").strip()
         settings = cls(
             redis_url=env.get("REDIS_URL", "").strip() or cls.redis_url,
+            redis_sentinels=parse_sentinels(env.get("REDIS_SENTINELS", "")),
+            redis_sentinel_master=env.get("REDIS_SENTINEL_MASTER", "").strip(),
             queues=queues,
             dequeue_strategy=_choice(env, "DEQUEUE_STRATEGY", "default", ("default", "round_robin", "random")),
             worker_name=env.get("WORKER_NAME", "").strip() or None,
@@ -321,6 +349,10 @@ class Settings:
                 f"REDIS_URL must be a redis://, rediss:// or unix:// URL, got {redact_url(self.redis_url)}"
             )
         check_redis_url(self.redis_url)
+        if bool(self.redis_sentinels) != bool(self.redis_sentinel_master):
+            raise SettingsError("REDIS_SENTINELS and REDIS_SENTINEL_MASTER go together: set both or neither")
+        if self.redis_sentinels and not self.redis_url.startswith(("redis://", "rediss://")):
+            raise SettingsError("with REDIS_SENTINELS, REDIS_URL must be a redis:// or rediss:// URL (not unix://)")
         if not 0 <= self.health_port <= 65535:
             raise SettingsError(f"HEALTH_PORT must be 0..65535, got {self.health_port}")
         if self.chunk_tokens > 256:
@@ -372,7 +404,11 @@ class Settings:
 
     @property
     def safe_redis_url(self) -> str:
-        return redact_url(self.redis_url)
+        """REDIS_URL without secrets; with Sentinel, also which primary and which sentinels."""
+        if not self.redis_sentinels:
+            return redact_url(self.redis_url)
+        sentinels = ",".join(f"{h}:{p}" for h, p in self.redis_sentinels)
+        return f"{redact_url(self.redis_url)} (primary {self.redis_sentinel_master!r} from sentinels {sentinels})"
 
     def threads_per_process(self) -> int:
         """onnxruntime intra-op threads: EMBED_THREADS, or the cores shared among the host's workers."""
