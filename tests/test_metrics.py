@@ -180,3 +180,15 @@ def test_forbidden_names_cannot_grow_the_metrics(start_worker, redis_conn):
     assert all(len(value) <= 200 for s in jobs_fam.samples for value in s.labels.values())
     assert all(j.get_status(refresh=True) in ("finished", "failed") for j in jobs)
     assert w.proc.poll() is None
+
+
+def test_an_entry_that_is_no_job_is_quarantined_and_counted(start_worker, redis_conn):
+    w = start_worker()
+    q = queue(redis_conn)
+    redis_conn.rpush(q.key, "bad id!")
+    after = q.enqueue("worker.jobs.ping", "after")
+    wait_for(lambda: after.get_status(refresh=True) == "finished", message="the job after")
+    samples = [line for line in w.get("/metrics")[1].splitlines() if line.startswith("worker_quarantined_total")]
+    assert samples and samples[0].endswith(" 1"), samples
+    assert b"bad id!" in redis_conn.lindex("worker:quarantine", 0)
+    assert w.proc.poll() is None

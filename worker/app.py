@@ -173,7 +173,8 @@ def default_worker_name() -> str:
 
 
 def run_daemon(settings: Settings, burst: bool = False, max_jobs: int | None = None) -> int:
-    from worker.daemon import DaemonWorker
+    from worker import lifecycle
+    from worker.daemon import DaemonWorker, housekeeping
     from worker.health import HealthServer, RedisProbe
     from worker.logs import setup_logging
     from worker.metrics import queue_figures, render
@@ -199,7 +200,7 @@ def run_daemon(settings: Settings, burst: bool = False, max_jobs: int | None = N
                 queues = queue_figures(probe_client, settings.queues)
             except Exception:  # Redis went away between the two calls
                 up = False
-        return render(state, up, queues)
+        return render(state, up, queues, (lifecycle.quarantined, dict(housekeeping.errors)))
 
     try:
         health = HealthServer(

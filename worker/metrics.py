@@ -57,7 +57,14 @@ def queue_figures(client, queues: Sequence[str]) -> dict[str, dict[str, int]]:
     }
 
 
-def render(state: LiveState, redis_up: bool, queues: dict[str, dict[str, int]] | None) -> str:
+def render(
+    state: LiveState,
+    redis_up: bool,
+    queues: dict[str, dict[str, int]] | None,
+    boundaries: tuple[int, dict[str, int]] = (0, {}),
+) -> str:
+    """`boundaries`: entries quarantined, and errors caught by the daemon's boundaries by place
+    (a fixed set of names in the daemon's code, never from a job)."""
     snap = state.metrics_snapshot()
     worker = state.name
     out: list[str] = []
@@ -94,6 +101,13 @@ def render(state: LiveState, redis_up: bool, queues: dict[str, dict[str, int]] |
 
     family("worker_redis_up", "gauge", "1 when Redis answered the last PING")
     out.append(f"worker_redis_up{_labels(worker=worker)} {1 if redis_up else 0}")
+
+    quarantined, caught = boundaries
+    family("worker_quarantined_total", "counter", "Entries that were no job, moved to worker:quarantine")
+    out.append(f"worker_quarantined_total{_labels(worker=worker)} {quarantined}")
+    family("worker_boundary_errors_total", "counter", "Errors tied to one job or entry, caught by the daemon")
+    for where, n in sorted(caught.items()):
+        out.append(f"worker_boundary_errors_total{_labels(worker=worker, where=where)} {n}")
 
     if queues:
         family("worker_queue_depth", "gauge", "Jobs waiting in the queue")

@@ -37,13 +37,13 @@ log = logging.getLogger("worker.daemon")
 
 
 def func_name(job: Job) -> str:
-    """The job's function name, safe for any output, or a placeholder when its payload cannot
-    be read or names no function."""
+    """The job's function name (raw, at most 1,000 characters: each output escapes it, see
+    worker.safe), or a placeholder when its payload cannot be read or names no function."""
     try:
         name = job.func_name
     except Exception:  # DeserializationError: e.g. a pickle payload sent to a JSON worker
         return "<undecodable>"
-    return safe_text(name, 200) if isinstance(name, str) and name else "<invalid>"
+    return name[:1000] if isinstance(name, str) and name else "<invalid>"
 
 
 def execute(worker: DaemonWorker, job: Job, queue: Queue) -> None:
@@ -66,7 +66,7 @@ def execute(worker: DaemonWorker, job: Job, queue: Queue) -> None:
         CurrentJob(
             id=job.id,
             function=func_name(job),
-            queue=safe_text(queue.name, 100),
+            queue=queue.name[:1000],
             started=time.monotonic(),
             timeout=float(job.timeout),
         )
@@ -222,7 +222,7 @@ def job_ended(worker: DaemonWorker, job, queue, outcome, duration, etype, counte
         extra={
             "job_id": job.id,
             "function": function,
-            "queue": safe_text(queue.name, 100),
+            "queue": queue.name[:1000],
             "duration": round(duration, 6),
             "outcome": outcome,
             "error_type": safe_text(etype, 100) if etype else None,
