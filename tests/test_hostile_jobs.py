@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import http.server
 import threading
+import zlib
+from pathlib import Path
 
 import pytest
-from rq import Callback, Queue
-from rq.job import Job
+from rq import Callback, Queue, Repeat, Retry
+from rq.job import Job, JobStatus
 from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.webhook import Webhook
@@ -62,6 +64,10 @@ UNREADABLE = [
     ("result_ttl", "x"),
     ("failure_ttl", "x"),
     ("retry_intervals", "["),
+    ("retry_intervals", "[NaN]"),
+    ("retry_intervals", '"soon"'),
+    ("repeat_intervals", '[1, {"a": 1}]'),
+    ("repeat_intervals", "[true]"),
     ("description", b"\xff\xfe"),
     ("group_id", b"\xff"),
 ]
@@ -73,8 +79,8 @@ def test_an_unreadable_job_ends_failed_with_its_reason(start_worker, redis_conn)
     q = queue(redis_conn)
     bad = {}
     for field, value in UNREADABLE:
-        bad[field] = q.enqueue("worker.jobs.ping", "garbled")
-        redis_conn.hset(bad[field].key, field, value)
+        job = bad[f"{field}={value!r}"] = q.enqueue("worker.jobs.ping", "garbled")
+        redis_conn.hset(job.key, field, value)
     good = q.enqueue("worker.jobs.ping", "after")
     w = start_worker()
     wait_for(lambda: good.get_status(refresh=True) == "finished", message="the job after")
@@ -190,4 +196,116 @@ def test_an_unreadable_scheduled_job_fails_alone(start_worker, redis_conn):
     wait_for(lambda: status_of(redis_conn, bad.id) == "failed", message="the bad one failed")
     assert exc_string(redis_conn, bad.id).startswith("worker.errors.UnreadableJobError: ")
     assert bad.id not in q.scheduled_job_registry
+    assert w.proc.poll() is None and w.get("/healthz")[0] == 200
+
+
+# -- retry and repeat intervals (issue 18 item 4) ------------------------------------------------
+
+DAY = 86400
+
+
+def scheduled_in(conn, queue_name: str, job_id: str) -> float | None:
+    """Seconds from now until the job is due in its queue's scheduled registry (None: not there)."""
+    import time
+
+    score = conn.zscore(f"rq:scheduled:{queue_name}", job_id)
+    return None if score is None else score - time.time()
+
+
+def test_a_huge_retry_or_repeat_interval_is_clamped_and_the_worker_goes_on(start_worker, redis_conn):
+    """`Retry(interval=10**12)` used to raise OverflowError in the horse (a failing job) and in
+    the daemon's dead-horse path (a crashing one: three worker deaths, then WorkerDiedError);
+    `Repeat(interval=10**12)` recorded a job that succeeded as failed."""
+    w = start_worker()
+    q = queue(redis_conn)
+    failing = q.enqueue("tests.jobs_for_tests.fail", "x", retry=Retry(max=3, interval=10**12))
+    infinite = q.enqueue("tests.jobs_for_tests.fail", "x", retry=Retry(max=3))
+    redis_conn.hset(infinite.key, "retry_intervals", "[Infinity]")  # a raw write: RQ's json reads it
+    crashing = q.enqueue("tests.jobs_for_tests.crash", 9, retry=Retry(max=3, interval=10**12))
+    repeated = q.enqueue("worker.jobs.ping", "again", repeat=Repeat(times=2, interval=10**12))
+    after = q.enqueue("worker.jobs.ping", "after")
+    wait_for(lambda: after.get_status(refresh=True) == "finished", message="the job after")
+    for job in (failing, infinite, crashing, repeated):
+        assert job.get_status(refresh=True) == "scheduled", job.func_name
+        assert 0 < scheduled_in(redis_conn, "default", job.id) <= DAY  # not in 31,700 years
+        job.refresh()
+    assert failing.retries_left == infinite.retries_left == crashing.retries_left == 2
+    assert repeated.repeats_left == 1
+    assert repeated.latest_result().type.name == "SUCCESSFUL"
+    assert w.proc.poll() is None and w.get("/healthz")[0] == 200
+
+
+def test_intervals_are_clamped_when_a_job_is_read(redis_conn):
+    from worker.allowlist import MAX_SCHEDULE_INTERVAL, GuardedJob, clamp_intervals
+
+    assert clamp_intervals([-5, 0, 2.5, 10**12, float("inf")], "r") == [0, 0, 2.5, DAY, DAY]
+    assert clamp_intervals(7, "r") == [7] and clamp_intervals([], "r") is None and MAX_SCHEDULE_INTERVAL == DAY
+    job = queue(redis_conn).enqueue("worker.jobs.ping", "x", retry=Retry(max=2, interval=[10**12, 3]))
+    redis_conn.hset(job.key, "repeat_intervals", "[-Infinity, 1e300]")
+    read = GuardedJob.fetch(job.id, connection=redis_conn, serializer=JSONSerializer)
+    assert read.retry_intervals == [DAY, 3] and read.repeat_intervals == [0, DAY]
+
+
+# -- the size of a job hash (issue 18 item 7) -------------------------------------------------
+
+
+def zlib_bomb(head: bytes, filler: bytes, count: int, tail: bytes) -> bytes:
+    """zlib data for `head + filler * count + tail`, made in a fraction of a second: the filler's
+    block (its compressor state flushed) is repeated, and the checksum computed over the whole."""
+    packer = zlib.compressobj(9)
+    start = packer.compress(head) + packer.flush(zlib.Z_FULL_FLUSH)
+    block = packer.compress(filler) + packer.flush(zlib.Z_FULL_FLUSH)
+    end = packer.compress(tail) + packer.flush()
+    adler = zlib.adler32(head)
+    for _ in range(count):
+        adler = zlib.adler32(filler, adler)
+    return start + block * count + end[:-4] + zlib.adler32(tail, adler).to_bytes(4, "big")
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_zlib_bomb_in_data_is_not_unpacked_in_the_daemon(start_worker, redis_conn):
+    """1 MB in Redis, 1 GiB of JSON unpacked: RQ unpacked it in the daemon with no bound (peak
+    RSS 3.1 GB, 2.1 GB held after). Now it is unpacked at most to MAX_JOB_DATA_BYTES (64 MiB)."""
+    w = start_worker()
+    q = queue(redis_conn)
+    bomb = q.create_job("worker.jobs.ping", args=("to be replaced",), status=JobStatus.QUEUED)
+    bomb.save()
+    payload = zlib_bomb(b'["worker.jobs.ping", null, ["', b"A" * (1 << 20), 1024, b'"], {}]')
+    assert len(payload) < 1100 * 1024
+    redis_conn.hset(bomb.key, "data", payload)
+    before = peak_rss_mib(w.proc.pid)
+    redis_conn.rpush(q.key, bomb.id)  # queued as RQ queues it, with the bomb already in place
+    after = q.enqueue("worker.jobs.ping", "after")
+    wait_for(lambda: after.get_status(refresh=True) == "finished", timeout=60, message="the job after")
+    assert status_of(redis_conn, bomb.id) == "failed"
+    why = exc_string(redis_conn, bomb.id)
+    assert why.startswith("worker.errors.UnreadableJobError: ") and "InputTooLargeError" in why
+    assert "MAX_JOB_DATA_BYTES" in why
+    assert peak_rss_mib(w.proc.pid) - before < 256  # 64 MiB unpacked at most; unbounded: over 1,000
+    assert w.proc.poll() is None and w.get("/healthz")[0] == 200
+
+
+def test_a_job_hash_over_the_limit_is_not_read(start_worker, redis_conn):
+    limit = 100_000
+    q = queue(redis_conn)
+    big_meta = q.enqueue("worker.jobs.ping", "x")
+    redis_conn.hset(big_meta.key, "meta", '{"pad": "' + "x" * limit + '"}')
+    big_data = q.enqueue("worker.jobs.ping", "y" * (limit + 1))  # RQ packs it to a few hundred bytes
+    exc_bomb = q.enqueue("worker.jobs.ping", "z")
+    redis_conn.hset(exc_bomb.key, "exc_info", zlib.compress(b"x" * (10 * limit)))
+    many_fields = q.enqueue("worker.jobs.ping", "w")
+    redis_conn.hset(many_fields.key, mapping={f"f{i}": "1" for i in range(300)})
+    fits = q.enqueue("tests.jobs_for_tests.record", "v" * (limit // 2))
+    w = start_worker(extra_env={"MAX_JOB_DATA_BYTES": str(limit), "MAX_INLINE_BYTES": "1000"})
+    wait_for(lambda: fits.get_status(refresh=True) == "finished", message="the job that fits")
+    for job in (big_meta, big_data, exc_bomb, many_fields):
+        assert status_of(redis_conn, job.id) == "failed", job.id
+        why = exc_string(redis_conn, job.id)
+        assert why.startswith("worker.errors.UnreadableJobError: ") and "InputTooLargeError" in why, why
     assert w.proc.poll() is None and w.get("/healthz")[0] == 200

@@ -259,6 +259,8 @@ class Settings:
     poll_interval: int = 1
     max_pdf_bytes: int = 100 * 1024 * 1024
     max_inline_bytes: int = 10 * 1024 * 1024
+    # Largest job hash read from Redis, and the most its data (the arguments) may unpack to.
+    max_job_data_bytes: int = 64 * 1024 * 1024
     max_pages: int = 2000
     # Text one page, and one document, may expand to (a small PDF can hold gigabytes of text).
     max_page_chars: int = 100_000
@@ -325,6 +327,7 @@ class Settings:
             poll_interval=_int(env, "POLL_INTERVAL", cls.poll_interval, 1),
             max_pdf_bytes=_int(env, "MAX_PDF_BYTES", cls.max_pdf_bytes, 1),
             max_inline_bytes=_int(env, "MAX_INLINE_BYTES", cls.max_inline_bytes, 1),
+            max_job_data_bytes=_int(env, "MAX_JOB_DATA_BYTES", cls.max_job_data_bytes, 1024),
             max_pages=_int(env, "MAX_PAGES", cls.max_pages, 1),
             max_page_chars=_int(env, "MAX_PAGE_CHARS", cls.max_page_chars, 1),
             max_document_chars=_int(env, "MAX_DOCUMENT_CHARS", cls.max_document_chars, 1),
@@ -362,6 +365,12 @@ class Settings:
         check_store_url(self.store_url)
         if not 1 <= self.hnsw_ef_search <= 1000:
             raise SettingsError(f"HNSW_EF_SEARCH must be 1..1000 (pgvector's range), got {self.hnsw_ef_search}")
+        inline = min(self.max_inline_bytes, self.max_pdf_bytes)
+        if self.max_job_data_bytes < 2 * inline:
+            raise SettingsError(
+                f"MAX_JOB_DATA_BYTES ({self.max_job_data_bytes}) must be at least twice MAX_INLINE_BYTES ({inline}):"
+                " inline data travels base64-encoded in the job's data"
+            )
         if self.job_timeout > self.max_job_timeout:
             raise SettingsError(f"JOB_TIMEOUT ({self.job_timeout}) exceeds MAX_JOB_TIMEOUT ({self.max_job_timeout})")
 
