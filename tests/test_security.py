@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import http.server
+import threading
+
 from redis import Redis
+from rq.webhook import Webhook
 
 from tests.conftest import queue, wait_for
 from worker.devredis import RedisServer
@@ -73,3 +77,65 @@ def test_unencoded_slash_in_the_password_exits_2_without_the_secret(tmp_path) ->
             assert "REDIS_URL is not a valid URL" in out.stderr and "percent-encode" in out.stderr
             assert "Traceback" not in out.stderr and "hunter2" not in out.stderr + out.stdout
             assert "ss-" not in out.stderr
+
+
+class Recorder(http.server.BaseHTTPRequestHandler):
+    """Records each request (host it was sent to, path, Authorization header); /to/<url>
+    redirects to <url>."""
+
+    seen: list[tuple[str, str, str | None]] = []
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.seen.append((self.server.server_address[0], self.path, self.headers.get("Authorization")))
+        if self.path.startswith("/to/"):
+            self.send_response(307)
+            self.send_header("Location", self.path[len("/to/") :])
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_POST  # noqa: N815
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_webhooks_do_not_follow_redirects_to_hosts_not_allowed(start_worker, redis_conn):
+    """urllib, which RQ's webhooks use, follows redirects anywhere and takes the producer's
+    headers along: an allowed host could send the job's traceback and credentials elsewhere."""
+    servers = []
+    for host in ("127.0.0.1", "127.0.0.2"):  # two host names on the loopback
+        server = http.server.ThreadingHTTPServer((host, 0), Recorder)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+    Recorder.seen = []
+    try:
+        allowed, other = (f"http://{s.server_address[0]}:{s.server_address[1]}" for s in servers)
+        w = start_worker(extra_env={"WEBHOOK_HOSTS": "127.0.0.1"})
+        q = queue(redis_conn)
+        secret = {"Authorization": "Bearer " + SECRET}
+        hooks = [
+            Webhook(f"{allowed}/to/{other}/stolen", "finished", method="POST", headers=secret),
+            Webhook(f"{allowed}/to/{allowed}/landed", "finished", headers=secret),
+            Webhook(f"{allowed}/to/ftp://127.0.0.1/x", "finished"),
+        ]
+        q.enqueue("worker.jobs.ping", "x", webhooks=hooks)
+        failed = q.enqueue("tests.jobs_for_tests.fail", webhooks=[Webhook(f"{allowed}/to/{other}/trace", "failed")])
+        after = q.enqueue("worker.jobs.ping", "after")
+        wait_for(lambda: after.get_status(refresh=True) == "finished", message="the job after")
+        assert failed.get_status(refresh=True) == "failed"  # its horse waited for its webhook
+        wait_for(lambda: ("127.0.0.1", "/landed", "Bearer " + SECRET) in Recorder.seen, message="allowed redirect")
+        assert [path for host, path, _ in Recorder.seen if host == "127.0.0.2"] == []
+        assert {path for _, path, _ in Recorder.seen} == {
+            f"/to/{other}/stolen",
+            f"/to/{allowed}/landed",
+            "/landed",
+            "/to/ftp://127.0.0.1/x",
+            f"/to/{other}/trace",
+        }
+        assert "redirect to '127.0.0.2' not followed" in w.log()
+        assert w.proc.poll() is None
+    finally:
+        for server in servers:
+            server.shutdown()
