@@ -53,11 +53,17 @@ WORKER_ATTRIBUTES = (
 )
 # Attributes of an rq.job.Job that GuardedJob reads or replaces.
 JOB_ATTRIBUTES = (
+    "_exc_info",
     "_failure_callback_name",
     "_stopped_callback_name",
     "_success_callback_name",
     "failure_callback",
+    "fetch_many",
     "instance",
+    "refresh",
+    "repeat_intervals",
+    "restore",
+    "retry_intervals",
     "send_webhooks",
     "stopped_callback",
     "success_callback",
@@ -69,6 +75,7 @@ NAMES = (
     "rq.defaults.DEFAULT_SERIALIZER_CLASS",
     "rq.executions.Execution.create",
     "rq.executions.Execution.from_composite_key",
+    "rq.job.parse_job_id",
     "rq.job_lifecycle.record_job_failure",
     "rq.results.Result.create_failure",
     "rq.scheduler.RQScheduler.acquire_locks",
@@ -79,6 +86,7 @@ NAMES = (
     "rq.scheduler.RQScheduler.should_reacquire_locks",
     "rq.utils.import_job_class",
     "rq.utils.parse_composite_key",
+    "rq.webhook.Webhook.get_payload",
     "rq.worker_registration.REDIS_WORKER_KEYS",
 )
 
