@@ -311,11 +311,6 @@ def test_a_job_hash_over_the_limit_is_not_read(start_worker, redis_conn):
     assert w.proc.poll() is None and w.get("/healthz")[0] == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RQScheduler.enqueue_scheduled_jobs reads due jobs with rq.job.Job.fetch_many, not the worker's job "
-    "class: needs `rq.scheduler.Job = self.job_class` in worker/daemon/worker.py (see the jobhash branch's report)",
-)
 def test_a_zlib_bomb_in_a_scheduled_job_is_not_unpacked_in_the_daemon(start_worker, redis_conn):
     from datetime import timedelta
 

@@ -78,6 +78,7 @@ NAMES = (
     "rq.job.parse_job_id",
     "rq.job_lifecycle.record_job_failure",
     "rq.results.Result.create_failure",
+    "rq.scheduler.Job",
     "rq.scheduler.RQScheduler.acquire_locks",
     "rq.scheduler.RQScheduler.enqueue_scheduled_jobs",
     "rq.scheduler.RQScheduler.get_locking_key",

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import rq.scheduler
 from rq.exceptions import NoSuchJobError
 from rq.queue import Queue
 from rq.scheduler import RQScheduler
@@ -135,6 +136,9 @@ def enqueue_due_jobs(worker: DaemonWorker) -> None:
     """Move due scheduled jobs (retries with a delay) to their queues, as RQ's scheduler
     does, without a separate scheduler process; RQ's locks keep it to one worker per queue."""
     if worker._scheduler is None:
+        # RQ's scheduler reads due jobs with the module's `Job`, not the worker's job class: ours
+        # checks a hash's size before reading it and unpacks `data` with a bound (GuardedJob).
+        rq.scheduler.Job = worker.job_class
         worker._scheduler = RQScheduler(
             worker.queue_names(), connection=worker.connection, serializer=worker.serializer, name=worker.name
         )
