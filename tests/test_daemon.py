@@ -276,3 +276,14 @@ def test_scheduler_locks_are_kept_through_a_long_job(start_worker, redis_conn):
         time.sleep(0.2)
     # refreshed while the job ran: without it the TTL falls by 5 s over the job
     assert len(samples) > 10 and min(samples) > 58_500, samples
+
+
+def test_the_daemon_stops_warm_and_exits_4_past_its_memory_ceiling(start_worker, redis_conn):
+    """DAEMON_MEMORY_MB bounds the long-lived parent: with the model loaded it holds far more than
+    10 MiB, so it stops at its first check, after finishing the job in hand."""
+    q = queue(redis_conn)
+    job = q.enqueue("tests.jobs_for_tests.sleep", 1)
+    w = start_worker(extra_env={"DAEMON_MEMORY_MB": "10"}, ready=False)
+    assert w.wait(timeout=60) == 4
+    assert "over DAEMON_MEMORY_MB=10" in w.log()
+    assert job.get_status(refresh=True) in ("finished", "queued")  # finished, or never taken: not lost

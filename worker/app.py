@@ -26,6 +26,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1  # unexpected error
 EXIT_USAGE = 2  # bad settings or flags
 EXIT_UNAVAILABLE = 3  # the health port cannot be bound
+EXIT_MEMORY = 4  # stopped because the daemon's memory went past DAEMON_MEMORY_MB
 
 
 def serializer_for(settings: Settings):
@@ -246,4 +247,4 @@ def run_daemon(settings: Settings, burst: bool = False, max_jobs: int | None = N
         health.stop()
         systemd.stopped(done)
     log.info("worker %s stopped after %d jobs", name, done)
-    return EXIT_OK
+    return EXIT_MEMORY if worker.over_memory else EXIT_OK

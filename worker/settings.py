@@ -274,6 +274,9 @@ class Settings:
     # Address-space limit of a work-horse in MiB; 0 (set explicitly): none. Default: half the
     # memory of the host or cgroup, between 2 and 64 GiB (see default_horse_memory_mb).
     horse_memory_mb: int = field(default_factory=default_horse_memory_mb)
+    # Resident-memory ceiling of the long-lived parent (not its horses) in MiB; 0: none. Past it
+    # the daemon stops warm and exits 4, for its supervisor to start a fresh one.
+    daemon_memory_mb: int = 1024
     # Dotted names of the user's own job functions, registered beside the built-in ones.
     extra_jobs: tuple[str, ...] = ()
     # RQ job webhooks are sent only to these hosts (none: webhooks are off), with this timeout.
@@ -336,6 +339,7 @@ class Settings:
             store_busy_timeout=_float(env, "STORE_BUSY_TIMEOUT", cls.store_busy_timeout, 0.0),
             hnsw_ef_search=_int(env, "HNSW_EF_SEARCH", cls.hnsw_ef_search, 1),
             horse_memory_mb=_int(env, "HORSE_MEMORY_MB", default_horse_memory_mb()),
+            daemon_memory_mb=_int(env, "DAEMON_MEMORY_MB", cls.daemon_memory_mb),
             extra_jobs=tuple(n.strip() for n in env.get("EXTRA_JOBS", "").split(",") if n.strip()),
             webhook_hosts=tuple(h.strip().lower() for h in env.get("WEBHOOK_HOSTS", "").split(",") if h.strip()),
             webhook_timeout=_int(env, "WEBHOOK_TIMEOUT", cls.webhook_timeout, 1),

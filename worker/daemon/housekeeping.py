@@ -9,6 +9,7 @@ traceback the first time) and the daemon goes on.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -106,6 +107,7 @@ def tasks(worker: DaemonWorker) -> Housekeeping:
             Task("maintenance", 0, lambda: maintenance(worker), due=lambda: worker.should_run_maintenance_tasks),
             Task("scheduler", 1.0, lambda: enqueue_due_jobs(worker)),
             Task("recovery sweep", interval, lambda: sweep(worker)),
+            Task("memory", interval, lambda: check_memory(worker)),
         ]
     )
 
@@ -172,3 +174,22 @@ def check_scheduled(worker: DaemonWorker, queue: Queue, job_id: str) -> None:
         if redis_unusable(exc):
             raise
         lifecycle.fail_unreadable(worker.connection, queue, job_id, exc, worker.serializer)
+
+
+def resident_mb() -> float:
+    """This process's resident memory, MiB (Linux: /proc/self/statm)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
+
+
+def check_memory(worker: DaemonWorker) -> None:
+    """DAEMON_MEMORY_MB: past it, a warm stop (the job in hand finishes) and exit 4, so that the
+    supervisor starts a fresh process before the container's limit kills this one mid-job."""
+    limit = worker.settings.daemon_memory_mb
+    if limit <= 0 or worker.over_memory:
+        return
+    rss = resident_mb()
+    if rss > limit:
+        log.error("the daemon holds %.0f MiB, over DAEMON_MEMORY_MB=%d: stopping (warm), exit 4", rss, limit)
+        worker.over_memory = True
+        worker.request_stop()

@@ -80,6 +80,7 @@ class DaemonWorker(Worker):
             )
         self.live = live if live is not None else LiveState(self.name, self.settings.liveness_timeout)
         self.signals = Signals()
+        self.over_memory = False  # set by the memory task: the run ends with EXIT_MEMORY
         self._dequeuer: Dequeuer | None = None
         self._scheduler: RQScheduler | None = None
         self._backoff = Backoff()
