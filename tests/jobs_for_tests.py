@@ -128,3 +128,14 @@ def count_then_die_once(pages: int) -> int:
 
 class PlainJob(Job):
     """A job class without the allowlist, which DaemonWorker must refuse."""
+
+
+def hold(marker: str, seconds: float = 60.0) -> str:
+    """Run until the test releases it (LPUSH test:release:<marker>), or `seconds` pass: a job
+    whose end the test decides, with no timing. Records its runs as `sleep` does."""
+    conn = Redis.from_url(os.environ["REDIS_URL"])
+    conn.rpush(f"test:started:{marker}", os.getpid())
+    if conn.blpop([f"test:release:{marker}"], timeout=seconds) is None:
+        raise TimeoutError(f"hold({marker!r}): not released within {seconds}s")
+    conn.rpush(f"test:done:{marker}", os.getpid())
+    return marker
