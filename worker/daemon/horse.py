@@ -37,7 +37,7 @@ TAKEN_OVER_EXIT = 75
 BROKEN_EXIT = 70
 # ... and with this when Redis stayed unusable while it tried to claim the job's end (put back).
 UNCLAIMED_EXIT = 76
-CLAIM_PATIENCE = 20.0  # seconds
+CLAIM_PATIENCE = 10.0  # seconds: a failover of a quick Sentinel setup; past it the job runs again
 
 
 def run(worker: DaemonWorker, job: Job, queue: Queue) -> NoReturn:
