@@ -326,7 +326,7 @@ def test_bad_urls_exit_readably_without_secrets(source: str, pg_server, tmp_path
 
     (tmp_path / "junk.db").write_text("not a database")
     out = cli("--from", f"sqlite:///{tmp_path}/junk.db", "--to", f"sqlite:///{tmp_path}/t.db")
-    assert out.returncode == 1 and "DatabaseError" in out.stderr
+    assert out.returncode == 1 and "StoreConfigError" in out.stderr and "not a SQLite database" in out.stderr
 
     out = cli("--from", "mysql://u:pw-S3cret@host/db", "--to", f"sqlite:///{tmp_path}/t.db")
     assert out.returncode == 2 and "--from" in out.stderr and "must be sqlite" in out.stderr
