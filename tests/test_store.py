@@ -178,3 +178,21 @@ def test_a_file_that_is_not_a_database_is_a_store_config_error(tmp_path: Path) -
     with Store.open(f"sqlite:///{tmp_path}/real.db"):
         pass
     assert sqlite_problem(tmp_path / "real.db") is None
+
+
+def test_text_from_a_document_is_made_storable_character_for_character() -> None:
+    """What a PDF yields is kept, not refused: each NUL or lone surrogate becomes U+FFFD, so the
+    chunks' character offsets into the page text still hold (the pipeline cleans page texts so)."""
+    from worker.pipeline import storable_text as used_by_the_pipeline
+    from worker.store import storable, storable_text
+
+    assert used_by_the_pipeline is storable_text
+    text = "a\x00b\ud800c\udcffd 😀"
+    clean = storable_text(text)
+    assert clean == "a\ufffdb\ufffdc\ufffdd 😀" and len(clean) == len(text)
+    assert storable_text("plain") == "plain"
+    assert storable({"title": "t\x00", "n": 1, "l": [{"error": "e\udc80"}]}) == {
+        "title": "t\ufffd",
+        "n": 1,
+        "l": [{"error": "e\ufffd"}],
+    }

@@ -181,6 +181,33 @@ def test_where_matches_any_key_alike(store_url: str) -> None:
             store.search(query, k=10, where={"a\x00": "b"})
 
 
+def test_search_cli_refuses_what_no_store_can_answer_alike(store_url: str, tmp_path: Path) -> None:
+    """`search -k 99999999999999999999` (a traceback on PostgreSQL before) and arguments that are not
+    UTF-8 (bytes in argv come as lone surrogates): a usage error, exit 2, the same on both stores."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import MODEL_DIR, ROOT
+
+    env = dict(os.environ, STORE_URL=store_url, EMBED_MODEL_DIR=str(MODEL_DIR), PYTHONPATH=str(ROOT))
+    for args in (
+        ["query", "-k", "99999999999999999999"],
+        ["query", "-k", str(MAX_SEARCH_K + 1)],
+        ["query", "-k", "0"],
+        [b"caf\xe9"],
+        ["query", "--where", b"k\xff=v"],
+        ["query", "--where", b"k=\xff"],
+        ["query", "--document", b"\xff"],
+    ):
+        out = subprocess.run(
+            [sys.executable, "-m", "worker", "search", *args], env=env, capture_output=True, timeout=60, cwd=tmp_path
+        )
+        err = out.stderr.decode(errors="replace")
+        assert out.returncode == 2 and "Traceback" not in err, (args, err)
+        assert ("-k must be between 1 and 1000" in err) or ("lone surrogate" in err), (args, err)
+
+
 # -- PostgreSQL only ---------------------------------------------------------------------------
 
 
