@@ -370,3 +370,115 @@ def test_text_bomb_fails_typed_stores_nothing_and_horses_have_a_memory_limit(sta
     assert _store_counts(tmp_path) == (1, good.return_value()["chunks"])
     assert not q.scheduled_job_registry.get_job_ids()  # bad input: not retried
     assert worker.proc.poll() is None
+
+
+# -- what no store can hold, a full disk, a store that is not a database -------------------------
+
+
+@needs_embedding
+def test_arguments_no_store_can_hold_are_refused_before_any_work(start_worker, redis_conn, tmp_path) -> None:
+    """NUL, lone surrogates (JSON "\\ud800" arrives as one) and NaN in a job's arguments: a typed
+    bad-input error before any work, not retried. Before, the PDF was read, chunked and embedded,
+    and then the store raised UnicodeEncodeError, TypeError or a psycopg error (or SQLite stored a
+    NUL that PostgreSQL refused later); a surrogate in a path was an untyped UnicodeEncodeError."""
+    worker = _start(start_worker)
+    missing = str(tmp_path / "missing.pdf")  # reading it would fail: the refusal comes first
+    not_pdf = {"data_b64": base64.b64encode(b"plain text, not a PDF").decode()}
+    refused = [  # (function, args, kwargs)
+        ("worker.jobs.ingest_pdf", [missing], {"document_id": "a\x00b"}),
+        ("worker.jobs.ingest_pdf", [missing], {"document_id": "a\udc80"}),
+        ("worker.jobs.ingest_pdf", [missing], {"metadata": {"k": "a\x00"}}),
+        ("worker.jobs.ingest_pdf", [missing], {"metadata": {"k\ud800": "a"}}),
+        ("worker.jobs.ingest_pdf", [missing], {"metadata": {"k": [float("nan")]}}),
+        ("worker.jobs.ingest_pdf", [missing], {"password": "pw\udc80"}),
+        ("worker.jobs.ingest_pdf", [str(tmp_path / "a\ud800.pdf")], {}),
+        ("worker.jobs.ingest_pdf", [{**not_pdf, "filename": "a\x00.pdf"}], {}),  # not NotAPdfError
+        ("worker.jobs.ingest_pdf", [{**not_pdf, "filename": "\ud800.pdf"}], {}),
+        ("worker.jobs.extract_text", [str(tmp_path / "a\ud800.pdf")], {}),
+        ("worker.jobs.embed_texts", [["fine", "a\udc80"]], {}),
+    ]
+    q = queue(redis_conn)
+    jobs = [q.enqueue(func, *args, **kwargs) for func, args, kwargs in refused]
+    (tmp_path / "sample.pdf").write_bytes(pdfs.sample_pdf())
+    raw_name = os.path.join(os.fsencode(tmp_path), b"caf\xe9.pdf")  # a file name that is not UTF-8
+    with open(raw_name, "wb") as f:
+        f.write(pdfs.make_pdf([pdfs.TOWER]))
+    good = [
+        q.enqueue("worker.jobs.ingest_pdf", str(tmp_path / "sample.pdf"), metadata={"k": "\\u0000 is text"}),
+        q.enqueue("worker.jobs.ingest_pdf", os.fsdecode(raw_name)),  # "caf\udce9.pdf": stored as "caf\ufffd.pdf"
+        q.enqueue("worker.jobs.embed_texts", ["a\x00b"]),  # a NUL is fine where nothing is stored
+    ]
+    for job in jobs:
+        assert _finish(job) == "failed", job.func_name
+        result = job.latest_result()
+        assert _error(job) == "UnstorableInputError", result.exc_string
+        assert "UnicodeEncodeError" not in result.exc_string and "psycopg" not in result.exc_string
+        progress = job.get_meta(refresh=True).get("progress")
+        assert progress is None or progress["stage"] == "read", progress  # no extraction, no embedding
+        assert _status(job) == "failed"  # final: not scheduled for a retry
+    assert not q.scheduled_job_registry.get_job_ids()
+    for job in good:
+        assert _finish(job, 120) == "finished", job.latest_result().exc_string
+    assert good[1].return_value()["name"] == "caf\ufffd.pdf"
+    assert _store_counts(tmp_path)[0] == 2
+    assert worker.proc.poll() is None
+
+
+def _mount_tmpfs(path: Path, size: str) -> bool:
+    if os.geteuid() != 0:
+        return False
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    return out.returncode == 0
+
+
+@needs_embedding
+def test_full_disk_under_the_store_is_transient_and_retried(start_worker, redis_conn, tmp_path) -> None:
+    """The SQLite store on a real, full filesystem (a 1 MB tmpfs, filled): StoreDiskError, which is
+    transient, so the job is retried; once space is freed it is stored, once. Before, `disk I/O error`
+    or `database or disk is full` was an untyped sqlite3.OperationalError and the job failed for good."""
+    from worker.store import Store
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if not _mount_tmpfs(disk, "1m"):
+        pytest.skip("cannot mount a tmpfs here (needs root); test_store.py fills a database with max_page_count")
+    try:
+        url = f"sqlite:///{disk}/store.db"
+        with Store.open(url):
+            pass  # the schema, so that only the document's write runs out of room
+        st = os.statvfs(disk)
+        filler = disk / "filler"
+        filler.write_bytes(b"\xff" * (st.f_bavail * st.f_frsize - 64 * 1024))  # 64 KB left: 32 KB go to -shm
+        worker = _start(start_worker, STORE_URL=url, RETRY_INTERVALS=",".join(["1"] * 20))
+        (tmp_path / "long.pdf").write_bytes(pdfs.make_pdf([pdfs.long_page(f"part{i}", 60) for i in range(6)]))
+        job = queue(redis_conn).enqueue("worker.jobs.ingest_pdf", str(tmp_path / "long.pdf"))
+        wait_for(lambda: "StoreDiskError: the SQLite store" in worker.log(), 120, 0.2, "the store to run out of room")
+        assert _status(job) != "failed"
+        filler.unlink()  # room again: the next attempt stores it
+        assert _finish(job, 120) == "finished", job.latest_result().exc_string
+        assert job.return_value()["already_stored"] is False
+        with Store.open(url) as store:
+            assert store.counts() == {"documents": 1, "chunks": job.return_value()["chunks"]}
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+@needs_embedding
+def test_store_url_naming_a_file_that_is_not_a_database(start_worker, redis_conn, tmp_path) -> None:
+    """/readyz 503 saying why, and jobs fail with StoreConfigError (final) and leave the file as it
+    was. Before, /readyz said 200 and every job failed with an untyped sqlite3.DatabaseError."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("Meeting notes, not a database.\n" * 20)
+    before = notes.read_bytes()
+    worker = _start(start_worker, STORE_URL=f"sqlite:///{notes}")
+    status, body = worker.get("/readyz")
+    assert status == 503, body
+    assert f"store: STORE_URL names {notes}, which is not a SQLite database" in body["reasons"], body
+    (tmp_path / "sample.pdf").write_bytes(pdfs.sample_pdf())
+    job = queue(redis_conn).enqueue("worker.jobs.ingest_pdf", str(tmp_path / "sample.pdf"))
+    assert _finish(job, 120) == "failed"
+    assert _error(job) == "StoreConfigError", job.latest_result().exc_string
+    assert "not a SQLite database" in job.latest_result().exc_string
+    assert _status(job) == "failed" and not queue(redis_conn).scheduled_job_registry.get_job_ids()
+    assert notes.read_bytes() == before
+    assert worker.get("/healthz")[0] == 200

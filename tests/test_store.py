@@ -1,4 +1,5 @@
-"""The SQLite store: schema, idempotency, one transaction per document, search, a busy lock."""
+"""The SQLite store: schema, idempotency, one transaction per document, search, a busy lock, a full
+disk, a file that is not a database."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 
 from worker.chunking import Chunk
-from worker.errors import StoreBusyError
-from worker.store import SCHEMA_VERSION, Store, StoreSchemaError
+from worker.errors import StoreBusyError, StoreConfigError, StoreDiskError, TransientError
+from worker.store import SCHEMA_VERSION, Store, StoreSchemaError, sqlite_problem
 
 DIM = 8
 
@@ -137,3 +138,61 @@ def test_locked_store_raises_store_busy(url: str, tmp_path: Path) -> None:
     with Store.open(url) as store:
         _add(store, "x", _unit(np.random.default_rng(3), 1))
         assert store.counts() == {"documents": 1, "chunks": 1}
+
+
+def test_full_database_is_a_transient_store_disk_error_and_writes_nothing(url: str) -> None:
+    """SQLite's own "database or disk is full" (PRAGMA max_page_count caps the file, as a full disk
+    would): StoreDiskError, a TransientError (the job is retried), nothing half-written; once there is
+    room, the same document goes in. (A real full disk, a tmpfs: tests/test_ingest_e2e.py.)"""
+    rng = np.random.default_rng(4)
+    with Store.open(url) as store:
+        _add(store, "small", _unit(rng, 1))
+        pages = store.conn.execute("PRAGMA page_count").fetchone()[0]
+        store.conn.execute(f"PRAGMA max_page_count = {pages + 2}")
+        big = [Chunk(seq=i, text="x" * 3000, page_start=1, page_end=1, char_start=0, char_end=3000, n_tokens=5)
+               for i in range(50)]  # fmt: skip
+        with pytest.raises(StoreDiskError, match="disk is full") as raised:
+            _add(store, "big", _unit(rng, 50), chunks=big)
+        assert isinstance(raised.value, TransientError)
+        assert store.counts() == {"documents": 1, "chunks": 1}
+        store.conn.execute("PRAGMA max_page_count = 1073741823")
+        _, already = _add(store, "big", _unit(rng, 50), chunks=big)
+        assert not already and store.counts() == {"documents": 2, "chunks": 51}
+
+
+def test_a_file_that_is_not_a_database_is_a_store_config_error(tmp_path: Path) -> None:
+    """Opening it: StoreConfigError naming the file (was an untyped sqlite3.DatabaseError), and
+    `sqlite_problem` (what /readyz asks) says why from a look at the file alone."""
+    junk = tmp_path / "junk.db"
+    junk.write_text("this is a text file, not a database\n" * 10)
+    with pytest.raises(StoreConfigError, match="not a SQLite database"), Store.open(f"sqlite:///{junk}"):
+        pass
+    assert "not a SQLite database" in sqlite_problem(junk)
+    assert "is a directory" in sqlite_problem(tmp_path)
+    with pytest.raises(StoreConfigError, match="cannot be opened"), Store.open(f"sqlite:///{tmp_path}"):
+        pass
+    assert "not a directory" in sqlite_problem(junk / "store.db")
+    assert sqlite_problem(tmp_path / "missing" / "store.db") is None  # the first job creates it
+    (tmp_path / "empty.db").write_bytes(b"")
+    assert sqlite_problem(tmp_path / "empty.db") is None  # SQLite takes an empty file as a new database
+    with Store.open(f"sqlite:///{tmp_path}/real.db"):
+        pass
+    assert sqlite_problem(tmp_path / "real.db") is None
+
+
+def test_text_from_a_document_is_made_storable_character_for_character() -> None:
+    """What a PDF yields is kept, not refused: each NUL or lone surrogate becomes U+FFFD, so the
+    chunks' character offsets into the page text still hold (the pipeline cleans page texts so)."""
+    from worker.pipeline import storable_text as used_by_the_pipeline
+    from worker.store import storable, storable_text
+
+    assert used_by_the_pipeline is storable_text
+    text = "a\x00b\ud800c\udcffd 😀"
+    clean = storable_text(text)
+    assert clean == "a\ufffdb\ufffdc\ufffdd 😀" and len(clean) == len(text)
+    assert storable_text("plain") == "plain"
+    assert storable({"title": "t\x00", "n": 1, "l": [{"error": "e\udc80"}]}) == {
+        "title": "t\ufffd",
+        "n": 1,
+        "l": [{"error": "e\ufffd"}],
+    }

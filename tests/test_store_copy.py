@@ -301,6 +301,47 @@ def test_target_going_away_mid_copy_fails_readably_and_a_rerun_finishes(
 # -- refused ------------------------------------------------------------------------------------
 
 
+def test_a_document_the_target_cannot_hold_is_refused_and_the_rest_copied(pg_url: str, tmp_path: Path) -> None:
+    """A SQLite store holding `\\u0000` in one document's metadata and a NUL in another's chunk text
+    (stored by a version without the shared check; SQLite takes both, PostgreSQL neither): each is
+    refused with its reason, every other document is copied, in the same run, and a second run
+    copies nothing more and refuses the same two again. Before, the copy stopped for good at the
+    first one: the documents after it were never copied."""
+    from tests.test_store import _add
+    from tests.test_store_pg import _unit
+
+    url = f"sqlite:///{tmp_path}/old.db"
+    rng = np.random.default_rng(9)
+    with open_store(url) as store:
+        for sha in ("d1", "d2-nul-metadata", "d3", "d4-nul-text", "d5"):
+            _add(store, sha, _unit(rng, 2), caller_metadata={"team": "a"})
+        store.conn.execute("UPDATE documents SET metadata = ? WHERE sha256 = 'd2-nul-metadata'", ['{"k": "a\\u0000b"}'])
+        store.conn.execute(
+            "UPDATE chunks SET text = ? WHERE document = (SELECT id FROM documents WHERE sha256 = ?)",
+            ["bad\x00text", "d4-nul-text"],
+        )
+    out = _cli("--from", url, "--to", pg_url, "--json")
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["status"] == "incomplete"
+    assert (summary["total"], summary["copied"], summary["skipped"], summary["refused"]) == (5, 3, 0, 2)
+    refused = {r["document_id"]: r["reason"] for r in summary["refused_documents"]}
+    assert refused == {
+        "d2-nul-metadata": "metadata['k'] holds a NUL character (U+0000), which PostgreSQL cannot store",
+        "d4-nul-text": "chunk 0 text holds a NUL character (U+0000), which PostgreSQL cannot store",
+    }
+    assert "document 'd2-nul-metadata'" in out.stderr and "not copied: metadata['k'] holds a NUL" in out.stderr
+    assert "5/5 documents (3 copied, 0 skipped, 2 refused)" in out.stderr
+    with open_store(pg_url) as target:
+        assert sorted(sha for sha, _, _ in target.document_keys()) == ["d1", "d3", "d5"]
+        assert target.counts() == {"documents": 3, "chunks": 6}
+
+    again = _cli("--from", url, "--to", pg_url)
+    assert again.returncode == 1 and "Traceback" not in again.stderr
+    assert "0 documents copied (0 chunks), 3 already there, 5 in the source" in again.stdout
+    assert "2 refused" in again.stdout and again.stderr.count("not copied:") == 2
+
+
 def test_dimension_mismatch_is_refused_before_any_write(source: str, pg_url: str, copy_in_process) -> None:
     with open_store(pg_url, dim=8):
         pass  # a store made for another model
@@ -326,7 +367,7 @@ def test_bad_urls_exit_readably_without_secrets(source: str, pg_server, tmp_path
 
     (tmp_path / "junk.db").write_text("not a database")
     out = cli("--from", f"sqlite:///{tmp_path}/junk.db", "--to", f"sqlite:///{tmp_path}/t.db")
-    assert out.returncode == 1 and "DatabaseError" in out.stderr
+    assert out.returncode == 1 and "StoreConfigError" in out.stderr and "not a SQLite database" in out.stderr
 
     out = cli("--from", "mysql://u:pw-S3cret@host/db", "--to", f"sqlite:///{tmp_path}/t.db")
     assert out.returncode == 2 and "--from" in out.stderr and "must be sqlite" in out.stderr

@@ -14,8 +14,8 @@ import pytest
 
 from tests.test_store import _add, _chunks
 from worker.chunking import Chunk
-from worker.errors import StoreConfigError, StoreUnavailableError, TransientError
-from worker.store import StoreSchemaError, open_store
+from worker.errors import BadInputError, StoreConfigError, StoreUnavailableError, TransientError, UnstorableInputError
+from worker.store import MAX_SEARCH_K, StoreSchemaError, open_store
 
 DIM = 384
 
@@ -108,6 +108,104 @@ def test_search_nearest_by_cosine_with_filters(store_url: str) -> None:
         assert store.search(query, k=10, where={"team": "red", "x": "y"}) == []
         assert store.search(query, k=10, where={"year": "2020"}) == []  # string values only, on both stores
         assert store.search(query, k=10, document_id="doc-b", where={"team": "red"}) == []
+
+
+def _chunk(text: str) -> list[Chunk]:
+    return [Chunk(seq=0, text=text, page_start=1, page_end=1, char_start=0, char_end=len(text), n_tokens=3)]
+
+
+UNSTORABLE = {  # add_document's arguments that no store can hold (SQLite took most of these before)
+    "NUL in document_id": {"document_id": "a\x00b"},
+    "surrogate in document_id": {"document_id": "a\udc80"},
+    "NUL in name": {"name": "a\x00.pdf"},
+    "surrogate in name": {"name": "\ud800.pdf"},
+    "NUL in a metadata value": {"caller_metadata": {"k": "a\x00"}},
+    "NUL in a metadata key": {"caller_metadata": {"k\x00": "a"}},
+    "NUL deep in metadata": {"caller_metadata": {"k": [{"x": ["ok", "a\x00"]}]}},
+    "surrogate in metadata": {"caller_metadata": {"k": "\udfff"}},
+    "NaN in metadata": {"caller_metadata": {"k": float("nan")}},
+    "infinity in metadata": {"caller_metadata": {"k": [float("-inf")]}},
+    "NUL in chunk text": {"chunks": _chunk("a\x00b")},
+    "surrogate in chunk text": {"chunks": _chunk("a\ud83db")},
+    "NUL in the PDF title": {"meta": {"title": "t\x00"}},
+    "NUL in page_errors": {"page_errors": [{"page": 1, "error": "x\x00"}]},
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNSTORABLE))
+def test_what_no_store_can_hold_is_refused_alike_before_any_write(store_url: str, case: str) -> None:
+    """One shared check in both stores: a typed bad-input error naming the field, nothing written;
+    before it, SQLite stored some of these (which PostgreSQL then refused) and raised
+    UnicodeEncodeError for others, PostgreSQL raised psycopg errors or UnicodeEncodeError."""
+    with open_store(store_url) as store:
+        with pytest.raises(UnstorableInputError) as raised:
+            _add(store, "bad", _unit(np.random.default_rng(5), 1), **UNSTORABLE[case])
+        assert isinstance(raised.value, BadInputError)
+        (field,) = UNSTORABLE[case]  # the message names the field
+        named = {"caller_metadata": "metadata", "chunks": "chunk 0 text", "meta": "PDF metadata['title']"}
+        assert str(raised.value).startswith(named.get(field, field)), raised.value
+        assert store.counts() == {"documents": 0, "chunks": 0}
+        _add(store, "bad", _unit(np.random.default_rng(5), 1), caller_metadata={"k": "\\u0000 is text here"})
+        assert store.counts() == {"documents": 1, "chunks": 1}
+
+
+def test_search_k_is_clamped_alike(store_url: str) -> None:
+    """k past MAX_SEARCH_K gives MAX_SEARCH_K hits on both stores (PostgreSQL raised on a k past
+    bigint before)."""
+    rng = np.random.default_rng(6)
+    with open_store(store_url) as store:
+        _add(store, "many", _unit(rng, MAX_SEARCH_K + 5))
+        query = _unit(rng, 1)[0]
+        for k in (99999999999999999999, MAX_SEARCH_K + 1):
+            assert len(store.search(query, k=k)) == MAX_SEARCH_K
+        assert len(store.search(query, k=3)) == 3
+
+
+def test_where_matches_any_key_alike(store_url: str) -> None:
+    """A --where key is matched as it is, whatever it holds: `"`, `.`, `$`, `\\`, `[`, spaces (SQLite
+    found nothing for a key holding `"` before, PostgreSQL found it). Top-level string values only."""
+    keys = ['a"b', "a.b", "$", "a\\b", "x[0]", " sp ace", "é", '"', "*"]
+    metadata = {key: f"v{i}" for i, key in enumerate(keys)} | {"list": ["v"], "nested": {"m": "v"}, "num": 1}
+    rng = np.random.default_rng(7)
+    with open_store(store_url) as store:
+        _add(store, "doc", _unit(rng, 5), caller_metadata=metadata)
+        _add(store, "other", _unit(rng, 2), caller_metadata={"a": "b"})
+        query = _unit(rng, 1)[0]
+        for i, key in enumerate(keys):
+            assert len(store.search(query, k=10, where={key: f"v{i}"})) == 5, key
+            assert store.search(query, k=10, where={key: "nope"}) == [], key
+        assert len(store.search(query, k=10, where={'a"b': "v0", "a.b": "v1"})) == 5
+        for where in ({"list": "v"}, {"nested": "v"}, {"nested.m": "v"}, {'nested"."m': "v"}, {"num": "1"}):
+            assert store.search(query, k=10, where=where) == [], where
+        with pytest.raises(UnstorableInputError):  # the same typed refusal on both, not a driver error
+            store.search(query, k=10, where={"a\x00": "b"})
+
+
+def test_search_cli_refuses_what_no_store_can_answer_alike(store_url: str, tmp_path: Path) -> None:
+    """`search -k 99999999999999999999` (a traceback on PostgreSQL before) and arguments that are not
+    UTF-8 (bytes in argv come as lone surrogates): a usage error, exit 2, the same on both stores."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import MODEL_DIR, ROOT
+
+    env = dict(os.environ, STORE_URL=store_url, EMBED_MODEL_DIR=str(MODEL_DIR), PYTHONPATH=str(ROOT))
+    for args in (
+        ["query", "-k", "99999999999999999999"],
+        ["query", "-k", str(MAX_SEARCH_K + 1)],
+        ["query", "-k", "0"],
+        [b"caf\xe9"],
+        ["query", "--where", b"k\xff=v"],
+        ["query", "--where", b"k=\xff"],
+        ["query", "--document", b"\xff"],
+    ):
+        out = subprocess.run(
+            [sys.executable, "-m", "worker", "search", *args], env=env, capture_output=True, timeout=60, cwd=tmp_path
+        )
+        err = out.stderr.decode(errors="replace")
+        assert out.returncode == 2 and "Traceback" not in err, (args, err)
+        assert ("-k must be between 1 and 1000" in err) or ("lone surrogate" in err), (args, err)
 
 
 # -- PostgreSQL only ---------------------------------------------------------------------------

@@ -106,11 +106,18 @@ def model_check(settings: Settings):
 
 
 def store_check(settings: Settings):
-    """Readiness of the store: SQLite is a local file (always ready); PostgreSQL must answer a
-    query within 2 s. The answer is kept for a few seconds so probes do not open a connection
-    each; the reason names the error, never the URL or its password."""
+    """Readiness of the store: a SQLite file must be a SQLite database, or not exist yet (its first
+    16 bytes are read: no lock, nothing created); PostgreSQL must answer a query within 2 s. The
+    PostgreSQL answer is kept for a few seconds so probes do not open a connection each; the reason
+    names the error, never the URL or its password."""
     if settings.store_kind != "postgresql":
-        return lambda: (True, "ok")
+        from worker.store import sqlite_problem
+
+        def check_file() -> tuple[bool, str]:
+            problem = sqlite_problem(settings.store_path)
+            return (False, problem) if problem else (True, "ok")
+
+        return check_file
     import threading
     import time
 

@@ -392,11 +392,11 @@ def cmd_healthcheck(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
     from worker.embedding import get_embedder
-    from worker.errors import WorkerError
-    from worker.store import open_store
+    from worker.errors import BadInputError, WorkerError
+    from worker.store import MAX_SEARCH_K, check_encodable, check_filters, open_store
 
-    if args.k < 1:
-        print("worker: -k must be at least 1", file=sys.stderr)
+    if not 1 <= args.k <= MAX_SEARCH_K:  # the same bound on both stores
+        print(f"worker: -k must be between 1 and {MAX_SEARCH_K}", file=sys.stderr)
         return 2
     where = {}
     for item in args.where:
@@ -405,6 +405,12 @@ def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
             print(f"worker: --where wants KEY=VALUE, got {item!r}", file=sys.stderr)
             return 2
         where[key] = value
+    try:  # e.g. bytes that are not UTF-8 in an argument: no store holds them, no metadata can match
+        check_encodable("the query", args.query)
+        check_filters(args.document_id, where)
+    except BadInputError as exc:
+        print(f"worker: search: {exc}", file=sys.stderr)
+        return 2
     if settings.store_kind == "sqlite" and not settings.store_path.exists():
         print(f"worker: no store at {settings.store_path} (nothing ingested yet)", file=sys.stderr)
         return 1
@@ -483,7 +489,9 @@ def cmd_store(settings: Settings, args: argparse.Namespace) -> int:
         last[:] = [report]
         if time.monotonic() - shown[0] >= 1 or report.done == report.total:
             shown[0] = time.monotonic()
-            counts = f"{report.copied} copied, {report.skipped} skipped"
+            counts = f"{report.copied} copied, {report.skipped} skipped" + (
+                f", {report.refused} refused" if report.refused else ""
+            )
             print(f"store copy: {report.done}/{report.total} documents ({counts})", file=sys.stderr, flush=True)
 
     failures: tuple[type[BaseException], ...] = (WorkerError, sqlite3.Error, OSError, ValueError)
@@ -507,10 +515,17 @@ def cmd_store(settings: Settings, args: argparse.Namespace) -> int:
         )
         return 1
     summary = report.as_dict()
+    for refusal in report.refusals:  # the target cannot hold these: the rest was copied all the same
+        print(
+            f"worker: store copy: document {refusal['document_id']!r} (sha256 {refusal['sha256'][:12]},"
+            f" model {refusal['model']}) not copied: {refusal['reason']}",
+            file=sys.stderr,
+        )
     _emit(
         args.json,
-        {"status": "done", **where, **summary},
+        {"status": "incomplete" if report.refused else "done", **where, **summary},
         f"store copy {where['from']} -> {where['to']}: {report.copied} documents copied ({report.chunks} chunks),"
-        f" {report.skipped} already there, {report.total} in the source, {summary['seconds']:.1f}s",
+        f" {report.skipped} already there, {report.total} in the source, {summary['seconds']:.1f}s"
+        + (f"; {report.refused} refused (see above)" if report.refused else ""),
     )
-    return 0
+    return 1 if report.refused else 0

@@ -30,6 +30,11 @@ class InvalidArgumentsError(BadInputError):
     """The payload's arguments do not fit the job's signature or types."""
 
 
+class UnstorableInputError(InvalidArgumentsError):
+    """An argument holds what no store can hold: a NUL character or a lone surrogate in a string,
+    or a number JSON cannot carry (NaN, infinity). Refused before any work, the same on both stores."""
+
+
 class PathNotAllowedError(BadInputError):
     """A path input resolves outside INPUT_ROOTS."""
 
@@ -85,6 +90,11 @@ class StoreBusyError(TransientError):
 class StoreUnavailableError(TransientError):
     """The shared store (PostgreSQL) could not be reached, went away, or aborted the transaction
     (restart, failover, admin shutdown, serialization failure, deadlock); nothing was half-written."""
+
+
+class StoreDiskError(TransientError):
+    """The SQLite store's disk is full or failed a read or write; nothing was half-written. Retried:
+    space may be freed (or the disk come back) meanwhile."""
 
 
 class StoreConfigError(WorkerError):

@@ -21,7 +21,7 @@ from worker.pdf import metadata as pdf_metadata
 from worker.pipeline import Progress, embed_pages
 from worker.settings import get_settings
 from worker.sources import load_source
-from worker.store import open_store
+from worker.store import check_encodable, check_storable, open_store, storable
 
 
 def ping(message: str = "pong") -> dict:
@@ -42,6 +42,7 @@ def validate_texts(texts: object, max_count: int | None = None) -> list[str]:
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise InvalidArgumentsError(f"texts[{i}] must be a string, got {type(text).__name__}")
+        check_encodable(f"texts[{i}]", text)  # the tokenizer takes UTF-8 only
     return list(texts)
 
 
@@ -67,6 +68,7 @@ MAX_METADATA_BYTES = 64 * 1024
 def _check_optional_str(name: str, value: object, max_len: int = 1000) -> None:
     if value is not None and (not isinstance(value, str) or not value or len(value) > max_len):
         raise InvalidArgumentsError(f"{name} must be a non-empty string of at most {max_len} characters")
+    check_encodable(name, value)
 
 
 def _check_metadata(metadata: object) -> dict:
@@ -74,9 +76,10 @@ def _check_metadata(metadata: object) -> dict:
         return {}
     if not isinstance(metadata, dict):
         raise InvalidArgumentsError("metadata must be a JSON object")
+    check_storable("metadata", metadata)  # before json.dumps, which would take a NaN or a surrogate
     try:
         size = len(json.dumps(metadata))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidArgumentsError(f"metadata must be JSON-serializable: {exc}") from None
     if size > MAX_METADATA_BYTES:
         raise InvalidArgumentsError(f"metadata is {size} bytes of JSON, over {MAX_METADATA_BYTES}")
@@ -109,7 +112,9 @@ def ingest_pdf(
     Returns document_id, sha256, pages, chunks, pages_without_text, already_stored and the
     seconds spent per stage (extract, chunk, embed, store).
     """
+    # Arguments no store can hold are refused here, before any work (add_document checks again).
     _check_optional_str("document_id", document_id, 200)
+    check_storable("document_id", document_id)
     _check_optional_str("password", password)
     caller_metadata = _check_metadata(metadata)
     settings = get_settings()
@@ -156,7 +161,7 @@ def ingest_pdf(
         chunks, vectors = done.chunks, done.vectors
         for stage in ("extract", "chunk", "embed"):
             timings[stage] += done.timings[stage]
-        doc_meta = pdf_metadata(reader)
+        doc_meta = storable(pdf_metadata(reader))  # from the file: kept, NUL and surrogates as U+FFFD
         progress.count(
             pages=pages.total,
             pages_without_text=pages.without_text,
@@ -174,7 +179,7 @@ def ingest_pdf(
             meta=doc_meta,
             pages=pages.total,
             pages_without_text=pages.without_text,
-            page_errors=pages.errors,
+            page_errors=storable(pages.errors),
             chunks=chunks,
             vectors=vectors,
             caller_metadata=caller_metadata,

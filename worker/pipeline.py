@@ -12,6 +12,8 @@ runs while later pages are read, instead of after all of them.
   ever waits with a timeout, so the timeout ends the job whatever stage is running. On any
   failure, the embedding thread is told to stop and ends after its current batch.
 - A failure in either thread is raised in the calling thread, typed as it was raised.
+- Page texts are made storable first (`storable_text`: a NUL or lone surrogate from the PDF becomes
+  U+FFFD, one character for one, so offsets hold): the tokenizer and both stores take them.
 - Vectors are those of `Embedder.embed` on the chunk texts: the ids are the tokenizer's own,
   and a text's vector does not depend on the batch it ran in (tested).
 """
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from worker.chunking import Chunk, ChunkStream
+from worker.store import storable_text
 
 QUEUE_CHUNKS = 512  # chunks read ahead of the model at most (about 1.5 MB of text and ids)
 TAKE_BATCHES = 4  # the embedding thread takes up to this many token batches' worth at a time
@@ -146,7 +149,7 @@ def embed_pages(
                 if text is None:
                     break
                 t = time.perf_counter()
-                cut = stream.add_page(text)
+                cut = stream.add_page(storable_text(text))  # a NUL or lone surrogate: U+FFFD, kept
                 timings["chunk"] += time.perf_counter() - t
                 state.pages += 1
                 for chunk, ids in cut:

@@ -27,8 +27,10 @@ from worker.errors import (
     InputTooLargeError,
     InvalidArgumentsError,
     PathNotAllowedError,
+    UnstorableInputError,
 )
 from worker.settings import Settings, get_settings
+from worker.store import check_storable, storable_text
 
 
 @dataclass(frozen=True)
@@ -196,8 +198,16 @@ def _typed(exc: OSError, raw: str) -> Exception:
 
 
 def _load_path(raw: object, settings: Settings) -> SourceBytes:
-    if not isinstance(raw, str) or not raw or "\x00" in raw:
+    if not isinstance(raw, str) or not raw:
         raise InvalidArgumentsError("source path must be a non-empty string")
+    if "\x00" in raw:
+        raise UnstorableInputError("source path holds a NUL character (U+0000), which no file name can hold")
+    try:  # a file name that is not UTF-8 comes as U+DC80..U+DCFF (Python's surrogateescape): fine
+        os.fsencode(raw)
+    except UnicodeEncodeError as exc:
+        raise UnstorableInputError(
+            f"source path holds a lone surrogate (U+{ord(raw[exc.start]):04X}), which no file name can hold"
+        ) from None
     if not os.path.isabs(raw):
         raise PathNotAllowedError(f"source path must be absolute, got {raw!r}")
     limit = settings.max_pdf_bytes
@@ -220,7 +230,8 @@ def _load_path(raw: object, settings: Settings) -> SourceBytes:
         raise _typed(exc, raw) from None
     if len(data) > limit:
         raise InputTooLargeError(f"{real.name} is over the limit of {limit} bytes (MAX_PDF_BYTES)")
-    return SourceBytes(data=data, name=real.name, path=real)
+    # The display name is stored: bytes of a file name that are not UTF-8 show as U+FFFD.
+    return SourceBytes(data=data, name=storable_text(real.name), path=real)
 
 
 def _fd_path(fd: int) -> str | None:
@@ -250,6 +261,7 @@ def _load_inline(data_b64: object, filename: object, settings: Settings) -> Sour
         data_b64 = "".join(data_b64.split())
     if filename is not None and not isinstance(filename, str):
         raise InvalidArgumentsError("filename must be a string")
+    check_storable("filename", filename)  # it is stored as the document's name
     limit = min(settings.max_inline_bytes, settings.max_pdf_bytes)
     # Refuse before decoding: base64 carries 3 bytes per 4 characters.
     if (len(data_b64) // 4) * 3 - 2 > limit:

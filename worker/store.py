@@ -20,7 +20,10 @@ approximate index or a shared store with pgvector.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import math
+import re
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -31,12 +34,21 @@ from typing import Protocol
 import numpy as np
 
 from worker.chunking import Chunk
-from worker.errors import StoreBusyError, WorkerError
+from worker.errors import (
+    InvalidArgumentsError,
+    StoreBusyError,
+    StoreConfigError,
+    StoreDiskError,
+    UnstorableInputError,
+    WorkerError,
+)
 from worker.settings import Settings, sqlite_path, store_kind
 
 SCHEMA_VERSION = 1
 DEFAULT_EF_SEARCH = Settings.hnsw_ef_search  # PostgreSQL search: hnsw.ef_search (HNSW_EF_SEARCH)
 BUSY_TIMEOUT_S = 30.0
+MAX_SEARCH_K = 1000  # hits one search returns at most, on both stores (a larger k is clamped)
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 
 SCHEMA = """
 CREATE TABLE documents (
@@ -201,12 +213,115 @@ def open_store(
 
 
 def check_filters(document_id: str | None, where: Mapping[str, str] | None) -> None:
-    """Filters are plain strings: a document id, and top-level metadata keys with string values."""
+    """Filters are plain strings: a document id, and top-level metadata keys with string values;
+    InvalidArgumentsError (a WorkerError) otherwise, the same on both stores."""
     if document_id is not None and not isinstance(document_id, str):
-        raise ValueError("document_id filter must be a string")
+        raise InvalidArgumentsError("document_id filter must be a string")
     for key, value in (where or {}).items():
         if not isinstance(key, str) or not key or not isinstance(value, str):
-            raise ValueError(f"metadata filter {key!r}={value!r}: key and value must be strings")
+            raise InvalidArgumentsError(f"metadata filter {key!r}={value!r}: key and value must be strings")
+    check_storable("document_id filter", document_id)
+    check_storable("metadata filter", dict(where or {}))
+
+
+# -- what no store can hold ------------------------------------------------------------------
+# Both stores keep text as UTF-8: a lone surrogate (which Python strings may hold, e.g. from JSON
+# "\\ud800") has no UTF-8 form. PostgreSQL's text and jsonb hold no NUL (SQLite does: a document
+# holding one could never be copied to PostgreSQL), and its jsonb no NaN or infinity. One check for
+# both stores: a job's arguments are refused with it before any work, and `add_document` runs it
+# again on everything it is given, so both stores refuse exactly the same documents.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _why(char: str) -> str:
+    if char == "\x00":
+        return "holds a NUL character (U+0000), which PostgreSQL cannot store"
+    return f"holds a lone surrogate (U+{ord(char):04X}), which is not text any store can encode"
+
+
+def _label(key: object) -> str:
+    text = repr(key)  # escapes NUL, surrogates and control characters
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def unstorable(value: object, where: str = "") -> str | None:
+    """Why `value` (a string, or JSON-like data: dicts, lists, strings, numbers) cannot be held by
+    every store, starting with the path `where` to the bad part; None when it can."""
+    stack: list[tuple[object, str]] = [(value, where)]
+    while stack:  # no recursion: a deeply nested value cannot overflow the stack
+        item, at = stack.pop()
+        if isinstance(item, str):
+            found = _UNSTORABLE.search(item)
+            if found:
+                return f"{at} {_why(found.group())}".strip()
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return f"{at} is {item}, which JSON cannot carry".strip()
+        elif isinstance(item, Mapping):
+            for key, val in item.items():
+                stack.append((val, f"{at}[{_label(key)}]"))
+                stack.append((key, f"{at} key {_label(key)}"))
+        elif isinstance(item, list | tuple):
+            stack.extend((val, f"{at}[{i}]") for i, val in enumerate(item))
+    return None
+
+
+def check_storable(what: str, value: object) -> None:
+    """UnstorableInputError naming `what` and the bad part when no store can hold `value`."""
+    reason = unstorable(value, what)
+    if reason is not None:
+        raise UnstorableInputError(reason)
+
+
+def check_encodable(what: str, value: object) -> None:
+    """UnstorableInputError when the string `value` holds a lone surrogate: no UTF-8 form, so neither
+    a store nor the tokenizer takes it. (A NUL is fine where nothing is stored: a password, a text to embed.)"""
+    if isinstance(value, str):
+        found = _SURROGATE.search(value)
+        if found:
+            raise UnstorableInputError(f"{what} {_why(found.group())}")
+
+
+def storable_text(text: str) -> str:
+    """`text` with each NUL and lone surrogate replaced by U+FFFD, character for character (offsets
+    into it stay valid): for text that comes out of a document, which is kept rather than refused."""
+    return _UNSTORABLE.sub("\ufffd", text) if _UNSTORABLE.search(text) else text
+
+
+def storable(value: object) -> object:
+    """`value` (JSON-like) with `storable_text` applied to every string in it, keys included."""
+    if isinstance(value, str):
+        return storable_text(value)
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable(v) for v in value]
+    return value
+
+
+def check_document(
+    *,
+    document_id: object,
+    name: object,
+    meta: Mapping,
+    page_errors: Sequence[dict],
+    chunks: Sequence[Chunk],
+    caller_metadata: object,
+) -> None:
+    """`add_document`'s own check, in both stores: UnstorableInputError before anything is written."""
+    check_storable("document_id", document_id)
+    check_storable("name", name)
+    check_storable("PDF metadata", {k: as_text(meta.get(k)) for k in ("title", "author", "producer")})
+    check_storable("page_errors", list(page_errors))
+    check_storable("metadata", caller_metadata)
+    for chunk in chunks:
+        check_storable(f"chunk {chunk.seq} text", chunk.text)
+
+
+def as_text(value: object) -> str | None:
+    """A PDF metadata value as both stores keep it."""
+    return None if value is None else str(value)
 
 
 def _busy(exc: sqlite3.OperationalError) -> bool:
@@ -229,10 +344,16 @@ class Store:
     def open(cls, store_url: str, busy_timeout: float = BUSY_TIMEOUT_S) -> Iterator[Store]:
         """Open (creating if needed) the store named by a `sqlite:///` URL."""
         path = sqlite_path(store_url)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
         try:
-            with _translate_busy():
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise StoreDiskError(f"cannot create the folder of the SQLite store {path}: {exc}") from exc
+            raise StoreConfigError(f"cannot create the folder of the SQLite store {path}: {exc}") from exc
+        with _translate_errors(path):
+            conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+        try:
+            with _translate_errors(path):
                 conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = NORMAL")
@@ -260,18 +381,19 @@ class Store:
                 self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self.conn.execute("COMMIT")
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
             raise
 
     # -- reads ---------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
-        with _translate_busy():
+        with _translate_errors(self.path):
             docs = self.conn.execute("SELECT count(*) FROM documents").fetchone()[0]
             chunks = self.conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
         return {"documents": docs, "chunks": chunks}
 
     def find(self, sha256: str, model: str) -> StoredDocument | None:
-        with _translate_busy():
+        with _translate_errors(self.path):
             row = self.conn.execute(
                 "SELECT id, document_id, sha256, model, name, pages, pages_without_text, chunks, page_errors"
                 " FROM documents WHERE sha256 = ? AND model = ?",
@@ -282,12 +404,12 @@ class Store:
         return StoredDocument(*row[:-1], page_errors=_page_errors(row[-1]))
 
     def document_keys(self) -> list[tuple[str, str, int]]:
-        with _translate_busy():
+        with _translate_errors(self.path):
             return [tuple(r) for r in self.conn.execute("SELECT sha256, model, dim FROM documents ORDER BY id")]
 
     def export_document(self, sha256: str, model: str) -> DocumentRecord | None:
         """The document stored under (sha256, model) with its chunks and vectors, read in one snapshot."""
-        with _translate_busy():
+        with _translate_errors(self.path):
             self.conn.execute("BEGIN")
             try:
                 row = self.conn.execute(
@@ -328,8 +450,10 @@ class Store:
         where: Mapping[str, str] | None = None,
     ) -> list[dict]:
         """The k chunks nearest to `vector` by cosine, best first (vectors stored normalized),
-        optionally only of one document id and of documents whose metadata has key == value."""
+        optionally only of one document id and of documents whose metadata has key == value.
+        At most MAX_SEARCH_K hits, whatever `k` asks."""
         check_filters(document_id, where)
+        k = min(k, MAX_SEARCH_K)
         query = np.asarray(vector, dtype=np.float32).reshape(-1)
         sql = "SELECT c.id, c.vector FROM chunks c JOIN documents d ON d.id = c.document WHERE d.dim = ?"
         params: list[object] = [query.shape[0]]
@@ -340,11 +464,14 @@ class Store:
             sql += " AND d.document_id = ?"
             params.append(document_id)
         for key, value in (where or {}).items():
-            # A string value only, as PostgreSQL's `metadata @> {"key": "value"}` matches.
-            path = "$." + json.dumps(key)
-            sql += " AND json_type(d.metadata, ?) = 'text' AND json_extract(d.metadata, ?) = ?"
-            params += [path, path, value]
-        with _translate_busy():
+            # A top-level key with a string value, as PostgreSQL's `metadata @> {"key": "value"}`
+            # matches. The key is compared as a value, never put into a JSON path: any key works.
+            sql += (
+                " AND EXISTS (SELECT 1 FROM json_each(d.metadata) m"
+                " WHERE m.key = ? AND m.type = 'text' AND m.value = ?)"
+            )
+            params += [key, value]
+        with _translate_errors(self.path):
             rows = self.conn.execute(sql, params).fetchall()
         if not rows or k <= 0:
             return []
@@ -356,7 +483,7 @@ class Store:
         top = top[np.argsort(-scores[top], kind="stable")]
         wanted = [int(ids[i]) for i in top]
         marks = ",".join("?" * len(wanted))
-        with _translate_busy():
+        with _translate_errors(self.path):
             found = {
                 r[0]: r[1:]
                 for r in self.conn.execute(
@@ -402,12 +529,21 @@ class Store:
         created_at: float | None = None,
     ) -> tuple[StoredDocument, bool]:
         """Store a document and its chunks in one transaction; returns (row, already_stored).
-        `created_at` (default now) is kept from the source when copying from another store."""
+        `created_at` (default now) is kept from the source when copying from another store.
+        UnstorableInputError, before anything is written, for what PostgreSQL could not hold either."""
+        check_document(
+            document_id=document_id,
+            name=name,
+            meta=meta,
+            page_errors=page_errors,
+            chunks=chunks,
+            caller_metadata=caller_metadata,
+        )
         vectors = np.ascontiguousarray(vectors, dtype="<f4")
         if vectors.ndim != 2 or vectors.shape[0] != len(chunks):
             raise ValueError(f"{len(chunks)} chunks but vectors of shape {vectors.shape}")
         dim = int(vectors.shape[1]) if len(chunks) else 0
-        with _translate_busy():
+        with _translate_errors(self.path):
             self.conn.execute("BEGIN IMMEDIATE")
             try:
                 existing = self.find(sha256, model)
@@ -424,9 +560,9 @@ class Store:
                         model,
                         dim,
                         name,
-                        meta.get("title"),
-                        meta.get("author"),
-                        meta.get("producer"),
+                        as_text(meta.get("title")),
+                        as_text(meta.get("author")),
+                        as_text(meta.get("producer")),
                         pages,
                         pages_without_text,
                         len(chunks),
@@ -473,12 +609,57 @@ def _page_errors(text: str | None) -> list[dict]:
         return [{"page": None, "error": "unreadable page_errors in the store"}]
 
 
+_CONFIG_ERRORS = {
+    "SQLITE_NOTADB": "STORE_URL names {path}, which is not a SQLite database",
+    "SQLITE_CORRUPT": "the SQLite store {path} is damaged: restore it from a backup or point STORE_URL elsewhere",
+    "SQLITE_CANTOPEN": "the SQLite store {path} cannot be opened (a directory, or a folder this worker cannot write?)",
+    "SQLITE_READONLY": "the SQLite store {path} is read-only to this worker",
+    "SQLITE_PERM": "the SQLite store {path} is read-only to this worker",
+}
+
+
+def _typed(exc: sqlite3.Error, path: Path | None) -> WorkerError | None:
+    """The typed error for one of SQLite's (None: leave it as it is, e.g. a constraint violation)."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    base = name.split("_", 2)[:2]  # SQLITE_IOERR_WRITE -> SQLITE_IOERR
+    base_name = "_".join(base)
+    if base_name in ("SQLITE_BUSY", "SQLITE_LOCKED") or (isinstance(exc, sqlite3.OperationalError) and _busy(exc)):
+        return StoreBusyError(f"the store stayed locked: {exc}")
+    if base_name in ("SQLITE_FULL", "SQLITE_IOERR"):
+        return StoreDiskError(f"the SQLite store {path} could not be written or read (disk full or failing): {exc}")
+    if base_name in _CONFIG_ERRORS:
+        return StoreConfigError(f"{_CONFIG_ERRORS[base_name].format(path=path)} ({exc})")
+    return None
+
+
 @contextlib.contextmanager
-def _translate_busy() -> Iterator[None]:
-    """A store locked past the busy timeout is a transient failure: the job is retried."""
+def _translate_errors(path: Path | None = None) -> Iterator[None]:
+    """SQLite's errors as typed ones. Transient (the job is retried): locked past the busy timeout
+    (StoreBusyError), disk full or an I/O error (StoreDiskError: space may be freed meanwhile).
+    Final: not a database, damaged, cannot be opened, read-only (StoreConfigError)."""
     try:
         yield
-    except sqlite3.OperationalError as exc:
-        if _busy(exc):
-            raise StoreBusyError(f"the store stayed locked: {exc}") from exc
-        raise
+    except sqlite3.Error as exc:
+        typed = _typed(exc, path)
+        if typed is None:
+            raise
+        raise typed from exc
+
+
+def sqlite_problem(path: Path) -> str | None:
+    """Why the SQLite file at `path` cannot be a store, from a look at it alone (no lock taken,
+    nothing created), or None: a missing file is fine (the first job creates it)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        return f"a folder on the way to the SQLite store {path} is not a directory: it cannot be created"
+    except IsADirectoryError:
+        return f"STORE_URL names {path}, which is a directory, not a SQLite database"
+    except OSError as exc:
+        return f"cannot read the SQLite store {path}: {exc.strerror or exc}"
+    if head and head != SQLITE_HEADER:  # an empty file is a new, empty database to SQLite
+        return f"STORE_URL names {path}, which is not a SQLite database"
+    return None

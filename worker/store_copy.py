@@ -5,6 +5,10 @@ Only the store interface is used: `document_keys` and `export_document` on the s
 (the ingest path: one transaction per document, exactly once per (sha256, model)) on the target.
 So a copy is idempotent (documents the target has are skipped, never duplicated) and resumable
 (killed part way, the target holds whole documents only; a re-run copies the rest).
+
+A document the target cannot hold (SQLite takes a NUL in metadata or text, PostgreSQL does not:
+`UnstorableInputError` from the stores' shared check) is refused with its reason and the copy goes
+on with the next one: one such document never stops the rest from being copied.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from worker.errors import StoreConfigError
+from worker.errors import StoreConfigError, UnstorableInputError
 from worker.settings import sqlite_path, store_kind
 from worker.store import DocumentStore, open_store
 
@@ -24,19 +28,26 @@ class CopyReport:
     copied: int = 0
     skipped: int = 0  # already in the target
     chunks: int = 0  # chunks copied
+    refusals: list[dict] = field(default_factory=list)  # {document_id, sha256, model, reason}: not copied
     started: float = field(default_factory=time.monotonic)
 
     @property
+    def refused(self) -> int:
+        return len(self.refusals)
+
+    @property
     def done(self) -> int:
-        return self.copied + self.skipped
+        return self.copied + self.skipped + self.refused
 
     def as_dict(self) -> dict:
         return {
             "total": self.total,
             "copied": self.copied,
             "skipped": self.skipped,
+            "refused": self.refused,
             "chunks": self.chunks,
             "seconds": round(time.monotonic() - self.started, 3),
+            **({"refused_documents": self.refusals} if self.refusals else {}),
         }
 
 
@@ -60,7 +71,8 @@ def copy_documents(
     keys: list[tuple[str, str, int]] | None = None,
     on_progress: Callable[[CopyReport], None] | None = None,
 ) -> CopyReport:
-    """Copy every document of `source` that `target` lacks, oldest first, one transaction each."""
+    """Copy every document of `source` that `target` lacks, oldest first, one transaction each;
+    those the target cannot hold are left out and listed in the report's `refusals`."""
     keys = source.document_keys() if keys is None else keys
     check_dimensions(keys, target)
     have = {(sha, model) for sha, model, _ in target.document_keys()}
@@ -70,12 +82,18 @@ def copy_documents(
         if record is None:  # in the target already (or deleted from the source since it was listed)
             report.skipped += 1
         else:
-            _, already = target.add_document(**record.as_kwargs())  # another writer may have stored it since
-            if already:
-                report.skipped += 1
+            try:
+                _, already = target.add_document(**record.as_kwargs())  # another writer may have stored it since
+            except UnstorableInputError as exc:  # nothing of it was written: go on with the next one
+                report.refusals.append(
+                    {"document_id": record.document_id, "sha256": sha256, "model": model, "reason": str(exc)}
+                )
             else:
-                report.copied += 1
-                report.chunks += len(record.chunks)
+                if already:
+                    report.skipped += 1
+                else:
+                    report.copied += 1
+                    report.chunks += len(record.chunks)
         if on_progress is not None:
             on_progress(report)
     return report

@@ -31,10 +31,19 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import numpy as np
 
 from worker.chunking import Chunk
-from worker.errors import StoreConfigError, StoreUnavailableError
+from worker.errors import StoreConfigError, StoreUnavailableError, UnstorableInputError
 from worker.logs import redact
 from worker.settings import redact_url
-from worker.store import DEFAULT_EF_SEARCH, DocumentRecord, StoredDocument, StoreSchemaError, check_filters
+from worker.store import (
+    DEFAULT_EF_SEARCH,
+    MAX_SEARCH_K,
+    DocumentRecord,
+    StoredDocument,
+    StoreSchemaError,
+    as_text,
+    check_document,
+    check_filters,
+)
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +172,8 @@ def translate_errors(url: str) -> Iterator[None]:
         yield
     except psycopg.OperationalError as exc:  # refused, lost, admin shutdown, serialization, deadlock, lock
         raise StoreUnavailableError(f"PostgreSQL unavailable ({_describe(exc, url)})") from None
+    except psycopg.DataError as exc:  # a value PostgreSQL cannot hold that check_document let through
+        raise UnstorableInputError(f"PostgreSQL refused a value ({_describe(exc, url)})") from None
     except psycopg.Error as exc:
         if getattr(exc, "sqlstate", None) in _TRANSIENT_STATES:
             raise StoreUnavailableError(f"PostgreSQL unavailable ({_describe(exc, url)})") from None
@@ -323,8 +334,9 @@ class PgStore:
         where: Mapping[str, str] | None = None,
     ) -> list[dict]:
         """The k chunks nearest to `vector` by cosine, best first, through the HNSW index (approximate:
-        hnsw.ef_search candidates, at least k); same fields as the SQLite store's search."""
+        hnsw.ef_search candidates, at least k; at most MAX_SEARCH_K); same fields as the SQLite store's search."""
         check_filters(document_id, where)
+        k = min(k, MAX_SEARCH_K)
         query = np.asarray(vector, dtype=np.float32).reshape(-1)
         if k <= 0 or query.shape[0] != self.dim:
             return []
@@ -368,7 +380,16 @@ class PgStore:
         created_at: float | None = None,
     ) -> tuple[StoredDocument, bool]:
         """Store a document and its chunks in one transaction; returns (row, already_stored).
-        `created_at` (default now) is kept from the source when copying from another store."""
+        `created_at` (default now) is kept from the source when copying from another store.
+        UnstorableInputError, before anything is written, for what either store could not hold."""
+        check_document(
+            document_id=document_id,
+            name=name,
+            meta=meta,
+            page_errors=page_errors,
+            chunks=chunks,
+            caller_metadata=caller_metadata,
+        )
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[0] != len(chunks):
             raise ValueError(f"{len(chunks)} chunks but vectors of shape {vectors.shape}")
@@ -391,9 +412,9 @@ class PgStore:
                     model,
                     dim,
                     name,
-                    _text(meta.get("title")),
-                    _text(meta.get("author")),
-                    _text(meta.get("producer")),
+                    as_text(meta.get("title")),
+                    as_text(meta.get("author")),
+                    as_text(meta.get("producer")),
                     pages,
                     pages_without_text,
                     len(chunks),
@@ -442,10 +463,6 @@ if psycopg is not None:
 
         def load(self, data) -> np.ndarray:
             return np.frombuffer(data, dtype=">f4", offset=4)
-
-
-def _text(value: object) -> str | None:
-    return None if value is None else str(value)
 
 
 def _state(conn) -> tuple[int, int | None]:
