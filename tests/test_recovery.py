@@ -174,8 +174,10 @@ def test_a_job_taken_over_while_its_worker_looked_dead_is_ended_once(start_worke
     wait_for(lambda: job.get_status(refresh=True) == "finished", message="job finished")
     assert [r.type.name for r in job.results()] == ["SUCCESSFUL"]
     assert "taken over by another worker" in w.log()
-    metrics = w.get("/metrics")[1]
-    assert 'outcome="taken_over"' in metrics and 'outcome="ok"' in metrics
+    # counted by the parent once it has read the second horse's end, a moment after the job's status
+    wait_for(
+        lambda: all(f'outcome="{o}"' in w.get("/metrics")[1] for o in ("taken_over", "ok")), message="both counted"
+    )
     assert q.started_job_registry.count == 0
 
 
