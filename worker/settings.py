@@ -267,9 +267,8 @@ def default_horse_memory_mb(root: Path = Path("/")) -> int:
 
 
 @dataclass(frozen=True)
-class Settings:
-    """Every setting. The docs' table (docs/configuration.md) is generated from these declarations
-    (`python tools/settings_table.py --write`); a test checks that it is."""
+class RedisSettings:
+    """Redis and queues"""
 
     redis_url: str = setting(
         "REDIS_URL",
@@ -330,6 +329,12 @@ class Settings:
             "and in containers."
         ),
     )
+
+
+@dataclass(frozen=True)
+class HealthSettings:
+    """Health and logs"""
+
     health_host: str = setting(
         "HEALTH_HOST",
         text,
@@ -346,30 +351,49 @@ class Settings:
         flag="--health-port",
         help="health server port, 0 to 65535 (`0`: any free port)",
     )
-    store_url: str = setting(
-        "STORE_URL",
-        text,
-        default="sqlite:///var/worker.db",
-        shown="`sqlite:///var/worker.db` (`var/worker.db` under the working directory)",
-        flag="--store-url",
-        help=(
-            "The store. SQLite file, SQLAlchemy style: `sqlite:///relative.db` (relative to the "
-            "working directory) or `sqlite:////absolute/path.db` (one host). Or PostgreSQL with "
-            "pgvector, shared by many hosts: `postgresql://user:password@host:5432/db` (also "
-            "`postgres://`); query options such as `sslmode=require` or `connect_timeout=10` go to "
-            "libpq as they are; percent-encode special characters in the password. Needs the extra "
-            "`pip install 'worker[postgres]'` (the container image has it). The password never "
-            "appears in logs, health bodies, `status` or job errors. Another scheme is a "
-            "configuration error. See [ingestion.md](ingestion.md#postgresql)."
-        ),
+    log_level: str = setting(
+        "LOG_LEVEL",
+        log_level,
+        default="INFO",
+        shown="`INFO`",
+        flag="--log-level",
+        help="`DEBUG`, `INFO`, `WARNING`, `ERROR` (`CRITICAL` is accepted too)",
     )
-    input_roots: tuple[Path, ...] = setting(
-        "INPUT_ROOTS",
-        path_list,
-        default_factory=lambda: (Path.cwd(),),
-        shown="the working directory",
-        help="colon-separated directories that path inputs must lie in (symlinks resolved)",
+    log_format: str = setting(
+        "LOG_FORMAT",
+        choice("text", "json"),
+        default="text",
+        shown="`text`",
+        flag="--log-format",
+        help=("`text` for humans, `json` for one JSON object per line ([fields](deployment.md#observability))"),
     )
+    liveness_timeout: float = setting(
+        "LIVENESS_TIMEOUT",
+        number(1.0),
+        default=30.0,
+        shown="`30`",
+        help="seconds, at least 1: `/healthz` fails when the main loop has not ticked for this long",
+    )
+    job_grace: float = setting(
+        "JOB_GRACE",
+        number(0.0),
+        default=60.0,
+        shown="`60`",
+        help=("seconds: `/healthz` fails when a job runs past its timeout by this much, and the horse is killed"),
+    )
+    poll_interval: int = setting(
+        "POLL_INTERVAL",
+        integer(1),
+        default=1,
+        shown="`1`",
+        help="whole seconds, at least 1: the longest the idle worker blocks on Redis between ticks",
+    )
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """Jobs: what runs, for how long, with how much memory"""
+
     job_timeout: int = setting(
         "JOB_TIMEOUT",
         integer(1),
@@ -402,22 +426,6 @@ class Settings:
             "Kubernetes' 30 s grace period)"
         ),
     )
-    log_level: str = setting(
-        "LOG_LEVEL",
-        log_level,
-        default="INFO",
-        shown="`INFO`",
-        flag="--log-level",
-        help="`DEBUG`, `INFO`, `WARNING`, `ERROR` (`CRITICAL` is accepted too)",
-    )
-    log_format: str = setting(
-        "LOG_FORMAT",
-        choice("text", "json"),
-        default="text",
-        shown="`text`",
-        flag="--log-format",
-        help=("`text` for humans, `json` for one JSON object per line ([fields](deployment.md#observability))"),
-    )
     serializer: str = setting(
         "WORKER_SERIALIZER",
         choice("json", "pickle"),
@@ -430,61 +438,121 @@ class Settings:
             "given `--serializer` other than RQ's default"
         ),
     )
-    embed_model_dir: Path = setting(
-        "EMBED_MODEL_DIR",
-        path,
-        default_factory=lambda: Path.cwd() / "var" / "model",
-        shown="`var/model` under the working directory",
-        flag="--model-dir",
-        help=(
-            "directory with `model.onnx`, `model-int8.onnx`, `tokenizer.json`, `manifest.json` (built by `make model`)"
-        ),
-    )
-    embed_precision: str = setting(
-        "EMBED_PRECISION",
-        choice("fp32", "int8"),
-        default="fp32",
-        shown="`fp32`",
-        flag="--precision",
-        help=(
-            "`fp32` or `int8`; int8 runs only on x86-64 with VNNI or arm64 with `asimddp`, elsewhere "
-            "fp32 with a warning at start ([int8 by CPU](embeddings.md#int8-by-cpu))"
-        ),
-    )
-    embed_threads: int = setting(
-        "EMBED_THREADS",
-        integer(0),
-        default=0,
-        shown="`0`",
-        help="onnxruntime threads per process; `0`: the cores divided by `WORKERS_PER_HOST`",
-    )
-    workers_per_host: int = setting(
-        "WORKERS_PER_HOST",
-        integer(1),
-        default=1,
-        shown="`1`",
-        help="worker processes on this host, at least 1 (divides the cores among them)",
-    )
-    embed_batch_tokens: int = setting(
-        "EMBED_BATCH_TOKENS",
-        integer(256),
-        default=2048,
-        shown="`2048`",
-        help="padded tokens per inference batch (texts × longest text), at least 256",
-    )
-    max_embed_texts: int = setting(
-        "MAX_EMBED_TEXTS",
-        integer(1),
-        default=4096,
-        shown="`4096`",
-        help="most texts one `embed_texts` job may carry",
-    )
     extra_jobs: tuple[str, ...] = setting(
         "EXTRA_JOBS",
         comma_list(),
         default=(),
         shown="empty",
         help=("comma-separated dotted names of your own job functions to register beside the built-in ones"),
+    )
+    max_job_data_bytes: int = setting(
+        "MAX_JOB_DATA_BYTES",
+        integer(1024),
+        default=64 * 1024 * 1024,
+        shown="`67108864` (64 MiB)",
+        help=(
+            "largest job hash the worker reads from Redis (all fields, measured in Redis before "
+            "reading), and the most its zlib-packed `data` and `exc_info` may unpack to; at least "
+            "1024, and at least twice the smaller of `MAX_INLINE_BYTES` and `MAX_PDF_BYTES` (inline "
+            "data travels base64-encoded in `data`). Over it the job fails with `UnreadableJobError` "
+            "naming this setting"
+        ),
+    )
+    webhook_hosts: tuple[str, ...] = setting(
+        "WEBHOOK_HOSTS",
+        comma_list(lower=True),
+        default=(),
+        shown="empty (webhooks off)",
+        help=(
+            "comma-separated host names that RQ job webhooks may be sent to; a webhook to any other "
+            "host is not sent, and a redirect to one is not followed (both logged)"
+        ),
+    )
+    webhook_timeout: int = setting(
+        "WEBHOOK_TIMEOUT",
+        integer(1),
+        default=5,
+        shown="`5`",
+        help="seconds at most for one webhook request, whatever the job asked for",
+    )
+    retry_intervals: tuple[int, ...] = setting(
+        "RETRY_INTERVALS",
+        int_list,
+        default=(5, 30, 120),
+        shown="`5,30,120`",
+        help=(
+            "seconds between automatic retries of transient failures (store locked, Redis lost); "
+            "their count is the number of retries. Unset or empty means the default; a value with no "
+            "number in it, such as `,`, disables automatic retries."
+        ),
+    )
+    dead_worker_after: float = setting(
+        "DEAD_WORKER_AFTER",
+        number(2.0),
+        default=45.0,
+        shown="`45`",
+        help=(
+            "seconds, at least 2: a worker silent this long is dead and its jobs are put back on "
+            "their queues ([recovery](behaviour.md#a-worker-that-dies))"
+        ),
+    )
+    max_attempts: int = setting(
+        "MAX_ATTEMPTS",
+        integer(1),
+        default=3,
+        shown="`3`",
+        help=("a job whose worker died this many times is failed with `WorkerDiedError` (a poison input)"),
+    )
+    horse_memory_mb: int = setting(
+        "HORSE_MEMORY_MB",
+        integer(0),
+        default_factory=default_horse_memory_mb,
+        shown="half the memory of the cgroup (`memory.max`) or host, 2048 to 65536",
+        help=(
+            "address-space limit of a work-horse, MiB (`0`, set explicitly: none); a runaway job "
+            "fails cleanly (`MemoryError`) instead of the host running out of memory"
+        ),
+    )
+    daemon_memory_mb: int = setting(
+        "DAEMON_MEMORY_MB",
+        integer(0),
+        default=1024,
+        shown="`1024`",
+        help=(
+            "resident-memory ceiling of the long-lived parent process (not its horses), MiB; past it "
+            "the worker stops warm (the running job finishes) and exits 4, for its supervisor to "
+            "start a fresh one. Idle with the model loaded it holds about 240 MiB. `0`: none"
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class InputSettings:
+    """Inputs, chunks and the store"""
+
+    store_url: str = setting(
+        "STORE_URL",
+        text,
+        default="sqlite:///var/worker.db",
+        shown="`sqlite:///var/worker.db` (`var/worker.db` under the working directory)",
+        flag="--store-url",
+        help=(
+            "The store. SQLite file, SQLAlchemy style: `sqlite:///relative.db` (relative to the "
+            "working directory) or `sqlite:////absolute/path.db` (one host). Or PostgreSQL with "
+            "pgvector, shared by many hosts: `postgresql://user:password@host:5432/db` (also "
+            "`postgres://`); query options such as `sslmode=require` or `connect_timeout=10` go to "
+            "libpq as they are; percent-encode special characters in the password. Needs the extra "
+            "`pip install 'worker[postgres]'` (the container image has it). The password never "
+            "appears in logs, health bodies, `status` or job errors. Another scheme is a "
+            "configuration error. See [ingestion.md](ingestion.md#postgresql)."
+        ),
+    )
+    input_roots: tuple[Path, ...] = setting(
+        "INPUT_ROOTS",
+        path_list,
+        default_factory=lambda: (Path.cwd(),),
+        shown="the working directory",
+        help="colon-separated directories that path inputs must lie in (symlinks resolved)",
     )
     max_pdf_bytes: int = setting(
         "MAX_PDF_BYTES",
@@ -501,19 +569,6 @@ class Settings:
         help=(
             "largest inline (`data_b64`) PDF accepted, bytes once decoded, checked before decoding; "
             "the smaller of this and `MAX_PDF_BYTES` applies"
-        ),
-    )
-    max_job_data_bytes: int = setting(
-        "MAX_JOB_DATA_BYTES",
-        integer(1024),
-        default=64 * 1024 * 1024,
-        shown="`67108864` (64 MiB)",
-        help=(
-            "largest job hash the worker reads from Redis (all fields, measured in Redis before "
-            "reading), and the most its zlib-packed `data` and `exc_info` may unpack to; at least "
-            "1024, and at least twice the smaller of `MAX_INLINE_BYTES` and `MAX_PDF_BYTES` (inline "
-            "data travels base64-encoded in `data`). Over it the job fails with `UnreadableJobError` "
-            "naming this setting"
         ),
     )
     max_pages: int = setting(
@@ -576,93 +631,78 @@ class Settings:
             "and ignores it"
         ),
     )
-    retry_intervals: tuple[int, ...] = setting(
-        "RETRY_INTERVALS",
-        int_list,
-        default=(5, 30, 120),
-        shown="`5,30,120`",
+
+
+@dataclass(frozen=True)
+class EmbeddingSettings:
+    """Embeddings"""
+
+    embed_model_dir: Path = setting(
+        "EMBED_MODEL_DIR",
+        path,
+        default_factory=lambda: Path.cwd() / "var" / "model",
+        shown="`var/model` under the working directory",
+        flag="--model-dir",
         help=(
-            "seconds between automatic retries of transient failures (store locked, Redis lost); "
-            "their count is the number of retries. Unset or empty means the default; a value with no "
-            "number in it, such as `,`, disables automatic retries."
+            "directory with `model.onnx`, `model-int8.onnx`, `tokenizer.json`, `manifest.json` (built by `make model`)"
         ),
     )
-    dead_worker_after: float = setting(
-        "DEAD_WORKER_AFTER",
-        number(2.0),
-        default=45.0,
-        shown="`45`",
+    embed_precision: str = setting(
+        "EMBED_PRECISION",
+        choice("fp32", "int8"),
+        default="fp32",
+        shown="`fp32`",
+        flag="--precision",
         help=(
-            "seconds, at least 2: a worker silent this long is dead and its jobs are put back on "
-            "their queues ([recovery](behaviour.md#a-worker-that-dies))"
+            "`fp32` or `int8`; int8 runs only on x86-64 with VNNI or arm64 with `asimddp`, elsewhere "
+            "fp32 with a warning at start ([int8 by CPU](embeddings.md#int8-by-cpu))"
         ),
     )
-    max_attempts: int = setting(
-        "MAX_ATTEMPTS",
-        integer(1),
-        default=3,
-        shown="`3`",
-        help=("a job whose worker died this many times is failed with `WorkerDiedError` (a poison input)"),
-    )
-    horse_memory_mb: int = setting(
-        "HORSE_MEMORY_MB",
+    embed_threads: int = setting(
+        "EMBED_THREADS",
         integer(0),
-        default_factory=default_horse_memory_mb,
-        shown="half the memory of the cgroup (`memory.max`) or host, 2048 to 65536",
-        help=(
-            "address-space limit of a work-horse, MiB (`0`, set explicitly: none); a runaway job "
-            "fails cleanly (`MemoryError`) instead of the host running out of memory"
-        ),
+        default=0,
+        shown="`0`",
+        help="onnxruntime threads per process; `0`: the cores divided by `WORKERS_PER_HOST`",
     )
-    daemon_memory_mb: int = setting(
-        "DAEMON_MEMORY_MB",
-        integer(0),
-        default=1024,
-        shown="`1024`",
-        help=(
-            "resident-memory ceiling of the long-lived parent process (not its horses), MiB; past it "
-            "the worker stops warm (the running job finishes) and exits 4, for its supervisor to "
-            "start a fresh one. Idle with the model loaded it holds about 240 MiB. `0`: none"
-        ),
-    )
-    webhook_hosts: tuple[str, ...] = setting(
-        "WEBHOOK_HOSTS",
-        comma_list(lower=True),
-        default=(),
-        shown="empty (webhooks off)",
-        help=(
-            "comma-separated host names that RQ job webhooks may be sent to; a webhook to any other "
-            "host is not sent, and a redirect to one is not followed (both logged)"
-        ),
-    )
-    webhook_timeout: int = setting(
-        "WEBHOOK_TIMEOUT",
-        integer(1),
-        default=5,
-        shown="`5`",
-        help="seconds at most for one webhook request, whatever the job asked for",
-    )
-    liveness_timeout: float = setting(
-        "LIVENESS_TIMEOUT",
-        number(1.0),
-        default=30.0,
-        shown="`30`",
-        help="seconds, at least 1: `/healthz` fails when the main loop has not ticked for this long",
-    )
-    job_grace: float = setting(
-        "JOB_GRACE",
-        number(0.0),
-        default=60.0,
-        shown="`60`",
-        help=("seconds: `/healthz` fails when a job runs past its timeout by this much, and the horse is killed"),
-    )
-    poll_interval: int = setting(
-        "POLL_INTERVAL",
+    workers_per_host: int = setting(
+        "WORKERS_PER_HOST",
         integer(1),
         default=1,
         shown="`1`",
-        help="whole seconds, at least 1: the longest the idle worker blocks on Redis between ticks",
+        help="worker processes on this host, at least 1 (divides the cores among them)",
     )
+    embed_batch_tokens: int = setting(
+        "EMBED_BATCH_TOKENS",
+        integer(256),
+        default=2048,
+        shown="`2048`",
+        help="padded tokens per inference batch (texts × longest text), at least 256",
+    )
+    max_embed_texts: int = setting(
+        "MAX_EMBED_TEXTS",
+        integer(1),
+        default=4096,
+        shown="`4096`",
+        help="most texts one `embed_texts` job may carry",
+    )
+
+
+# The settings in groups, each declared once; `Settings` is all of them. (Dataclass fields come
+# base-most first: the bases are listed last group first, so the fields keep the groups' order.)
+GROUPS = (
+    RedisSettings,
+    HealthSettings,
+    JobSettings,
+    InputSettings,
+    EmbeddingSettings,
+)
+
+
+@dataclass(frozen=True)
+class Settings(EmbeddingSettings, InputSettings, JobSettings, HealthSettings, RedisSettings):
+    """Every setting. The docs' table (docs/configuration.md) is generated from the declarations
+    of the groups above (`python tools/settings_table.py --write`); a test checks that it is."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -785,10 +825,14 @@ def flagged() -> list[tuple[str, str, str]]:
 
 
 def markdown_table() -> str:
-    """The settings table of docs/configuration.md, from the declarations above."""
-    lines = ["| variable | default | meaning | flag |", "|---|---|---|---|"]
-    for f in fields(Settings):
-        m = f.metadata
-        flag = f"`{m['flag']}` " if m["flag"] else ""
-        lines.append(f"| `{m['env']}` | {m['shown']} | {m['help']} | {flag}|")
-    return "\n".join(lines) + "\n"
+    """The settings tables of docs/configuration.md, one per group, from the declarations above."""
+    lines: list[str] = []
+    for group in GROUPS:
+        lines += ["", f"### {group.__doc__}", "", "| variable | default | meaning | flag |", "|---|---|---|---|"]
+        lines += [_row(f.metadata) for f in fields(group)]
+    return "\n".join(lines[1:]) + "\n"
+
+
+def _row(m: Mapping[str, Any]) -> str:
+    flag = f"`{m['flag']}` " if m["flag"] else ""
+    return f"| `{m['env']}` | {m['shown']} | {m['help']} | {flag}|"
