@@ -51,7 +51,7 @@ lint: venv
 	$(VENV)/bin/ruff check worker tests bench tools
 
 chaos: venv model
-	$(PY) -m pytest -q -m slow tests/test_chaos.py
+	$(PY) -m pytest -q -m slow tests/test_chaos.py tests/test_fuzz.py
 
 bench: venv model
 	@for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
