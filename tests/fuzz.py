@@ -734,6 +734,10 @@ class Fuzzer:
         score = time.time() + case.score if case.score in (-1000.0, 1000.0) else case.score
         conn.zadd(key, {member: score})
         rnd.cleanups.append(lambda: conn.zrem(key, member))
+        if reg == "started":  # the sweep walks this registry: it must still recover a dead worker's job
+            self._worker_hash(Case(case.seed, case.n, "worker", "hostname", "benign", b"elsewhere"), rnd)
+            last = next(reversed(rnd.jobs))
+            rnd.jobs[last] = self.jobs[last] = case
 
     def _worker_hash(self, case: Case, rnd: Round) -> None:
         """A fake worker of ours, dead an hour ago, owning a started job (which the sweep must
