@@ -335,7 +335,6 @@ CLIENT_CASES = [
     ("Retry(max=3, interval=10**12) on a job that times out", 4),
     ("Repeat(times=2, interval=10**12)", 4),
     ("meta=[1, 2]", 5),
-    ("meta='x'", None),
     ("job_timeout=-1", None),
     ("job_timeout=10**9", None),
     ("result_ttl=-1, failure_ttl=0, ttl=1", None),
@@ -679,8 +678,6 @@ class Fuzzer:
             self._enqueue(rnd, case, PING, "repeat", repeat=Repeat(times=2, interval=10**12))
         elif label == "meta=[1, 2]":
             self._enqueue(rnd, case, PING, "meta", meta=[1, 2])
-        elif label == "meta='x'":
-            self._enqueue(rnd, case, PING, "meta", meta="x")
         elif label == "job_timeout=-1":
             self._enqueue(rnd, case, PING, "t", job_timeout=-1)
         elif label == "job_timeout=10**9":
