@@ -116,3 +116,24 @@ def test_started_jobs_leave_the_inflight_list_in_the_same_transaction(redis_conn
     assert q.started_job_registry.get_job_ids() == [job.id]
     assert redis_conn.hget(execution.key, "worker_name") == b"me"
     assert Job.fetch(job.id, connection=redis_conn, serializer=JSONSerializer).get_status() == JobStatus.QUEUED
+
+
+def test_a_queued_hash_without_data_is_failed_not_dropped(redis_conn):
+    """RQ takes a hash with no `data` for no job at all: dropping its id lost the job (fuzzer)."""
+    q = queue(redis_conn)
+    job = q.enqueue("worker.jobs.ping", "x")
+    redis_conn.hdel(job.key, "data")
+    d = Dequeuer(redis_conn, inflight_key("me"), 1, GuardedJob, JSONSerializer)
+    assert d.next([q], burst=True) is None
+    assert redis_conn.hget(job.key, "status") == b"failed"
+    assert job.id in q.failed_job_registry and redis_conn.llen(inflight_key("me")) == 0
+
+
+def test_retries_and_repeats_a_job_asks_for_are_bounded(redis_conn):
+    from worker.allowlist import MAX_RETRIES_OR_REPEATS
+
+    q = queue(redis_conn)
+    job = q.enqueue("worker.jobs.ping", "x")
+    redis_conn.hset(job.key, mapping={"retries_left": 10**12, "repeats_left": 10**12})
+    job = GuardedJob.fetch(job.id, connection=redis_conn, serializer=JSONSerializer)
+    assert job.retries_left == job.repeats_left == MAX_RETRIES_OR_REPEATS

@@ -112,6 +112,9 @@ def check_arguments(func: Callable[..., Any], args: tuple | list, kwargs: dict) 
 
 # The longest wait, in seconds, a job's retry or repeat interval can ask for.
 MAX_SCHEDULE_INTERVAL = 24 * 3600
+# The most retries or repeats a job may ask for: RQ runs them without bound (10**12 from a
+# producer is a job that runs again for good and keeps others waiting).
+MAX_RETRIES_OR_REPEATS = 100
 # Fields a job hash may have: RQ writes about 35.
 MAX_JOB_FIELDS = 256
 
@@ -227,6 +230,10 @@ class GuardedJob(Job):
             )
         self.retry_intervals = clamp_intervals(self.retry_intervals, "retry_intervals")
         self.repeat_intervals = clamp_intervals(self.repeat_intervals, "repeat_intervals")
+        if self.retries_left is not None:
+            self.retries_left = min(self.retries_left, MAX_RETRIES_OR_REPEATS)
+        if self.repeats_left is not None:
+            self.repeats_left = min(self.repeats_left, MAX_RETRIES_OR_REPEATS)
 
     # -- what RQ imports and calls --------------------------------------------------------
 

@@ -147,8 +147,11 @@ class Dequeuer:
             queue = by_key[queue_key]
             try:
                 job = self.job_class.fetch(job_id, connection=self.conn, serializer=self.serializer)
-            except NoSuchJobError:  # deleted while queued: nothing to run
-                self.conn.lrem(self.inflight, 0, job_id)
+            except NoSuchJobError as exc:
+                if self.conn.exists(Job.key_for(job_id)):  # a hash RQ does not take as a job (no data)
+                    fail_unreadable(self.conn, queue, job_id, exc, self.serializer, inflight=self.inflight)
+                else:  # deleted while queued: nothing to run
+                    self.conn.lrem(self.inflight, 0, job_id)
                 continue
             except Exception as exc:
                 if redis_unusable(exc):

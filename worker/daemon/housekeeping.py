@@ -168,8 +168,11 @@ def fail_unreadable_scheduled(worker: DaemonWorker) -> None:
 def check_scheduled(worker: DaemonWorker, queue: Queue, job_id: str) -> None:
     try:
         worker.job_class.fetch(job_id, connection=worker.connection, serializer=worker.serializer)
-    except NoSuchJobError:
-        worker.connection.zrem(queue.scheduled_job_registry.key, job_id)
+    except NoSuchJobError as exc:
+        if worker.connection.exists(worker.job_class.key_for(job_id)):  # a hash with no data: fail it
+            lifecycle.fail_unreadable(worker.connection, queue, job_id, exc, worker.serializer)
+        else:
+            worker.connection.zrem(queue.scheduled_job_registry.key, job_id)
     except Exception as exc:
         if redis_unusable(exc):
             raise
