@@ -16,7 +16,11 @@ from pathlib import Path
 import pytest
 from redis import Redis
 from rq import Queue
+from rq.executions import Execution
+from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
+from rq.utils import now, utcformat
+from rq.worker import Worker
 
 from worker.devredis import RedisServer, free_port
 
@@ -221,3 +225,19 @@ def pg_server(tmp_path_factory):
 def pg_url(pg_server) -> str:
     """A fresh database on the private server, as a postgresql:// URL with a password."""
     return pg_server.new_database()
+
+
+def ids(conn, key: str) -> list[str]:
+    return [x.decode() for x in conn.lrange(key, 0, -1)]
+
+
+def register_started(conn, job: Job, worker_name: str) -> None:
+    """What a worker leaves in Redis when it dies mid-job: the started-registry entry."""
+    with conn.pipeline() as pipe:
+        Execution.create(job, ttl=600, pipeline=pipe, worker_name=worker_name)
+        job.set_status(JobStatus.STARTED, pipeline=pipe)
+        pipe.execute()
+
+
+def live_worker(conn, name: str) -> None:
+    conn.hset(Worker.redis_worker_namespace_prefix + name, mapping={"last_heartbeat": utcformat(now())})

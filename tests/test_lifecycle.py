@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from rq.worker import Worker
 
-from tests.conftest import queue
-from tests.test_requeue import ids, live_worker, register_started
+from tests.conftest import ids, live_worker, queue, register_started
 from worker import lifecycle, recovery
 from worker.allowlist import GuardedJob
 from worker.dequeue import Dequeuer, inflight_key
@@ -137,3 +137,47 @@ def test_retries_and_repeats_a_job_asks_for_are_bounded(redis_conn):
     redis_conn.hset(job.key, mapping={"retries_left": 10**12, "repeats_left": 10**12})
     job = GuardedJob.fetch(job.id, connection=redis_conn, serializer=JSONSerializer)
     assert job.retries_left == job.repeats_left == MAX_RETRIES_OR_REPEATS
+
+
+def test_restore_inflight_puts_ids_back_at_the_front_in_order(redis_conn):
+    q = queue(redis_conn)
+    jobs = [q.enqueue("worker.jobs.ping", str(i)) for i in range(4)]
+    waiting = q.enqueue("worker.jobs.ping", "waiting")
+    key = inflight_key("ghost")
+    for _ in jobs:
+        redis_conn.lmove(q.key, key, "LEFT", "RIGHT")
+    jobs[2].set_status(JobStatus.FINISHED)  # ended after all: not put back
+    assert recovery.restore_inflight(redis_conn, key) == 3
+    assert q.job_ids == [jobs[0].id, jobs[1].id, jobs[3].id, waiting.id]
+    assert redis_conn.llen(key) == 0
+    assert jobs[0].get_status(refresh=True) == JobStatus.QUEUED
+
+
+def test_put_back_writes_nothing_until_its_transaction_runs_and_counts_once(redis_conn):
+    """A put-back whose transaction fails (Redis went away) and is retried counts `requeued`
+    once: the meta is part of the transaction, not written on the side."""
+    q = queue(redis_conn)
+    job = q.enqueue("worker.jobs.ping", "interrupted", meta={"requeued": 2, "mine": "kept"})
+    redis_conn.lrem(q.key, 1, job.id)
+    register_started(redis_conn, job, "me")
+    meta, raw = recovery.counted(job, "requeued")
+    assert meta["requeued"] == 3 and job.meta["requeued"] == 2  # the job object is untouched
+    with redis_conn.pipeline() as pipe:  # first attempt: queued, never executed
+        recovery.put_back(pipe, job.id, q.key, raw)
+        pipe.reset()
+    assert job.get_meta(refresh=True)["requeued"] == 2 and len(q) == 0
+    assert job.get_status(refresh=True) == JobStatus.STARTED
+    with redis_conn.pipeline() as pipe:  # the retry
+        recovery.put_back(pipe, job.id, q.key, raw)
+        pipe.execute()
+    assert job.get_meta(refresh=True) == {"requeued": 3, "mine": "kept"}
+    assert q.job_ids == [job.id] and job.get_status(refresh=True) == JobStatus.QUEUED
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [{"requeued": "many"}, {"requeued": None}, {"requeued": [1]}],
+)
+def test_counted_survives_whatever_a_producer_put_in_meta(redis_conn, meta):
+    job = queue(redis_conn).enqueue("worker.jobs.ping", "x", meta=meta)
+    assert recovery.counted(job, "requeued")[0]["requeued"] == 1

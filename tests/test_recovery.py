@@ -36,7 +36,7 @@ def test_job_of_a_killed_worker_is_requeued_and_finished_by_another(start_worker
     assert job.get_meta(refresh=True)["abandoned"] == 1
 
 
-@pytest.mark.slow  # the rule itself is tested in process: test_requeue.py
+@pytest.mark.slow  # the rule itself is tested in process: test_sweep.py
 def test_poison_job_stops_after_max_attempts(start_worker, redis_conn):
     env = {**FAST, "MAX_ATTEMPTS": "2"}
     q = queue(redis_conn)
