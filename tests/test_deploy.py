@@ -111,7 +111,10 @@ def test_unit_contract(name):
     env = dict(e.split("=", 1) for e in unit["Environment"])
     assert env["STORE_URL"].startswith("sqlite:////var/lib/" + one["StateDirectory"] + "/")
     if name == "worker@.service":
-        assert env["HEALTH_PORT"] == "800%i"
+        assert env["HEALTH_PORT"] == "8000+%i"  # instance 10 on 8010, not 80010
+        for instance, port in (("1", 8001), ("10", 8010)):
+            health_port = env["HEALTH_PORT"].replace("%i", instance)
+            assert Settings.from_env({"HEALTH_PORT": health_port}).health_port == port
         assert "WORKER_NAME" not in env
 
 

@@ -250,3 +250,10 @@ def test_swapping_while_a_real_worker_reads_never_leads_outside(start_worker, re
     assert "SSSSSSS" not in outcomes, outcomes
     assert set(outcomes) <= {"iiiiiii", "PathNotAllowedError", "InputNotFoundError"}, outcomes
     print("outcomes", outcomes)
+
+
+def test_a_path_outside_the_roots_is_told_the_roots_and_the_fix(roots) -> None:
+    inside, outside, settings = roots
+    (outside / "b.pdf").write_bytes(b"%PDF-")
+    with pytest.raises(PathNotAllowedError, match=f"INPUT_ROOTS={inside}.*add its directory to INPUT_ROOTS"):
+        load_source(str(outside / "b.pdf"), settings)

@@ -40,6 +40,18 @@ def integer(minimum: int = 0) -> Parser:
     return parse
 
 
+def port(raw: str, name: str) -> int:
+    """A port, or `BASE+N` (what a systemd template writes as `8000+%i`: instance 10 gets 8010)."""
+    base, plus, offset = raw.partition("+")
+    try:
+        value = int(base) + (int(offset) if plus else 0)
+    except ValueError:
+        raise SettingsError(f"{name} must be a port number or BASE+N, got {raw!r}") from None
+    if not 0 <= value <= 65535:
+        raise SettingsError(f"{name} must be 0..65535, got {value}")
+    return value
+
+
 def number(minimum: float = 0.0) -> Parser:
     def parse(raw: str, name: str) -> float:
         try:
@@ -345,11 +357,11 @@ class HealthSettings:
     )
     health_port: int = setting(
         "HEALTH_PORT",
-        integer(),
+        port,
         default=8001,
         shown="`8001`",
         flag="--health-port",
-        help="health server port, 0 to 65535 (`0`: any free port)",
+        help="health server port, 0 to 65535 (`0`: any free port), or `BASE+N` (`8000+%i` in a systemd template unit)",
     )
     log_level: str = setting(
         "LOG_LEVEL",
@@ -542,7 +554,7 @@ class InputSettings:
             "pgvector, shared by many hosts: `postgresql://user:password@host:5432/db` (also "
             "`postgres://`); query options such as `sslmode=require` or `connect_timeout=10` go to "
             "libpq as they are; percent-encode special characters in the password. Needs the extra "
-            "`pip install 'worker[postgres]'` (the container image has it). The password never "
+            "`pip install -e '.[postgres]'` (the container image has it). The password never "
             "appears in logs, health bodies, `status` or job errors. Another scheme is a "
             "configuration error. See [ingestion.md](ingestion.md#postgresql)."
         ),

@@ -118,7 +118,11 @@ def open_beneath(raw: str, settings: Settings) -> int:
     # path; which root it is in is all that is taken from it, the open below checks everything.
     start = _beneath(raw, roots) or _beneath(os.path.realpath(raw), roots)
     if start is None:
-        raise PathNotAllowedError(f"{raw!r} is outside the input roots (INPUT_ROOTS)")
+        roots_shown = ":".join(str(r) for r in settings.input_roots)
+        raise PathNotAllowedError(
+            f"{raw!r} is outside the input roots INPUT_ROOTS={roots_shown}: put the file under one of them, or"
+            " add its directory to INPUT_ROOTS (colon-separated) in the worker's environment"
+        )
     root, rel = start
     global use_openat2
     if use_openat2 and rel:
