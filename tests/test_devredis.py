@@ -46,3 +46,34 @@ def test_redis_url_set_is_respected(redis_url, tmp_path):
     )
     assert out.returncode == 0 and out.stdout.strip() == redis_url
     assert "started" not in out.stderr
+
+
+SECOND_TERMINAL = """
+import os, subprocess, sys
+from worker.settings import Settings
+print(open("var/redis.url").read().strip())
+print(Settings.from_env({}).redis_url)  # a command run from the same directory, REDIS_URL unset
+env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+again = [sys.executable, "-m", "worker.devredis", "--probe-port", sys.argv[1], "--port", sys.argv[2], "--",
+         sys.executable, "-c", "import os; print(os.environ['REDIS_URL'])"]
+print(subprocess.run(again, env=env, capture_output=True, text=True).stdout.strip())
+"""
+
+
+def test_a_second_terminal_and_a_second_run_find_the_private_redis(tmp_path):
+    """The README's second terminal used to go to 6379 while the worker's private Redis was on 6399;
+    a second `make run-worker` started a second server on the same data directory."""
+    probe, private, other = free_port(), free_port(), free_port()
+    cmd = [sys.executable, "-c", SECOND_TERMINAL, str(probe), str(other)]
+    out = run(["--probe-port", str(probe), "--port", str(private), "--", *cmd], tmp_path)
+    assert out.returncode == 0, out.stderr
+    url = f"redis://127.0.0.1:{private}/0"
+    assert out.stdout.split() == [url, url, url]  # the file, the settings' default, the second run joined
+    assert not answers("127.0.0.1", other)
+    assert not (tmp_path / "var" / "redis.url").exists()  # gone with the server
+
+
+def test_joining_a_redis_that_answers_says_so(redis_url, tmp_path):
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    out = run(["--probe-port", str(port), "--", sys.executable, "-c", "pass"], tmp_path)
+    assert out.returncode == 0 and f"using the Redis that answers on 127.0.0.1:{port}" in out.stderr

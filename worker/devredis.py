@@ -296,6 +296,23 @@ class SentinelGroup:
         return new
 
 
+URL_FILE_NAME = "redis.url"  # under var/: the URL of the private Redis while it runs
+
+
+def _say(text: str) -> None:
+    print(f"worker: {text}", file=sys.stderr, flush=True)
+
+
+def _running_private_url(url_file: Path) -> str | None:
+    """The URL in `url_file` when the private Redis it names still answers."""
+    try:
+        url = url_file.read_text().strip()
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return url if answers("127.0.0.1", port) else None
+
+
 def main(argv: list[str]) -> int:
     probe_port, private_port = 6379, 6399
     if "--" not in argv:
@@ -309,14 +326,26 @@ def main(argv: list[str]) -> int:
             private_port = int(value)
     env = dict(os.environ)
     server: RedisServer | None = None
-    if not env.get("REDIS_URL") and not answers("127.0.0.1", probe_port):
+    url_file = Path("var") / URL_FILE_NAME
+    shared = _running_private_url(url_file)
+    if env.get("REDIS_URL"):
+        pass
+    elif shared:  # another `make run-worker` in this checkout started it: one system, not two
+        env["REDIS_URL"] = shared
+        _say(f"joining the private redis-server another run started at {shared} ({url_file})")
+    elif answers("127.0.0.1", probe_port):
+        _say(
+            f"using the Redis that answers on 127.0.0.1:{probe_port}: this worker takes the jobs on its queues"
+            " (WORKER_QUEUES), whoever put them there; set REDIS_URL to use another one"
+        )
+    else:
         port = private_port if not answers("127.0.0.1", private_port) else None
         server = RedisServer(port=port, persist=True).start()
         env["REDIS_URL"] = server.url
-        print(
-            f"worker: no Redis on 127.0.0.1:6379; started a private redis-server at {server.url} (data in var/redis)",
-            file=sys.stderr,
-            flush=True,
+        url_file.write_text(server.url + "\n")
+        _say(
+            f"no Redis on 127.0.0.1:{probe_port}; started a private redis-server at {server.url} (data in var/redis;"
+            f" commands run from this directory find it through {url_file})"
         )
     child = subprocess.Popen(argv, env=env)
     # Pass signals on to the worker; it decides how to shut down.
@@ -328,6 +357,7 @@ def main(argv: list[str]) -> int:
                 return child.wait()
     finally:
         if server:
+            url_file.unlink(missing_ok=True)
             server.stop()
 
 

@@ -164,6 +164,20 @@ def check_redis_url(url: str) -> None:
             raise SettingsError(hint.format(why="the database after the host must be a number")) from None
 
 
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def default_redis_url(cwd: Path | None = None) -> str:
+    """REDIS_URL's default: the private Redis that `make run-worker` started for this checkout
+    while it runs (its URL in var/redis.url, written by worker.devredis), else 6379 on loopback.
+    So a second terminal in the same directory reaches the worker's Redis."""
+    try:
+        url = ((cwd or Path.cwd()) / "var" / "redis.url").read_text().strip()
+    except OSError:
+        return DEFAULT_REDIS_URL
+    return url if url.startswith("redis://127.0.0.1:") else DEFAULT_REDIS_URL
+
+
 SENTINEL_PORT = 26379  # Redis Sentinel's default port
 
 
@@ -285,8 +299,8 @@ class RedisSettings:
     redis_url: str = setting(
         "REDIS_URL",
         text,
-        default="redis://127.0.0.1:6379/0",
-        shown="`redis://127.0.0.1:6379/0`",
+        default_factory=default_redis_url,
+        shown="`redis://127.0.0.1:6379/0`, or the private Redis `make run-worker` started (`var/redis.url`)",
         flag="--redis-url",
         help=(
             "Redis to take jobs from: a `redis://`, `rediss://` or `unix://` URL. Its password never "
