@@ -287,3 +287,19 @@ def test_the_daemon_stops_warm_and_exits_4_past_its_memory_ceiling(start_worker,
     assert w.wait(timeout=60) == 4
     assert "over DAEMON_MEMORY_MB=10" in w.log()
     assert job.get_status(refresh=True) in ("finished", "queued")  # finished, or never taken: not lost
+
+
+def test_a_job_logs_one_line_at_start_and_one_at_its_end_and_bad_input_no_traceback(start_worker, redis_conn):
+    """Bad input is an expected end: it used to log an ERROR with a 16-line traceback; every
+    finished job logged four near-duplicate lines and none at its start."""
+    w = start_worker()
+    q = queue(redis_conn)
+    ok = q.enqueue("worker.jobs.ping", "x")
+    bad = q.enqueue("worker.jobs.extract_text", {"data_b64": "bm90IGEgcGRm", "filename": "x.pdf"})
+    wait_for(lambda: bad.get_status(refresh=True) == "failed" and ok.get_status(refresh=True) == "finished")
+    wait_for(lambda: f"job {bad.id} failed" in w.log(), message="the end logged")
+    log = w.log()
+    assert [line for line in log.splitlines() if ok.id in line and "Job OK" in line] == []
+    assert len([line for line in log.splitlines() if f"job {ok.id} started" in line]) == 1
+    assert f"job {bad.id}: bad input, not retried: NotAPdfError" in log
+    assert "Traceback" not in log

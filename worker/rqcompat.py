@@ -23,6 +23,7 @@ WORKER_METHODS = (
     "fork_work_horse",
     "get_heartbeat_ttl",
     "get_state",
+    "handle_exception",
     "handle_job_failure",
     "handle_payload",
     "handle_work_horse_killed",
@@ -43,6 +44,7 @@ WORKER_METHODS = (
 # Attributes an rq.Worker sets in __init__ and DaemonWorker reads or writes.
 WORKER_ATTRIBUTES = (
     "_dequeue_strategy",
+    "_exc_handlers",
     "_horse_pid",
     "_ordered_queues",
     "_stop_requested",
@@ -74,6 +76,7 @@ NAMES = (
     "rq.command.parse_payload",
     "rq.defaults.DEFAULT_SERIALIZER_CLASS",
     "rq.executions.Execution.create",
+    "rq.job_lifecycle.call_exception_handlers",
     "rq.executions.Execution.from_composite_key",
     "rq.job.parse_job_id",
     "rq.job_lifecycle.record_job_failure",

@@ -46,7 +46,7 @@ def port(raw: str, name: str) -> int:
     try:
         value = int(base) + (int(offset) if plus else 0)
     except ValueError:
-        raise SettingsError(f"{name} must be a port number or BASE+N, got {raw!r}") from None
+        raise SettingsError(f"{name} must be an integer, or BASE+N, got {raw!r}") from None
     if not 0 <= value <= 65535:
         raise SettingsError(f"{name} must be 0..65535, got {value}")
     return value

@@ -71,6 +71,9 @@ def prepare(worker: DaemonWorker, job: Job) -> None:
         limit = worker.settings.horse_memory_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     mark_work_horse()
+    # RQ's horse logs three lines a job ("Job OK", where the result is kept...); the parent logs
+    # one line for each start and end, with the outcome: RQ's warnings and errors stay.
+    logging.getLogger("rq.worker").setLevel(max(logging.WARNING, logging.getLogger("rq.worker").level))
     try:
         progress.reset_counters(job)
     except Exception as exc:  # progress is best effort; Redis away: RQ's own steps will say so

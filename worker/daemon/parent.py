@@ -72,6 +72,11 @@ def execute(worker: DaemonWorker, job: Job, queue: Queue) -> None:
         )
     )
     worker.fork_work_horse(job, queue)
+    log.info(
+        "job %s started",
+        job.id,
+        extra={"job_id": job.id, "function": func_name(job), "queue": queue.name[:1000], "worker": worker.name},
+    )
     worker.monitor_work_horse(job, queue, execution)
     with contextlib.suppress(redis.exceptions.RedisError):
         worker.set_state(WorkerStatus.IDLE)

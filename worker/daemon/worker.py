@@ -23,6 +23,7 @@ from rq.command import parse_payload
 from rq.defaults import DEFAULT_SERIALIZER_CLASS
 from rq.executions import Execution
 from rq.job import Job
+from rq.job_lifecycle import call_exception_handlers
 from rq.queue import Queue
 from rq.scheduler import RQScheduler
 from rq.serializers import DefaultSerializer, JSONSerializer
@@ -36,7 +37,7 @@ from worker.daemon import horse, housekeeping, parent
 from worker.daemon.housekeeping import Backoff, guarded, report
 from worker.daemon.signals import Signals
 from worker.dequeue import Dequeuer
-from worker.errors import redis_unusable
+from worker.errors import BadInputError, redis_unusable
 from worker.safe import safe_text
 from worker.settings import Settings, get_settings
 from worker.state import LiveState, State
@@ -160,6 +161,13 @@ class DaemonWorker(Worker):
     def _finalize_success(self, job, queue, execution, return_value) -> None:  # in the horse
         horse.may_end_job(self, job, execution)
         super()._finalize_success(job, queue, execution, return_value)
+
+    def handle_exception(self, job: Job, *exc_info) -> None:  # in the horse
+        """Bad input is an expected end: one line, no traceback (it is in the job's result)."""
+        if not isinstance(exc_info[1], BadInputError):
+            return super().handle_exception(job, *exc_info)
+        log.warning("job %s: bad input, not retried: %s: %s", job.id, type(exc_info[1]).__name__, exc_info[1])
+        call_exception_handlers(self._exc_handlers, job, *exc_info)
 
     def _finalize_failure(self, job, queue, execution, exc_info) -> None:  # in the horse
         horse.may_end_job(self, job, execution)
