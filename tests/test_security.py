@@ -139,3 +139,18 @@ def test_webhooks_do_not_follow_redirects_to_hosts_not_allowed(start_worker, red
     finally:
         for server in servers:
             server.shutdown()
+
+
+def test_a_typo_in_extra_jobs_shows_at_start():
+    from worker import settings as settings_module
+    from worker.allowlist import import_registered
+
+    before = settings_module._settings
+    try:
+        extra = "tests.jobs_for_tests.slep,tests.jobs_for_tests.sleep,tests.no_such_module.f"
+        settings_module.set_settings(settings_module.Settings.from_env({"EXTRA_JOBS": extra}))
+        problems = import_registered()
+    finally:
+        settings_module._settings = before
+    assert [p.split(":")[0] for p in problems] == ["tests.jobs_for_tests.slep", "tests.no_such_module.f"]
+    assert "typo in EXTRA_JOBS" in problems[0]

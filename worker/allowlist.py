@@ -65,15 +65,18 @@ def resolve(func_name: str | None) -> Callable[..., Any]:
 
 
 def import_registered() -> list[str]:
-    """Import every registered job's module now, in the parent, so that work-horses inherit
-    them instead of importing per job; returns what failed (logged by the caller)."""
+    """Import every registered job now, in the parent, so that work-horses inherit them instead of
+    importing per job, and so that a typo in EXTRA_JOBS shows at start rather than when a job
+    names it; returns what failed (logged by the caller)."""
     failed = []
     for name in registered_names():
-        module_name = name.rpartition(".")[0]
         try:
-            importlib.import_module(module_name)
+            func = _import_dotted(name)
         except Exception as exc:
             failed.append(f"{name}: {type(exc).__name__}: {exc}")
+            continue
+        if not callable(func):
+            failed.append(f"{name}: nothing callable by that name (a typo in EXTRA_JOBS?)")
     return failed
 
 
