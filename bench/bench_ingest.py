@@ -380,14 +380,13 @@ def bench_small(paths: list[Path], workdir: Path, n: int, st_python: str | None)
 
 
 def bench_search(sizes: list[int], workdir: Path, dim: int = 384, queries: int = 20) -> dict[int, float]:
-    from worker.chunking import Chunk
-    from worker.store import Store
+    from worker.store import Chunk, SqliteStore
 
     out = {}
     rng = np.random.default_rng(0)
     for n in sizes:
         url = f"sqlite:///{workdir}/search-{n}.db"
-        with Store.open(url) as store:
+        with SqliteStore.open(url) as store:
             per_doc = 1000
             for d in range(0, n, per_doc):
                 m = min(per_doc, n - d)

@@ -26,7 +26,7 @@ from tests import pdfs  # noqa: E402
 from tests.pgserver import PgServer  # noqa: E402
 from worker.chunking import Chunker, load_tokenizer  # noqa: E402
 from worker.store import open_store  # noqa: E402
-from worker.store_copy import copy_store  # noqa: E402
+from worker.store.copy import copy_store  # noqa: E402
 
 MODEL_DIR = ROOT / "var" / "model"
 

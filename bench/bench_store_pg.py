@@ -35,10 +35,9 @@ sys.path.insert(0, str(ROOT))
 
 from tests import pdfs  # noqa: E402
 from tests.pgserver import PgServer  # noqa: E402
-from worker.chunking import Chunk  # noqa: E402
 from worker.settings import Settings, set_settings  # noqa: E402
-from worker.store import open_store  # noqa: E402
-from worker.store_pg import HNSW_OPTIONS  # noqa: E402
+from worker.store import Chunk, open_store  # noqa: E402
+from worker.store.pg import HNSW_OPTIONS  # noqa: E402
 
 
 def bench_ingest(url: str, workdir: Path, docs: int, pages: int) -> dict:

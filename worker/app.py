@@ -125,7 +125,7 @@ def store_check(settings: Settings):
     cached: dict = {"at": float("-inf"), "result": (False, "not checked yet")}
 
     def check() -> tuple[bool, str]:
-        from worker.store_pg import check_reachable
+        from worker.store.pg import check_reachable
 
         with lock:
             if time.monotonic() - cached["at"] >= 3.0:

@@ -16,28 +16,17 @@ A chunk spanning pages joins the pieces of each page with a blank line.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Tokenizer
 
 from worker.errors import ModelUnavailableError
+from worker.store.base import Chunk  # what a chunker cuts is what a store keeps
 
 PAGE, PARAGRAPH, SENTENCE, LINE, SPACE, ADJACENT, INSIDE_WORD = 6, 5, 4, 3, 2, 1, 0
 _PARA_GAP = re.compile(r"\n[ \t\r\f\v]*\n")
 _SENTENCE_END = frozenset(".!?;:…。！？；")
 _CLOSERS = frozenset("\"')]}»”’」』）")
-
-
-@dataclass(frozen=True)
-class Chunk:
-    seq: int
-    text: str
-    page_start: int
-    page_end: int
-    char_start: int
-    char_end: int
-    n_tokens: int  # word pieces including the special tokens, as the model sees it
 
 
 def load_tokenizer(model_dir: Path) -> Tokenizer:

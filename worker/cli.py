@@ -470,10 +470,10 @@ def cmd_store(settings: Settings, args: argparse.Namespace) -> int:
     """`store copy`: idempotent and resumable (see worker/store_copy.py); progress on stderr."""
     import sqlite3
 
-    from worker import store_pg
     from worker.errors import WorkerError
     from worker.settings import check_store_url, redact_url
-    from worker.store_copy import CopyReport, copy_store
+    from worker.store import pg as store_pg
+    from worker.store.copy import CopyReport, copy_store
 
     for flag, url in (("--from", args.from_url), ("--to", args.to_url)):
         try:

@@ -1,0 +1,358 @@
+"""The store interface (`DocumentStore`), its records, and what both stores do the same way.
+
+A store keeps documents and their chunks with float32 embedding vectors. A document is keyed by
+(sha256 of its bytes, embedding model): storing the same bytes with the same model again is a
+no-op that reports the existing row. Each document goes in one transaction, so a failure part
+way leaves nothing behind. The two stores (worker/store/sqlite.py, worker/store/pg.py) share
+the schema's column names, so the SQL that reads or writes those columns is written here once;
+each store supplies its connection, its parameter mark, its error translation, its nearest-chunk
+search and its insert.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+import numpy as np
+
+from worker.errors import InvalidArgumentsError, WorkerError
+from worker.settings import Settings
+from worker.store.storable import check_storable
+
+DEFAULT_EF_SEARCH = Settings.hnsw_ef_search  # PostgreSQL search: hnsw.ef_search (HNSW_EF_SEARCH)
+BUSY_TIMEOUT_S = 30.0
+MAX_SEARCH_K = 1000  # hits one search returns at most, on both stores (a larger k is clamped)
+
+
+class StoreSchemaError(WorkerError):
+    """The store was written by a newer version of this package."""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a document's text as the chunker cuts it and a store keeps it (offsets: see
+    worker/chunking.py)."""
+
+    seq: int
+    text: str
+    page_start: int
+    page_end: int
+    char_start: int
+    char_end: int
+    n_tokens: int  # word pieces including the special tokens, as the model sees it
+
+
+@dataclass(frozen=True)
+class StoredDocument:
+    id: int
+    document_id: str
+    sha256: str
+    model: str
+    name: str | None
+    pages: int
+    pages_without_text: int
+    chunks: int
+    page_errors: list[dict] = field(default_factory=list)  # {"page", "error"} of pages that failed
+
+
+@dataclass(frozen=True)
+class DocumentRecord:
+    """A stored document in full, vectors included, as `export_document` reads it; its fields are
+    `add_document`'s arguments, so `add_document(**record.as_kwargs())` stores it again elsewhere
+    without embedding (`python -m worker store copy`)."""
+
+    document_id: str
+    sha256: str
+    model: str
+    name: str | None
+    meta: dict  # title, author, producer of the PDF
+    pages: int
+    pages_without_text: int
+    page_errors: list[dict]
+    chunks: list[Chunk]
+    vectors: np.ndarray  # float32, one row per chunk
+    caller_metadata: dict
+    created_at: float  # seconds since the epoch
+
+    def as_kwargs(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_rows(
+        cls, sha256: str, model: str, row: Sequence, chunk_rows: Sequence[Sequence], vectors: np.ndarray, **decoded
+    ) -> DocumentRecord:
+        """From `export_document`'s rows (EXPORT_DOCUMENT_SQL, EXPORT_CHUNKS_SQL), the same in both
+        stores. `decoded`: page_errors, caller_metadata, created_at as each store reads them."""
+        _, document_id, name, title, author, producer, pages, pages_without_text = row[:8]
+        return cls(
+            document_id=document_id,
+            sha256=sha256,
+            model=model,
+            name=name,
+            meta={"title": title, "author": author, "producer": producer},
+            pages=pages,
+            pages_without_text=pages_without_text,
+            chunks=[Chunk(*r[:-1]) for r in chunk_rows],
+            vectors=vectors,
+            **decoded,
+        )
+
+
+def as_text(value: object) -> str | None:
+    """A PDF metadata value as both stores keep it."""
+    return None if value is None else str(value)
+
+
+@dataclass(frozen=True)
+class DocumentRow:
+    """A new document's row in `documents`, fields in column order, as both stores insert it."""
+
+    document_id: str
+    sha256: str
+    model: str
+    dim: int  # 0: no chunks
+    name: str | None
+    title: str | None
+    author: str | None
+    producer: str | None
+    pages: int
+    pages_without_text: int
+    chunks: int
+    no_text: bool  # no page had text (a scan): stored, zero chunks
+    page_errors: list[dict]
+    metadata: dict  # given by the caller
+    created_at: float | None  # None: now
+
+    def values(self, as_json: Callable[[Any], Any], now: float | None = None) -> tuple:
+        """The values to bind, page_errors and metadata through `as_json`, a missing created_at as `now`."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(page_errors=as_json(self.page_errors), metadata=as_json(self.metadata))
+        if self.created_at is None:
+            values["created_at"] = now
+        return tuple(values.values())
+
+    def stored(self, doc: int) -> StoredDocument:
+        """The row as stored under the id `doc`."""
+        return StoredDocument(
+            doc,
+            self.document_id,
+            self.sha256,
+            self.model,
+            self.name,
+            self.pages,
+            self.pages_without_text,
+            self.chunks,
+            list(self.page_errors),
+        )
+
+
+DOCUMENT_COLUMNS = ", ".join(f.name for f in fields(DocumentRow))
+CHUNK_COLUMNS = "document, seq, page_start, page_end, char_start, char_end, n_tokens, text"
+# Both stores' SQL, with {p} for the driver's parameter mark and {vector} for the vector column.
+FIND_SQL = (
+    "SELECT id, document_id, sha256, model, name, pages, pages_without_text, chunks, page_errors"
+    " FROM documents WHERE sha256 = {p} AND model = {p}"
+)
+KEYS_SQL = "SELECT sha256, model, dim FROM documents ORDER BY id"
+EXPORT_DOCUMENT_SQL = (
+    "SELECT id, document_id, name, title, author, producer, pages, pages_without_text, page_errors,"
+    " metadata, created_at, dim FROM documents WHERE sha256 = {p} AND model = {p}"
+)
+EXPORT_CHUNKS_SQL = (
+    "SELECT seq, text, page_start, page_end, char_start, char_end, n_tokens, {vector}"
+    " FROM chunks WHERE document = {p} ORDER BY seq"
+)
+HIT_COLUMNS = "d.document_id, d.name, d.title, c.page_start, c.page_end, c.char_start, c.char_end, c.text"
+CHUNKS_OF_DOCUMENTS = "FROM chunks c JOIN documents d ON d.id = c.document"
+
+
+def chunk_rows(doc: int, chunks: Sequence[Chunk], vectors: Sequence) -> Iterator[tuple]:
+    """The rows of `chunks` (CHUNK_COLUMNS, then the vector as given) of document `doc`."""
+    for c, vec in zip(chunks, vectors, strict=True):
+        yield (doc, c.seq, c.page_start, c.page_end, c.char_start, c.char_end, c.n_tokens, c.text, vec)
+
+
+def hit(document: str, name: str | None, title: str | None, *span_text: Any, score: float) -> dict:
+    """One search hit (a row of HIT_COLUMNS and its cosine score), the same on both stores."""
+    p0, p1, c0, c1, text = span_text
+    return {
+        "document": document,
+        "name": name,
+        "title": title,
+        "page_start": p0,
+        "page_end": p1,
+        "char_start": c0,
+        "char_end": c1,
+        "score": round(float(score), 6),
+        "text": text,
+    }
+
+
+def check_filters(document_id: str | None, where: Mapping[str, str] | None) -> None:
+    """Filters are plain strings: a document id, and top-level metadata keys with string values;
+    InvalidArgumentsError (a WorkerError) otherwise, the same on both stores."""
+    if document_id is not None and not isinstance(document_id, str):
+        raise InvalidArgumentsError("document_id filter must be a string")
+    for key, value in (where or {}).items():
+        if not isinstance(key, str) or not key or not isinstance(value, str):
+            raise InvalidArgumentsError(f"metadata filter {key!r}={value!r}: key and value must be strings")
+    check_storable("document_id filter", document_id)
+    check_storable("metadata filter", dict(where or {}))
+
+
+def check_document(
+    *,
+    document_id: object,
+    name: object,
+    meta: Mapping,
+    page_errors: Sequence[dict],
+    chunks: Sequence[Chunk],
+    caller_metadata: object,
+) -> None:
+    """`add_document`'s own check, in both stores: UnstorableInputError before anything is written."""
+    check_storable("document_id", document_id)
+    check_storable("name", name)
+    check_storable("PDF metadata", {k: as_text(meta.get(k)) for k in ("title", "author", "producer")})
+    check_storable("page_errors", list(page_errors))
+    check_storable("metadata", caller_metadata)
+    for chunk in chunks:
+        check_storable(f"chunk {chunk.seq} text", chunk.text)
+
+
+def checked_vectors(chunks: Sequence[Chunk], vectors: np.ndarray) -> tuple[np.ndarray, int]:
+    """`vectors` as contiguous little-endian float32, one row per chunk, and their dimension (0: no chunks);
+    ValueError for any other shape."""
+    vectors = np.ascontiguousarray(vectors, dtype="<f4")
+    if vectors.ndim != 2 or vectors.shape[0] != len(chunks):
+        raise ValueError(f"{len(chunks)} chunks but vectors of shape {vectors.shape}")
+    return vectors, int(vectors.shape[1]) if len(chunks) else 0
+
+
+def filter_conditions(p: str, model: str | None, document_id: str | None) -> tuple[list[str], list[object]]:
+    """The search conditions written alike on both stores (`p`: the parameter mark), and their parameters."""
+    conds: list[str] = []
+    params: list[object] = []
+    if model is not None:
+        conds.append(f"d.model = {p}")
+        params.append(model)
+    if document_id is not None:
+        conds.append(f"d.document_id = {p}")
+        params.append(document_id)
+    return conds, params
+
+
+class DocumentStore(ABC):
+    """What jobs, the CLI and the health server need of a store, whichever it is; written here once
+    where both stores do the same."""
+
+    kind: ClassVar[str]  # "sqlite" or "postgresql"
+    dim: int | None  # the one vector dimension the schema holds (PostgreSQL); None: any (SQLite)
+    mark: ClassVar[str]  # the driver's parameter mark
+    conn: Any  # a DB-API connection: execute(sql, params) returns a cursor
+
+    @abstractmethod
+    def errors(self) -> contextlib.AbstractContextManager[None]:
+        """A context that turns the driver's errors into typed ones (worker/errors.py)."""
+
+    @abstractmethod
+    def counts(self) -> dict[str, int]: ...
+
+    @abstractmethod
+    def export_document(self, sha256: str, model: str) -> DocumentRecord | None:
+        """The document stored under (sha256, model) with its chunks and vectors, read in one snapshot."""
+
+    @abstractmethod
+    def _page_errors(self, value: Any) -> list[dict]:
+        """The stored page_errors column as a list."""
+
+    @abstractmethod
+    def _nearest(
+        self, query: np.ndarray, k: int, model: str | None, document_id: str | None, where: Mapping[str, str] | None
+    ) -> list[tuple]:
+        """The k nearest chunks: rows of HIT_COLUMNS then the cosine score, best first."""
+
+    @abstractmethod
+    def _insert(self, row: DocumentRow, chunks: Sequence[Chunk], vectors: np.ndarray) -> tuple[StoredDocument, bool]:
+        """Insert `row` and its chunks in one transaction unless (sha256, model) is stored: see add_document."""
+
+    def _read(self, sql: str, params: Sequence = ()) -> list:
+        with self.errors():
+            return self.conn.execute(sql, params).fetchall()
+
+    def find(self, sha256: str, model: str) -> StoredDocument | None:
+        rows = self._read(FIND_SQL.format(p=self.mark), (sha256, model))
+        if not rows:
+            return None
+        return StoredDocument(*rows[0][:-1], page_errors=self._page_errors(rows[0][-1]))
+
+    def document_keys(self) -> list[tuple[str, str, int]]:
+        """(sha256, model, dim) of every stored document, oldest first (dim 0: no chunks)."""
+        return [tuple(r) for r in self._read(KEYS_SQL)]
+
+    def search(
+        self,
+        vector: np.ndarray,
+        k: int = 5,
+        model: str | None = None,
+        document_id: str | None = None,
+        where: Mapping[str, str] | None = None,
+    ) -> list[dict]:
+        """The k chunks nearest to `vector` by cosine, best first (vectors stored normalized),
+        optionally only of one document id and of documents whose metadata has key == value.
+        At most MAX_SEARCH_K hits, whatever `k` asks. SQLite: exact; PostgreSQL: through the HNSW
+        index (approximate: hnsw.ef_search candidates, at least k)."""
+        check_filters(document_id, where)
+        query = np.asarray(vector, dtype=np.float32).reshape(-1)
+        rows = self._nearest(query, min(k, MAX_SEARCH_K), model, document_id, where)
+        return [hit(*row[:-1], score=row[-1]) for row in rows]
+
+    def add_document(
+        self,
+        *,
+        document_id: str,
+        sha256: str,
+        model: str,
+        name: str | None,
+        meta: dict,
+        pages: int,
+        pages_without_text: int,
+        page_errors: Sequence[dict],
+        chunks: Sequence[Chunk],
+        vectors: np.ndarray,
+        caller_metadata: dict | None = None,
+        created_at: float | None = None,
+    ) -> tuple[StoredDocument, bool]:
+        """Store a document and its chunks in one transaction; returns (row, already_stored).
+        `created_at` (default now) is kept from the source when copying from another store.
+        UnstorableInputError, before anything is written, for what either store could not hold."""
+        check_document(
+            document_id=document_id,
+            name=name,
+            meta=meta,
+            page_errors=page_errors,
+            chunks=chunks,
+            caller_metadata=caller_metadata,
+        )
+        vectors, dim = checked_vectors(chunks, vectors)
+        row = DocumentRow(
+            document_id=document_id,
+            sha256=sha256,
+            model=model,
+            dim=dim,
+            name=name,
+            title=as_text(meta.get("title")),
+            author=as_text(meta.get("author")),
+            producer=as_text(meta.get("producer")),
+            pages=pages,
+            pages_without_text=pages_without_text,
+            chunks=len(chunks),
+            no_text=not chunks,
+            page_errors=list(page_errors),
+            metadata=caller_metadata or {},
+            created_at=created_at,
+        )
+        return self._insert(row, chunks, vectors)
