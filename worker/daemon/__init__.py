@@ -12,8 +12,22 @@ A job's transitions in Redis are in `worker.lifecycle`, recovery of dead workers
 `worker.recovery`.
 """
 
-from worker.daemon.horse import TAKEN_OVER_EXIT
-from worker.daemon.parent import func_name
-from worker.daemon.worker import DaemonWorker
+from typing import Any
 
 __all__ = ["TAKEN_OVER_EXIT", "DaemonWorker", "func_name"]
+
+_EXPORTS = {
+    "DaemonWorker": "worker.daemon.worker",
+    "TAKEN_OVER_EXIT": "worker.daemon.horse",
+    "func_name": "worker.daemon.parent",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The package's names, imported when first asked for: its modules import one another
+    through the package, which then imports none of them itself (no import cycle)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'worker.daemon' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
