@@ -16,17 +16,18 @@ from redis.exceptions import ResponseError
 from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection, SentinelManagedSSLConnection
 from rq.serializers import DefaultSerializer, JSONSerializer
 
-from worker import __version__, rqcompat
+from worker import __version__, lifecycle, rqcompat
 from worker.allowlist import import_registered
+from worker.daemon import DaemonWorker, housekeeping
+from worker.exitcodes import EXIT_MEMORY, EXIT_OK, EXIT_UNAVAILABLE
+from worker.health import HealthServer, RedisProbe
+from worker.logs import setup_logging
+from worker.metrics import queue_figures, render
+from worker.sdnotify import from_environment
 from worker.settings import Settings
+from worker.state import LiveState
 
 log = logging.getLogger("worker")
-
-EXIT_OK = 0
-EXIT_ERROR = 1  # unexpected error
-EXIT_USAGE = 2  # bad settings or flags
-EXIT_UNAVAILABLE = 3  # the health port cannot be bound
-EXIT_MEMORY = 4  # stopped because the daemon's memory went past DAEMON_MEMORY_MB
 
 
 def serializer_for(settings: Settings):
@@ -181,14 +182,6 @@ def default_worker_name() -> str:
 
 
 def run_daemon(settings: Settings, burst: bool = False, max_jobs: int | None = None) -> int:
-    from worker import lifecycle
-    from worker.daemon import DaemonWorker, housekeeping
-    from worker.health import HealthServer, RedisProbe
-    from worker.logs import setup_logging
-    from worker.metrics import queue_figures, render
-    from worker.sdnotify import from_environment
-    from worker.state import LiveState
-
     name = settings.worker_name or default_worker_name()
     setup_logging(settings.log_level, settings.log_format, name)
     state = LiveState(name, settings.liveness_timeout, settings.job_grace)
@@ -196,7 +189,28 @@ def run_daemon(settings: Settings, burst: bool = False, max_jobs: int | None = N
     systemd = from_environment(readiness_checks(settings), tick=settings.poll_interval)
     if systemd.enabled:
         state.listener = systemd
+    try:
+        health = _health_server(settings, state)
+    except OSError as exc:
+        log.error("cannot serve health on %s:%s: %s", settings.health_host, settings.health_port, exc)
+        return EXIT_UNAVAILABLE
 
+    _preload_model(settings)
+    _prepare_store(settings)
+    _log_start(settings, name, health.port)
+    worker = _daemon_worker(settings, name, state)
+    done = 0
+    try:
+        done = worker.run(burst=burst, max_jobs=max_jobs)
+    finally:
+        health.stop()
+        systemd.stopped(done)
+    log.info("worker %s stopped after %d jobs", name, done)
+    return EXIT_MEMORY if worker.over_memory else EXIT_OK
+
+
+def _health_server(settings: Settings, state: LiveState) -> HealthServer:
+    """/healthz, /readyz and /metrics, started; OSError when the port cannot be bound."""
     probe_client = redis_client(settings, timeout=0.5)  # the health thread's own connection
     probe = RedisProbe(lambda: probe_client)
 
@@ -210,16 +224,13 @@ def run_daemon(settings: Settings, burst: bool = False, max_jobs: int | None = N
                 up = False
         return render(state, up, queues, (lifecycle.quarantined, dict(housekeeping.errors)))
 
-    try:
-        health = HealthServer(
-            settings.health_host, settings.health_port, state, probe, readiness_checks(settings), metrics_text
-        ).start()
-    except OSError as exc:
-        log.error("cannot serve health on %s:%s: %s", settings.health_host, settings.health_port, exc)
-        return EXIT_UNAVAILABLE
+    return HealthServer(
+        settings.health_host, settings.health_port, state, probe, readiness_checks(settings), metrics_text
+    ).start()
 
-    _preload_model(settings)
-    _prepare_store(settings)
+
+def _log_start(settings: Settings, name: str, port: int) -> None:
+    """What the worker relies on and cannot find, then the start line."""
     for missing in rqcompat.missing():
         log.error("this RQ lacks %s, which this worker relies on: install the pinned RQ (setup.cfg)", missing)
     for problem in import_registered():
@@ -232,8 +243,11 @@ def run_daemon(settings: Settings, burst: bool = False, max_jobs: int | None = N
         settings.safe_redis_url,
         settings.safe_store_url,
         settings.health_host,
-        health.port,
+        port,
     )
+
+
+def _daemon_worker(settings: Settings, name: str, state: LiveState) -> DaemonWorker:
     worker = DaemonWorker(
         list(settings.queues),
         name=name,
@@ -247,11 +261,4 @@ def run_daemon(settings: Settings, burst: bool = False, max_jobs: int | None = N
     )
     worker.hostname = socket.gethostname()
     worker.pid = os.getpid()
-    done = 0
-    try:
-        done = worker.run(burst=burst, max_jobs=max_jobs)
-    finally:
-        health.stop()
-        systemd.stopped(done)
-    log.info("worker %s stopped after %d jobs", name, done)
-    return EXIT_MEMORY if worker.over_memory else EXIT_OK
+    return worker

@@ -1,18 +1,32 @@
-"""`python -m worker <command>`: run, enqueue, search, status, healthcheck, embed, store copy."""
+"""`python -m worker <command>`: run, enqueue, search, status, healthcheck, embed, store copy.
+
+Each command is a `cmd_*` function (see COMMANDS at the end) over functions that can be tested
+alone. Commands import Redis and RQ (a fifth of a second, which `healthcheck`, the container's
+HEALTHCHECK, does without), the model (onnxruntime, tokenizers), the stores (psycopg), numpy and
+pypdf inside the functions that need them; everything else is imported here.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import shutil
+import sqlite3
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from worker.settings import Settings, SettingsError, flagged, set_settings
+from worker import display
+from worker.exitcodes import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
+from worker.safe import safe_text
+from worker.settings import Settings, SettingsError, check_store_url, flagged, redact_url, set_settings
+
+if TYPE_CHECKING:
+    from worker.store.copy import CopyReport
 
 INGEST = "worker.jobs.ingest_pdf"
 
@@ -75,9 +89,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = ("run", "enqueue", "search", "status", "healthcheck", "embed", "store")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -92,13 +103,12 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env(env)
     except SettingsError as exc:
         print(f"worker: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     set_settings(settings)
-    handler = globals()[f"cmd_{command}"]
     try:
-        return handler(settings, args)
+        return COMMANDS[command](settings, args)
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
@@ -115,146 +125,109 @@ def _queue(settings: Settings, name: str):
     return Queue(name, connection=redis_client(settings), serializer=serializer_for(settings))
 
 
-def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
-    from worker import progressbar
+# -- enqueue ---------------------------------------------------------------------------------------
 
+ENDED = ("finished", "failed", "stopped", "canceled")
+POLL_SECONDS = 0.2  # between two looks at the jobs `enqueue --wait` waits for
+
+
+def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
+    """A job per file; with --wait, their progress on stderr and a summary per file on stdout."""
     queue = _queue(settings, args.queue)
     jobs = []
     for path in args.paths:
-        source = str(path.expanduser().resolve())
-        job = queue.enqueue(args.function, source, job_timeout=settings.job_timeout)
+        job = queue.enqueue(args.function, str(path.expanduser().resolve()), job_timeout=settings.job_timeout)
         jobs.append((path, job))
         if not args.wait:
-            _emit(
-                args.json,
-                {"file": str(path), "job_id": job.id, "queue": args.queue, "status": "queued"},
-                f"{path}: queued as {job.id} on {args.queue}",
-            )
+            _emit(args.json, *queued(path, job.id, args.queue))
     if not args.wait:
-        return 0
-    deadline = time.monotonic() + args.timeout if args.timeout else None
+        return EXIT_OK
+    return _wait(jobs, args.json, time.monotonic() + args.timeout if args.timeout else None)
+
+
+def _wait(jobs: list, as_json: bool, deadline: float | None) -> int:
+    """Poll the jobs until each one ended (its summary printed) or the deadline passed (each
+    job still pending said so): EXIT_ERROR when a job did not finish."""
     pending = {job.id: (path, job) for path, job in jobs}
+    view = display.lines_for(as_json, [str(path) for path, _ in jobs])
     failed = 0
-    shown: dict[str, str] = {}
-    live = _LiveLines() if not args.json and _is_terminal() else None
-    trackers = {job.id: progressbar.Tracker() for _, job in jobs}
-    name_cells = max(progressbar.cells(progressbar.clean(path)) for path, _ in jobs)
     while pending:
-        lines = []
-        columns = shutil.get_terminal_size().columns - 1  # the last column can wrap on some terminals
-        for job_id, (path, job) in list(pending.items()):
-            status = job.get_status(refresh=True)
-            status = getattr(status, "value", status)
-            if status in ("finished", "failed", "stopped", "canceled"):
-                del pending[job_id]
-                failed += status != "finished"
-                if live:
-                    live.clear()
-                _emit_summary(args.json, path, job, status)
-                continue
-            meta = job.get_meta(refresh=True)
-            progress = meta.get("progress")
-            if live:
-                lines.append(live.line(str(path), status, meta, trackers[job_id], columns, name_cells))
-                continue
-            line = f"{path}: {status}" + (f" {_fmt_progress(progress)}" if progress else "")
-            if not args.json and shown.get(job_id) != line:
-                shown[job_id] = line
-                print(line, file=sys.stderr)
-        if live:
-            live.show(lines)
-        if pending:
-            if deadline is not None and time.monotonic() > deadline:
-                if live:
-                    live.clear()
-                for path, job in pending.values():
-                    _emit(
-                        args.json,
-                        {"file": str(path), "job_id": job.id, "status": "timeout"},
-                        f"{path}: still {job.get_status()} (gave up waiting)",
-                    )
-                return 1
-            time.sleep(0.2)
-    return 1 if failed else 0
+        failed += _poll(pending, view, as_json)
+        if not pending:
+            break
+        if gave_up(deadline, time.monotonic()):
+            view.clear()
+            for path, job in pending.values():
+                _emit(as_json, *timed_out(path, job.id, job.get_status()))
+            return EXIT_ERROR
+        time.sleep(POLL_SECONDS)
+    return EXIT_ERROR if failed else EXIT_OK
 
 
-def _is_terminal() -> bool:
-    """Live lines only when both streams are the terminal: progress goes to stderr, summaries
-    to stdout, and a pipe on either (`| tee`) would interleave with the cursor moves."""
-    return sys.stdout.isatty() and sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
+def _poll(pending: dict, view: display.Lines, as_json: bool) -> int:
+    """One look at each pending job: one that ended leaves `pending` and its summary is printed,
+    the others go to the view. Returns how many ended other than finished."""
+    failed = 0
+    for job_id, (path, job) in list(pending.items()):
+        status = job.get_status(refresh=True)
+        status = getattr(status, "value", status)
+        if status in ENDED:
+            del pending[job_id]
+            failed += status != "finished"
+            view.clear()
+            _emit_summary(as_json, path, job, status)
+        else:
+            view.add(job_id, str(path), status, job.get_meta(refresh=True))
+    view.show()
+    return failed
 
 
-class _LiveLines:
-    """One line per pending file on stderr, redrawn in place (cursor up, erase line) at most
-    10 times a second; a summary is printed on stdout above them once the block is cleared."""
-
-    MIN_INTERVAL = 0.1
-
-    def __init__(self) -> None:
-        self.drawn = 0  # lines of the block on screen, the cursor under them
-        self.last = 0.0
-        self.lines: list[str] = []
-        self.unicode = "utf" in (sys.stderr.encoding or "").lower()
-
-    def line(self, name: str, status: str, meta: dict, tracker, columns: int, name_cells: int) -> str:
-        from worker import progressbar
-
-        if status != "started":
-            return progressbar.live_line(name, status, {}, None, columns, name_cells)
-        stages = progressbar.stages_of(meta)
-        latest = meta.get("progress", {}).get("stage") if isinstance(meta.get("progress"), dict) else None
-        estimate = tracker.observe(stages, time.monotonic())
-        return progressbar.live_line(name, status, stages, estimate, columns, name_cells, self.unicode, latest)
-
-    def show(self, lines: list[str]) -> None:
-        from worker.progressbar import block, frame
-
-        now = time.monotonic()
-        if self.drawn and now - self.last < self.MIN_INTERVAL:
-            return
-        size = shutil.get_terminal_size()
-        lines = block(lines, size.columns, size.lines)
-        if self.drawn and lines == self.lines:
-            return  # nothing new: no bytes to a remote terminal
-        sys.stderr.write(frame(lines, self.drawn))
-        sys.stderr.flush()
-        self.drawn, self.last, self.lines = len(lines), now, lines
-
-    def clear(self) -> None:
-        from worker.progressbar import frame
-
-        if self.drawn:
-            sys.stderr.write(frame([], self.drawn))
-            sys.stderr.flush()
-            self.drawn = 0
+def gave_up(deadline: float | None, now: float) -> bool:
+    """Whether `enqueue --wait --timeout` stops waiting (no deadline: never)."""
+    return deadline is not None and now > deadline
 
 
-def _fmt_progress(p: dict) -> str:
-    text = str(p.get("stage", ""))
-    if "done" in p and "total" in p:
-        text += f" {p['done']}/{p['total']}"
-    return text
+def queued(path: Path, job_id: str, queue: str) -> tuple[dict, str]:
+    """What `enqueue` prints for a job it enqueued: (JSON object, text line)."""
+    return {"file": str(path), "job_id": job_id, "queue": queue, "status": "queued"}, (
+        f"{path}: queued as {job_id} on {queue}"
+    )
+
+
+def timed_out(path: Path, job_id: str, status: object) -> tuple[dict, str]:
+    """What `enqueue --wait` prints for a job still pending when it gives up."""
+    return {"file": str(path), "job_id": job_id, "status": "timeout"}, f"{path}: still {status} (gave up waiting)"
+
+
+def summary(
+    path: Path, job_id: str, status: str, result: object = None, exc_string: str | None = None
+) -> tuple[dict, str]:
+    """What `enqueue --wait` prints for a job that ended: its result when it finished, else the
+    error's class and last line; (JSON object, text line)."""
+    from worker.errors import error_type
+
+    obj: dict = {"file": str(path), "job_id": job_id, "status": status}
+    if status == "finished":
+        obj["result"] = result
+        return obj, display.summary_line(str(path), status, result)
+    obj["error_type"] = error_type(exc_string)
+    obj["error"] = (exc_string or "").strip().splitlines()[-1] if exc_string else None
+    return obj, display.summary_line(str(path), status, exc_string=exc_string)
+
+
+def _emit_summary(as_json: bool, path: Path, job, status: str) -> None:
+    if status == "finished":
+        _emit(as_json, *summary(path, job.id, status, result=job.return_value()))
+        return
+    result = job.latest_result()
+    _emit(as_json, *summary(path, job.id, status, exc_string=result.exc_string if result is not None else ""))
 
 
 def _emit(as_json: bool, obj: dict, text: str) -> None:
     print(json.dumps(obj) if as_json else text, flush=True)
 
 
-def _emit_summary(as_json: bool, path: Path, job, status: str) -> None:
-    from worker.errors import error_type
-    from worker.progressbar import summary_line
-
-    obj: dict = {"file": str(path), "job_id": job.id, "status": status}
-    if status == "finished":
-        obj["result"] = job.return_value()
-        text = summary_line(str(path), status, obj["result"])
-    else:
-        result = job.latest_result()
-        exc = result.exc_string if result is not None else ""
-        obj["error_type"] = error_type(exc)
-        obj["error"] = (exc or "").strip().splitlines()[-1] if exc else None
-        text = summary_line(str(path), status, exc_string=exc)
-    _emit(as_json, obj, text)
+# -- status ----------------------------------------------------------------------------------------
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
@@ -269,22 +242,25 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         workers = _workers(client)
     except RedisError as exc:
         print(f"worker: Redis at {settings.safe_redis_url} unavailable: {type(exc).__name__}", file=sys.stderr)
-        return 1
-    store = _store_counts(settings)
-    report = {"queues": queues, "workers": workers, "store": store}
-    if args.json:
-        print(json.dumps(report))
-        return 0
-    print("queues:")
-    for q, fig in queues.items():
-        print(f"  {q:<10} depth {fig['depth']:>6}  started {fig['started']:>4}  failed {fig['failed']:>4}")
-    print(f"workers: {len(workers)}")
-    for w in workers:
+        return EXIT_ERROR
+    report = {"queues": queues, "workers": workers, "store": _store_counts(settings)}
+    print(json.dumps(report) if args.json else "\n".join(status_lines(report)))
+    return EXIT_OK
+
+
+def status_lines(report: dict) -> list[str]:
+    """`status` without --json: the queues, the workers, the store counts."""
+    lines = ["queues:"]
+    for q, fig in report["queues"].items():
+        lines.append(f"  {q:<10} depth {fig['depth']:>6}  started {fig['started']:>4}  failed {fig['failed']:>4}")
+    lines.append(f"workers: {len(report['workers'])}")
+    for w in report["workers"]:
         age = w["heartbeat_age_seconds"]
         age = f"{age:.0f}s ago" if age is not None else "unknown"
-        print(f"  {w['name']:<30} {w['state']:<10} {w['current_job'] or '-'}  (heartbeat {age})")
-    print("store: " + (", ".join(f"{k} {v}" for k, v in store.items()) if store else "none"))
-    return 0
+        lines.append(f"  {w['name']:<30} {w['state']:<10} {w['current_job'] or '-'}  (heartbeat {age})")
+    store = report["store"]
+    lines.append("store: " + (", ".join(f"{k} {v}" for k, v in store.items()) if store else "none"))
+    return lines
 
 
 def _workers(client) -> list[dict]:
@@ -295,8 +271,6 @@ def _workers(client) -> list[dict]:
     from rq.executions import WORKER_EXECUTIONS_KEY_TEMPLATE
     from rq.worker import Worker
     from rq.worker_registration import REDIS_WORKER_KEYS
-
-    from worker.safe import safe_text
 
     prefix = Worker.redis_worker_namespace_prefix.encode()
     workers = []
@@ -327,8 +301,6 @@ def _workers(client) -> list[dict]:
 def _current_job_id(client, template: str, name: bytes) -> str | None:
     """The job id of one of the worker's live executions (RQ's execution index), as safe text."""
     from rq.defaults import RQ_KEY_PREFIX
-
-    from worker.safe import safe_text
 
     try:
         index = template.format(name.decode("utf-8"))
@@ -369,25 +341,29 @@ def _store_counts(settings: Settings) -> dict:
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
-def cmd_healthcheck(settings: Settings, args: argparse.Namespace) -> int:
-    host = settings.health_host
+def health_url(host: str, port: int) -> str:
+    """The local /healthz of a worker serving on `host`: a wildcard address is reached on 127.0.0.1."""
     if host in ("0.0.0.0", "", "::"):
         host = "127.0.0.1"
     if ":" in host:
         host = f"[{host}]"
-    url = f"http://{host}:{settings.health_port}/healthz"
+    return f"http://{host}:{port}/healthz"
+
+
+def cmd_healthcheck(settings: Settings, args: argparse.Namespace) -> int:
+    url = health_url(settings.health_host, settings.health_port)
     try:
         with urllib.request.urlopen(url, timeout=3) as resp:
             body = json.loads(resp.read() or b"{}")
             ok = resp.status == 200 and body.get("status") == "ok"
     except urllib.error.HTTPError as exc:
         print(f"unhealthy: {url} answered {exc.code}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     except (OSError, ValueError) as exc:
         print(f"unhealthy: {url}: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     print("ok" if ok else "unhealthy")
-    return 0 if ok else 1
+    return EXIT_OK if ok else EXIT_ERROR
 
 
 def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
@@ -397,23 +373,21 @@ def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
 
     if not 1 <= args.k <= MAX_SEARCH_K:  # the same bound on both stores
         print(f"worker: -k must be between 1 and {MAX_SEARCH_K}", file=sys.stderr)
-        return 2
-    where = {}
-    for item in args.where:
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            print(f"worker: --where wants KEY=VALUE, got {item!r}", file=sys.stderr)
-            return 2
-        where[key] = value
+        return EXIT_USAGE
+    try:
+        where = parse_where(args.where)
+    except ValueError as exc:
+        print(f"worker: --where wants KEY=VALUE, got {exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:  # e.g. bytes that are not UTF-8 in an argument: no store holds them, no metadata can match
         check_encodable("the query", args.query)
         check_filters(args.document_id, where)
     except BadInputError as exc:
         print(f"worker: search: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     if settings.store_kind == "sqlite" and not settings.store_path.exists():
         print(f"worker: no store at {settings.store_path} (nothing ingested yet)", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     try:
         embedder = get_embedder(settings)
         vector = embedder.embed([args.query])[0]
@@ -425,12 +399,28 @@ def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
             )
     except WorkerError as exc:
         print(f"worker: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     for hit in hits:
-        pages = f"p. {hit['page_start']}" + (f"-{hit['page_end']}" if hit["page_end"] != hit["page_start"] else "")
-        text = " ".join(hit["text"].split())
-        _emit(args.json, hit, f"{hit['score']:.4f}  {hit['name'] or hit['document']}  {pages}\n    {text[:300]}")
-    return 0
+        _emit(args.json, hit, hit_text(hit))
+    return EXIT_OK
+
+
+def parse_where(items: list[str]) -> dict[str, str]:
+    """`--where KEY=VALUE` arguments as a dict; ValueError naming (repr) the first that is not KEY=VALUE."""
+    where = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ValueError(repr(item))
+        where[key] = value
+    return where
+
+
+def hit_text(hit: dict) -> str:
+    """A search hit as `search` prints it: score, document, pages, then the text on one line (300 characters)."""
+    pages = f"p. {hit['page_start']}" + (f"-{hit['page_end']}" if hit["page_end"] != hit["page_start"] else "")
+    text = " ".join(hit["text"].split())
+    return f"{hit['score']:.4f}  {hit['name'] or hit['document']}  {pages}\n    {text[:300]}"
 
 
 def cmd_embed(settings: Settings, args: argparse.Namespace) -> int:
@@ -443,12 +433,12 @@ def cmd_embed(settings: Settings, args: argparse.Namespace) -> int:
         texts = validate_texts(json.loads(args.file.read_text(encoding="utf-8")))
     except (OSError, UnicodeDecodeError, ValueError, BadInputError) as exc:
         print(f"worker: embed: {args.file}: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     try:
         embedder = get_embedder(settings)
     except ModelUnavailableError as exc:
         print(f"worker: {exc}", file=sys.stderr)
-        return 3
+        return EXIT_UNAVAILABLE
     started = time.perf_counter()
     vectors, tokens = embedder.embed_counted(texts)
     elapsed = time.perf_counter() - started
@@ -463,37 +453,23 @@ def cmd_embed(settings: Settings, args: argparse.Namespace) -> int:
         f"{embedder.precision}" + (f" -> {args.out}" if args.out else ""),
         file=sys.stderr,
     )
-    return 0
+    return EXIT_OK
 
 
 def cmd_store(settings: Settings, args: argparse.Namespace) -> int:
-    """`store copy`: idempotent and resumable (see worker/store_copy.py); progress on stderr."""
-    import sqlite3
-
+    """`store copy`: idempotent and resumable (see worker/store/copy.py); progress on stderr."""
     from worker.errors import WorkerError
-    from worker.settings import check_store_url, redact_url
-    from worker.store import pg as store_pg
-    from worker.store.copy import CopyReport, copy_store
+    from worker.store import pg as store_pg  # psycopg, when installed
+    from worker.store.copy import copy_store
 
     for flag, url in (("--from", args.from_url), ("--to", args.to_url)):
         try:
             check_store_url(url)
         except SettingsError as exc:
             print(f"worker: store copy {flag}: {exc}", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
     where = {"from": redact_url(args.from_url), "to": redact_url(args.to_url)}
-    last: list[CopyReport] = []
-    shown = [0.0]
-
-    def progress(report: CopyReport) -> None:
-        last[:] = [report]
-        if time.monotonic() - shown[0] >= 1 or report.done == report.total:
-            shown[0] = time.monotonic()
-            counts = f"{report.copied} copied, {report.skipped} skipped" + (
-                f", {report.refused} refused" if report.refused else ""
-            )
-            print(f"store copy: {report.done}/{report.total} documents ({counts})", file=sys.stderr, flush=True)
-
+    progress = CopyProgress()
     failures: tuple[type[BaseException], ...] = (WorkerError, sqlite3.Error, OSError, ValueError)
     if store_pg.psycopg is not None:
         failures += (store_pg.psycopg.Error,)
@@ -501,19 +477,47 @@ def cmd_store(settings: Settings, args: argparse.Namespace) -> int:
         report = copy_store(args.from_url, args.to_url, settings.store_busy_timeout, progress)
     except SettingsError as exc:
         print(f"worker: store copy: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except failures as exc:
         error = store_pg.scrub(store_pg.scrub(f"{type(exc).__name__}: {exc}", args.from_url), args.to_url)
-        so_far = last[0].as_dict() if last else {}
-        if args.json:
-            print(json.dumps({"status": "failed", **where, **so_far, "error": error}))
-        done = f" after {so_far['copied']} copied, {so_far['skipped']} skipped of {so_far['total']}" if so_far else ""
-        print(
-            f"worker: store copy {where['from']} -> {where['to']} failed{done}: {error}"
-            + ("\nRun the same command again to finish: documents already copied are skipped." if so_far else ""),
-            file=sys.stderr,
-        )
-        return 1
+        _copy_failed(args.json, where, progress.last, error)
+        return EXIT_ERROR
+    _copy_done(args.json, where, report)
+    return EXIT_ERROR if report.refused else EXIT_OK
+
+
+class CopyProgress:
+    """`store copy`'s progress on stderr, at most once a second and at the end; keeps the last report."""
+
+    def __init__(self) -> None:
+        self.last: CopyReport | None = None
+        self.shown = 0.0
+
+    def __call__(self, report: CopyReport) -> None:
+        self.last = report
+        if time.monotonic() - self.shown >= 1 or report.done == report.total:
+            self.shown = time.monotonic()
+            counts = f"{report.copied} copied, {report.skipped} skipped" + (
+                f", {report.refused} refused" if report.refused else ""
+            )
+            print(f"store copy: {report.done}/{report.total} documents ({counts})", file=sys.stderr, flush=True)
+
+
+def _copy_failed(as_json: bool, where: dict, last: CopyReport | None, error: str) -> None:
+    """A copy that stopped: how far it got, and that running it again finishes it."""
+    so_far = last.as_dict() if last is not None else {}
+    if as_json:
+        print(json.dumps({"status": "failed", **where, **so_far, "error": error}))
+    done = f" after {so_far['copied']} copied, {so_far['skipped']} skipped of {so_far['total']}" if so_far else ""
+    print(
+        f"worker: store copy {where['from']} -> {where['to']} failed{done}: {error}"
+        + ("\nRun the same command again to finish: documents already copied are skipped." if so_far else ""),
+        file=sys.stderr,
+    )
+
+
+def _copy_done(as_json: bool, where: dict, report: CopyReport) -> None:
+    """The documents the target refused, on stderr, then the summary."""
     summary = report.as_dict()
     for refusal in report.refusals:  # the target cannot hold these: the rest was copied all the same
         print(
@@ -522,10 +526,20 @@ def cmd_store(settings: Settings, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     _emit(
-        args.json,
+        as_json,
         {"status": "incomplete" if report.refused else "done", **where, **summary},
         f"store copy {where['from']} -> {where['to']}: {report.copied} documents copied ({report.chunks} chunks),"
         f" {report.skipped} already there, {report.total} in the source, {summary['seconds']:.1f}s"
         + (f"; {report.refused} refused (see above)" if report.refused else ""),
     )
-    return 1 if report.refused else 0
+
+
+COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
+    "run": cmd_run,
+    "enqueue": cmd_enqueue,
+    "search": cmd_search,
+    "status": cmd_status,
+    "healthcheck": cmd_healthcheck,
+    "embed": cmd_embed,
+    "store": cmd_store,
+}
