@@ -1,0 +1,126 @@
+"""The functions the commands of worker/cli.py are made of, alone; then `enqueue --wait` giving up,
+through `main` against the real Redis of the suite (no worker running)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import worker.settings
+from worker import cli, display
+from worker.exitcodes import EXIT_ERROR, EXIT_USAGE
+
+TRACEBACK = """Traceback (most recent call last):
+  File "/srv/worker/jobs.py", line 120, in ingest_pdf
+    reader = open_pdf(src.data, password=password)
+worker.errors.NotAPdfError: not a PDF: no %PDF header
+"""
+
+
+def test_summary_of_a_finished_job_carries_its_result() -> None:
+    result = {"pages": 3, "chunks": 7, "page_errors": [], "timings": {"total": 1.25}}
+    obj, text = cli.summary(Path("a.pdf"), "j1", "finished", result=result)
+    assert obj == {"file": "a.pdf", "job_id": "j1", "status": "finished", "result": result}
+    assert text == "a.pdf: 3 pages, 7 chunks, 0 page errors, 1.2 s"
+
+
+def test_summary_of_a_failed_job_names_the_error() -> None:
+    obj, text = cli.summary(Path("b.pdf"), "j2", "failed", exc_string=TRACEBACK)
+    assert obj["error_type"] == "NotAPdfError"
+    assert obj["error"] == "worker.errors.NotAPdfError: not a PDF: no %PDF header"
+    assert text == "b.pdf: failed: NotAPdfError: not a PDF: no %PDF header"
+
+
+def test_summary_of_a_job_without_a_result() -> None:
+    obj, text = cli.summary(Path("c.pdf"), "j3", "stopped", exc_string="")
+    assert (obj["error_type"], obj["error"], text) == (None, None, "c.pdf: stopped")
+
+
+def test_queued_and_timed_out_records() -> None:
+    assert cli.queued(Path("a.pdf"), "j1", "high") == (
+        {"file": "a.pdf", "job_id": "j1", "queue": "high", "status": "queued"},
+        "a.pdf: queued as j1 on high",
+    )
+    obj, text = cli.timed_out(Path("a.pdf"), "j1", "started")
+    assert obj == {"file": "a.pdf", "job_id": "j1", "status": "timeout"}
+    assert text == "a.pdf: still started (gave up waiting)"
+
+
+def test_gave_up_only_past_a_deadline() -> None:
+    assert not cli.gave_up(None, 10**9)  # no --timeout: wait for ever
+    assert not cli.gave_up(100.0, 100.0)
+    assert cli.gave_up(100.0, 100.5)
+
+
+def test_plain_lines_print_a_line_when_it_changes(capsys) -> None:
+    view = display.lines_for(False, ["a.pdf"])  # pytest's streams are not a terminal
+    assert isinstance(view, display.PlainLines)
+    progress = {"progress": {"stage": "embed", "done": 1, "total": 4}}
+    for status, meta in (("queued", {}), ("queued", {}), ("started", progress), ("started", progress)):
+        view.add("j1", "a.pdf", status, meta)
+        view.show()
+    assert capsys.readouterr() == ("", "a.pdf: queued\na.pdf: started embed 1/4\n")
+
+
+def test_json_draws_nothing(capsys) -> None:
+    view = display.lines_for(True, ["a.pdf"])
+    view.add("j1", "a.pdf", "started", {"progress": {"stage": "read"}})
+    view.show()
+    view.clear()
+    assert capsys.readouterr() == ("", "")
+
+
+def test_parse_where() -> None:
+    assert cli.parse_where(["lang=en", "tag=a=b"]) == {"lang": "en", "tag": "a=b"}
+    with pytest.raises(ValueError, match="'=x'"):
+        cli.parse_where(["lang=en", "=x"])
+
+
+def test_hit_text() -> None:
+    hit = {"score": 0.5, "name": None, "document": "d1", "page_start": 2, "page_end": 3, "text": "a\n b"}
+    assert cli.hit_text(hit) == "0.5000  d1  p. 2-3\n    a b"
+
+
+def test_health_url_reaches_a_wildcard_address_on_loopback() -> None:
+    assert cli.health_url("0.0.0.0", 8001) == "http://127.0.0.1:8001/healthz"
+    assert cli.health_url("::1", 8001) == "http://[::1]:8001/healthz"
+
+
+def test_status_lines() -> None:
+    report = {
+        "queues": {"default": {"depth": 2, "started": 1, "failed": 0}},
+        "workers": [{"name": "w1", "state": "busy", "current_job": None, "heartbeat_age_seconds": None}],
+        "store": {},
+    }
+    assert cli.status_lines(report) == [
+        "queues:",
+        "  default    depth      2  started    1  failed    0",
+        "workers: 1",
+        "  w1                             busy       -  (heartbeat unknown)",
+        "store: none",
+    ]
+
+
+@pytest.fixture()
+def in_process(monkeypatch):
+    monkeypatch.setattr(worker.settings, "_settings", worker.settings._settings)  # main() installs its own
+
+
+def test_bad_setting_is_a_usage_error(in_process, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("HEALTH_PORT", "not a port")
+    assert cli.main(["healthcheck"]) == EXIT_USAGE
+    assert "configuration error" in capsys.readouterr().err
+
+
+def test_enqueue_wait_gives_up_at_its_timeout(in_process, redis_url, monkeypatch, tmp_path, capsys) -> None:
+    """No worker takes the jobs: each one is reported as a timeout, and the exit says so."""
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    files = [tmp_path / "a.pdf", tmp_path / "b.pdf"]
+    args = ["enqueue", "--wait", "--json", "--timeout", "0.1", "--function", "worker.jobs.ping"]
+    assert cli.main([*args, *map(str, files)]) == EXIT_ERROR
+    out, err = capsys.readouterr()
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [(r["file"], r["status"]) for r in records] == [(str(f), "timeout") for f in files]
+    assert err == ""
