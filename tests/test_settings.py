@@ -61,3 +61,16 @@ def test_a_flag_goes_through_the_same_parser_as_its_variable():
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "configuration error: LOG_LEVEL must be" in result.stderr
+
+
+def test_setup_mistakes_are_said_at_start(tmp_path):
+    from worker.app import setup_problems
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "store.db").write_bytes(b"")
+    env = {"INPUT_ROOTS": f"{tmp_path}/in:{tmp_path}/typo", "STORE_URL": f"sqlite:///{tmp_path}/store.db"}
+    assert setup_problems(Settings.from_env(env)) == [
+        f"INPUT_ROOTS: {tmp_path}/typo is not a directory: no path input can be read from it"
+    ]
+    problems = setup_problems(Settings.from_env({**env, "STORE_URL": f"sqlite:///{tmp_path}/stroe.db"}))
+    assert len(problems) == 2 and "stroe.db, which does not exist yet" in problems[1]

@@ -229,12 +229,31 @@ def _health_server(settings: Settings, state: LiveState) -> HealthServer:
     ).start()
 
 
+def setup_problems(settings: Settings) -> list[str]:
+    """What looks like a mistake in the settings, said at start: an input root that is no
+    directory, and a SQLite store that does not exist yet (a typo in STORE_URL would otherwise
+    quietly start a new, empty store; the first job creates it)."""
+    problems = [
+        f"INPUT_ROOTS: {root} is not a directory: no path input can be read from it"
+        for root in settings.input_roots
+        if not root.is_dir()
+    ]
+    if settings.store_kind == "sqlite" and not settings.store_path.exists():
+        problems.append(
+            f"STORE_URL names {settings.store_path}, which does not exist yet: the first job creates it"
+            " (if you meant an existing store, check STORE_URL for a typo)"
+        )
+    return problems
+
+
 def _log_start(settings: Settings, name: str, port: int) -> None:
     """What the worker relies on and cannot find, then the start line."""
     for missing in rqcompat.missing():
         log.error("this RQ lacks %s, which this worker relies on: install the pinned RQ (setup.cfg)", missing)
     for problem in import_registered():
         log.warning("registered job cannot be imported: %s", problem)
+    for problem in setup_problems(settings):
+        log.warning("%s", problem)
     log.info(
         "worker %s %s starting: queues %s, redis %s, store %s, health on http://%s:%d",
         name,
