@@ -10,25 +10,15 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import sys
 import time
 
 from rq.logutils import colorizer as rq_colorizer
 
 from worker.safe import cut, escape, safe_text
+from worker.settings import redact  # the package's one redactor, also known by this name here
 
 JOB_FIELDS = ("worker", "job_id", "function", "queue", "duration", "outcome", "error_type", "attempt")
-
-# The password runs to the LAST "@" before a blank: it may hold "@", "/" or "#" unencoded.
-_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://)([^/@\s:]*):(\S+)@", re.IGNORECASE)
-_QUERY_SECRET = re.compile(r"([?&][^=\s&#]*(?:pass|pwd|secret|token|auth|credential)[^=\s&#]*=)[^&\s#]*", re.IGNORECASE)
-
-
-def redact(text: str) -> str:
-    """Hide passwords in URLs (redis://user:secret@host -> redis://user:***@host, ?password=***)."""
-    return _QUERY_SECRET.sub(r"\1***", _URL_PASSWORD.sub(r"\1\2:***@", text))
-
 
 LINE_LIMIT = 2_000  # characters of one line of a text record (a longer one is cut, with a marker)
 MAX_LINES = 200  # lines of one text record, message and traceback; the middle of a longer one is left out

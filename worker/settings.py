@@ -7,6 +7,7 @@ module reads its settings from here.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -120,7 +121,27 @@ def setting(env: str, parse: Parser, *, shown: str, help: str, flag: str | None 
     return field(metadata=meta, **default)
 
 
-_SECRET_QUERY_KEYS = ("pass", "pwd", "secret", "token", "auth", "credential")
+# -- secrets out of text: the one redactor of the package -------------------------------------
+# A query parameter is secret when its name holds one of these (?password=, &auth_token=...).
+_SECRET_WORDS = "pass|pwd|secret|token|auth|credential"
+# A URL's credentials in free text: the password runs to the LAST "@" before a blank, as it may
+# hold "@", "/" or "#" unencoded. The user is kept, for the reader.
+_CREDENTIALS_IN_TEXT = re.compile(r"(\b[a-z][a-z0-9+.-]*://)([^/@\s:]*):(\S+)@", re.IGNORECASE)
+
+
+def _secret_values(stop: str) -> re.Pattern[str]:
+    """A secret query value, up to any of the characters `stop` (a character class's inside)."""
+    return re.compile(rf"([?&][^={stop}]*(?:{_SECRET_WORDS})[^={stop}]*=)[^{stop}]*", re.IGNORECASE)
+
+
+_SECRET_VALUE_IN_TEXT = _secret_values(r"&\s#")  # in free text a blank or "#" ends the value too
+_SECRET_VALUE_IN_URL = _secret_values("&")  # in a whole URL only the next parameter does
+
+
+def redact(text: str) -> str:
+    """Hide passwords in the URLs of free text (redis://user:secret@host -> redis://user:***@host,
+    ?password=*** anywhere), for log lines and error messages."""
+    return _SECRET_VALUE_IN_TEXT.sub(r"\1***", _CREDENTIALS_IN_TEXT.sub(r"\1\2:***@", text))
 
 
 def redact_url(url: str) -> str:
@@ -134,15 +155,7 @@ def redact_url(url: str) -> str:
         return "<unparseable url>"
     if "@" in rest:
         rest = "***@" + rest.rsplit("@", 1)[1]
-    path, q, query = rest.partition("?")
-    if q:
-        pairs = []
-        for pair in query.split("&"):
-            key, eq, _value = pair.partition("=")
-            secret = eq and any(word in key.lower() for word in _SECRET_QUERY_KEYS)
-            pairs.append(f"{key}=***" if secret else pair)
-        path += "?" + "&".join(pairs)
-    return f"{scheme}://{path}"
+    return _SECRET_VALUE_IN_URL.sub(r"\1***", f"{scheme}://{rest}")
 
 
 def check_redis_url(url: str) -> None:
