@@ -16,7 +16,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from redis.exceptions import ResponseError
@@ -26,8 +26,21 @@ from worker.state import LiveState, State
 
 log = logging.getLogger(__name__)
 
-# (ok, reason) pairs, e.g. model availability.
+# A readiness check, e.g. model availability: (ok, reason). /readyz and sd_notify's READY run them.
 Check = Callable[[], tuple[bool, str]]
+
+
+def failing_checks(checks: Mapping[str, Check]) -> list[str]:
+    """"name: reason" for each check that fails; one that raises fails, named by its exception's type."""
+    reasons = []
+    for name, check in checks.items():
+        try:
+            ok, why = check()
+        except Exception as exc:  # a broken check is a failed check
+            ok, why = False, type(exc).__name__
+        if not ok:
+            reasons.append(f"{name}: {why}")
+    return reasons
 
 
 PROBE_KEY = "worker:readyz"  # the probe's write: one small key, expiring on its own
@@ -268,13 +281,7 @@ class HealthServer(ThreadingHTTPServer):
         redis = self.redis_probe.check()
         if not redis["ok"]:
             reasons.append(f"redis unavailable or refusing writes ({redis['error']})")
-        for name, check in self.checks.items():
-            try:
-                ok, why = check()
-            except Exception as exc:  # a broken check is a failed check
-                ok, why = False, type(exc).__name__
-            if not ok:
-                reasons.append(f"{name}: {why}")
+        reasons += failing_checks(self.checks)
         if self.state.state == State.DRAINING:
             reasons.append("draining: shutdown requested")
         elif self.state.state == State.STARTING:

@@ -24,14 +24,13 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
+from worker.health import Check, failing_checks
 from worker.safe import escape
 from worker.state import State
 
 log = logging.getLogger(__name__)
-
-Check = Callable[[], tuple[bool, str]]
 
 # Environment variables of the protocol. We unset them after reading (as sd_notify's
 # `unset_environment` does) so that programs a job starts do not talk to systemd.
@@ -167,7 +166,7 @@ class SystemdNotifier:
             return
         if not self.ready and kind in (State.IDLE, State.BUSY) and now - self._last_check >= self.CHECK_INTERVAL:
             self._last_check = now
-            failing = self._failing_checks()
+            failing = "; ".join(failing_checks(self.checks))
             if failing:
                 self._waiting_for = failing
             else:
@@ -177,17 +176,6 @@ class SystemdNotifier:
         # At most one STATUS a second (a busy worker runs dozens of jobs a second); a person
         # reading `systemctl status` sees the state as of the last second.
         self._status(now, snap, force=self._sent_status is None)
-
-    def _failing_checks(self) -> str:
-        reasons = []
-        for name, check in self.checks.items():
-            try:
-                ok, why = check()
-            except Exception as exc:
-                ok, why = False, type(exc).__name__
-            if not ok:
-                reasons.append(f"{name}: {why}")
-        return "; ".join(reasons)
 
     def status_text(self, snap: dict) -> str:
         kind = snap["state"]
