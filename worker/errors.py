@@ -110,15 +110,34 @@ class EmbeddingError(WorkerError):
     """The model failed at run time on this job's input (onnxruntime raised); not retried."""
 
 
+def exception_of(exc_string: str | None) -> tuple[str | None, str]:
+    """(the exception's class name, its message) from a formatted traceback, as RQ stores it.
+
+    The exception line follows the last frame's indented lines (a message may span lines, and
+    a chained exception's traceback comes first); without frames, it is the last line. The
+    message is the exception line's text after the class, with any following lines, joined
+    by spaces; None for the class when that line does not start with one."""
+    lines = (exc_string or "").strip().splitlines()
+    if not lines:
+        return None, ""
+    start = 0
+    for i, line in enumerate(lines):
+        if line.startswith("  File "):
+            start = i + 1
+    while start < len(lines) and lines[start][:1].isspace():
+        start += 1
+    if start >= len(lines) or not any(line.startswith("  File ") for line in lines):
+        start = len(lines) - 1
+    head, _, message = lines[start].partition(":")
+    head = head.strip()
+    if not head or " " in head:
+        return None, " ".join(lines[start:])
+    return head.rsplit(".", 1)[-1], " ".join([message, *lines[start + 1 :]])
+
+
 def error_type(exc_string: str | None) -> str | None:
-    """The exception class name from the last line of a formatted traceback."""
-    if not exc_string:
-        return None
-    for line in reversed(exc_string.strip().splitlines()):
-        head = line.split(":", 1)[0].strip()
-        if head and " " not in head:
-            return head.rsplit(".", 1)[-1]
-    return None
+    """The exception class name of a formatted traceback (see `exception_of`)."""
+    return exception_of(exc_string)[0]
 
 
 class Outcome(StrEnum):
