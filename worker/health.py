@@ -31,7 +31,7 @@ Check = Callable[[], tuple[bool, str]]
 
 
 def failing_checks(checks: Mapping[str, Check]) -> list[str]:
-    """ "name: reason" for each check that fails; one that raises fails, named by its exception's type."""
+    """The "name: reason" of each check that fails; one that raises fails, named by its exception's type."""
     reasons = []
     for name, check in checks.items():
         try:
