@@ -10,13 +10,12 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable
 
 from worker import progress
 from worker.chunking import Chunker, load_tokenizer
 from worker.embedding import get_embedder
 from worker.errors import InputTooLargeError, InvalidArgumentsError
-from worker.pdf import PageTexts, Throttle, extract, open_pdf, sha256
+from worker.pdf import PageTexts, extract, open_pdf, sha256
 from worker.pdf import metadata as pdf_metadata
 from worker.pipeline import Progress, embed_pages
 from worker.settings import get_settings
@@ -91,7 +90,9 @@ def extract_text(source: object, password: str | None = None) -> dict:
     _check_optional_str("password", password)
     settings = get_settings()
     src = load_source(source, settings)
-    on_page = Throttle(lambda done, total: progress.report("extract", done, total))
+    on_page = progress.Throttle(
+        lambda done, total: progress.report("extract", done, total), always=lambda done, total: done >= total
+    )
     doc = extract(src.data, password=password, max_pages=settings.max_pages, on_page=on_page)
     progress.count(pages=doc.page_count, pages_without_text=doc.pages_without_text)
     return {
@@ -155,7 +156,7 @@ def ingest_pdf(
             embedder.embed_ids,
             embedder.dim,
             settings.embed_batch_tokens,
-            report=_throttled(_report_pipeline),
+            report=progress.Throttle(_report_pipeline),
             pages_total=pages.total,
         )
         chunks, vectors = done.chunks, done.vectors
@@ -198,19 +199,6 @@ def ingest_pdf(
         "already_stored": already,
         "timings": _rounded(timings, t_start),
     }
-
-
-def _throttled(fn: Callable[[Progress], None], interval: float = 0.25) -> Callable[[Progress], None]:
-    """`fn`, called at most every `interval` seconds (progress is written to Redis)."""
-    last = [0.0]
-
-    def call(p: Progress) -> None:
-        now = time.monotonic()
-        if now - last[0] >= interval:
-            last[0] = now
-            fn(p)
-
-    return call
 
 
 def _report_pipeline(p: Progress) -> None:

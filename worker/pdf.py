@@ -17,7 +17,6 @@ import logging
 import signal
 import struct
 import threading
-import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -320,16 +319,3 @@ def _alarm_latch() -> Iterator[list[BaseException]]:
     finally:
         if signal.getsignal(signal.SIGALRM) is latch:
             signal.signal(signal.SIGALRM, old)
-
-
-class Throttle:
-    """Calls `fn(done, total)` at most every `interval` seconds, and always for the last item."""
-
-    def __init__(self, fn: Callable[[int, int], None], interval: float = 0.25) -> None:
-        self.fn, self.interval, self.last = fn, interval, 0.0
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if done >= total or now - self.last >= self.interval:
-            self.last = now
-            self.fn(done, total)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
+from collections.abc import Callable
 
 from redis.exceptions import RedisError
 from rq import get_current_job
@@ -19,6 +21,8 @@ log = logging.getLogger(__name__)
 
 # The counters a job may report; the daemon adds these (and only these) to its metrics.
 COUNTERS = ("pages", "pages_without_text", "chunks", "embedding_tokens", "embedding_texts")
+
+REPORT_INTERVAL = 0.25  # seconds: a job writes its progress to Redis at most this often
 
 # Stages of one job may report from several threads: one writer at a time, so that RQ never
 # serializes a meta dict another thread is growing.
@@ -103,3 +107,23 @@ def read_counters(job: Job) -> dict[str, float]:
         if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
             found[name] = value
     return found
+
+
+class Throttle:
+    """Calls `fn(*args)` at most every `interval` seconds, and whenever `always(*args)` is true
+    (e.g. for a stage's last item, so that its end is always reported)."""
+
+    def __init__(
+        self,
+        fn: Callable[..., None],
+        interval: float = REPORT_INTERVAL,
+        always: Callable[..., bool] | None = None,
+    ) -> None:
+        self.fn, self.interval, self.always = fn, interval, always
+        self.last = float("-inf")
+
+    def __call__(self, *args: object) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.interval or (self.always is not None and self.always(*args)):
+            self.last = now
+            self.fn(*args)
