@@ -7,7 +7,6 @@ worker must take the next good job as if nothing happened.
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import os
 import re
@@ -22,10 +21,6 @@ from tests import pdfs
 from tests.conftest import MODEL_DIR, ROOT, queue, wait_for
 from worker.errors import error_type
 
-HAS_EMBEDDING = importlib.util.find_spec("worker.embedding") is not None
-needs_embedding = pytest.mark.skipif(
-    not HAS_EMBEDDING, reason="worker.embedding is not importable: the embeddings issue has not landed yet"
-)
 DONE = ("finished", "failed", "stopped", "canceled")
 
 
@@ -181,7 +176,6 @@ def _store_counts(tmp_path: Path) -> tuple[int, int]:
         conn.close()
 
 
-@needs_embedding
 def test_ingest_then_search_finds_the_page_and_ingest_twice_stores_once(start_worker, redis_conn, tmp_path) -> None:
     _start(start_worker)
     path = tmp_path / "sample.pdf"
@@ -219,7 +213,6 @@ def test_ingest_then_search_finds_the_page_and_ingest_twice_stores_once(start_wo
     assert _store_counts(tmp_path) == (1, summary["chunks"])
 
 
-@needs_embedding
 def test_ingest_scan_without_text_is_stored_flagged(start_worker, redis_conn, tmp_path) -> None:
     _start(start_worker)
     (tmp_path / "scan.pdf").write_bytes(pdfs.make_pdf([None, None, None]))
@@ -230,7 +223,6 @@ def test_ingest_scan_without_text_is_stored_flagged(start_worker, redis_conn, tm
     assert _store_counts(tmp_path) == (1, 0)
 
 
-@needs_embedding
 def test_ingest_bad_inputs_fail_typed_and_next_job_succeeds(start_worker, redis_conn, tmp_path, bad_inputs) -> None:
     worker = _start(start_worker, **LIMITS)
 
@@ -242,7 +234,6 @@ def test_ingest_bad_inputs_fail_typed_and_next_job_succeeds(start_worker, redis_
     assert worker.proc.poll() is None and worker.get("/healthz")[0] == 200
 
 
-@needs_embedding
 def test_enqueue_wait_json(start_worker, redis_url, tmp_path) -> None:
     _start(start_worker)
     (tmp_path / "a.pdf").write_bytes(pdfs.sample_pdf())
@@ -267,7 +258,6 @@ def test_enqueue_wait_json(start_worker, redis_url, tmp_path) -> None:
     assert lines["b.pdf"]["status"] == "failed" and lines["b.pdf"]["error_type"] == "NotAPdfError"
 
 
-@needs_embedding
 def test_locked_store_is_transient_and_retried(start_worker, redis_conn, tmp_path) -> None:
     from worker.store import Store
 
@@ -292,7 +282,6 @@ def test_locked_store_is_transient_and_retried(start_worker, redis_conn, tmp_pat
     assert _store_counts(tmp_path)[0] == 1
 
 
-@needs_embedding
 def test_enqueue_wait_shows_progress_and_search_prints_pages(start_worker, redis_url, tmp_path) -> None:
     _start(start_worker)
     path = tmp_path / "long.pdf"
@@ -323,7 +312,6 @@ def _with_bogus_last_page(texts: list[str]) -> bytes:
     return data[:i] + data[i:].replace(b"<< /Length", b"<< /Filter /Bogus /Length", 1)
 
 
-@needs_embedding
 def test_job_timeout_during_extraction_fails_the_job_and_stores_nothing(start_worker, redis_conn, tmp_path) -> None:
     _start(start_worker)
     (tmp_path / "slow.pdf").write_bytes(pdfs.make_pdf(["page one", pdfs.slow_page(), "page three"]))
@@ -333,7 +321,6 @@ def test_job_timeout_during_extraction_fails_the_job_and_stores_nothing(start_wo
     assert not (tmp_path / "store.db").exists() or _store_counts(tmp_path) == (0, 0)
 
 
-@needs_embedding
 def test_already_stored_answer_carries_the_stored_page_errors(start_worker, redis_conn, tmp_path) -> None:
     _start(start_worker)
     (tmp_path / "broken.pdf").write_bytes(_with_bogus_last_page([pdfs.VOLCANO, pdfs.BREAD, "third page"]))
@@ -348,7 +335,6 @@ def test_already_stored_answer_carries_the_stored_page_errors(start_worker, redi
     assert result["already_stored"] is True and result["page_errors"] == expected
 
 
-@needs_embedding
 def test_text_bomb_fails_typed_stores_nothing_and_horses_have_a_memory_limit(start_worker, redis_conn, tmp_path):
     from worker.settings import default_horse_memory_mb
 
@@ -375,7 +361,6 @@ def test_text_bomb_fails_typed_stores_nothing_and_horses_have_a_memory_limit(sta
 # -- what no store can hold, a full disk, a store that is not a database -------------------------
 
 
-@needs_embedding
 def test_arguments_no_store_can_hold_are_refused_before_any_work(start_worker, redis_conn, tmp_path) -> None:
     """NUL, lone surrogates (JSON "\\ud800" arrives as one) and NaN in a job's arguments: a typed
     bad-input error before any work, not retried. Before, the PDF was read, chunked and embedded,
@@ -431,7 +416,6 @@ def _mount_tmpfs(path: Path, size: str) -> bool:
     return out.returncode == 0
 
 
-@needs_embedding
 def test_full_disk_under_the_store_is_transient_and_retried(start_worker, redis_conn, tmp_path) -> None:
     """The SQLite store on a real, full filesystem (a 1 MB tmpfs, filled): StoreDiskError, which is
     transient, so the job is retried; once space is freed it is stored, once. Before, `disk I/O error`
@@ -463,7 +447,6 @@ def test_full_disk_under_the_store_is_transient_and_retried(start_worker, redis_
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
-@needs_embedding
 def test_store_url_naming_a_file_that_is_not_a_database(start_worker, redis_conn, tmp_path) -> None:
     """/readyz 503 saying why, and jobs fail with StoreConfigError (final) and leave the file as it
     was. Before, /readyz said 200 and every job failed with an untyped sqlite3.DatabaseError."""

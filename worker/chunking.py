@@ -16,29 +16,16 @@ A chunk spanning pages joins the pieces of each page with a blank line.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from worker.errors import ModelUnavailableError
+from worker.embedding import load_tokenizer  # noqa: F401 (chunking's tokenizer, as callers name it)
 from worker.store.base import Chunk  # what a chunker cuts is what a store keeps
 
 PAGE, PARAGRAPH, SENTENCE, LINE, SPACE, ADJACENT, INSIDE_WORD = 6, 5, 4, 3, 2, 1, 0
 _PARA_GAP = re.compile(r"\n[ \t\r\f\v]*\n")
 _SENTENCE_END = frozenset(".!?;:…。！？；")
 _CLOSERS = frozenset("\"')]}»”’」』）")
-
-
-def load_tokenizer(model_dir: Path) -> Tokenizer:
-    """The model's tokenizer with its bundled truncation and padding turned off."""
-    path = Path(model_dir) / "tokenizer.json"
-    try:
-        tok = Tokenizer.from_file(str(path))
-    except Exception as exc:  # missing or unreadable: tokenizers raises plain Exception
-        raise ModelUnavailableError(f"cannot load {path} (run `make model`): {exc}") from None
-    tok.no_truncation()
-    tok.no_padding()
-    return tok
 
 
 def _boundary(text: str, prev_end: int, start: int, piece: str) -> int:

@@ -40,11 +40,15 @@ import weakref
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from worker.errors import EmbeddingError, ModelUnavailableError
 from worker.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +146,24 @@ def _unavailable(model_dir: Path, detail: str) -> ModelUnavailableError:
     )
 
 
+def load_tokenizer(model_dir: Path | str, max_length: int | None = None) -> Tokenizer:
+    """The model's tokenizer, never padding, truncating at `max_length` word pieces when given
+    (the embedder's encoder), else never (chunking, which needs every piece)."""
+    from tokenizers import Tokenizer  # here: importing this module does not load tokenizers
+
+    model_dir = Path(model_dir)
+    try:
+        tok = Tokenizer.from_file(str(model_dir / TOKENIZER_FILE))
+        if max_length is None:
+            tok.no_truncation()
+        else:
+            tok.enable_truncation(max_length)
+        tok.no_padding()
+    except Exception as exc:  # missing or unreadable: tokenizers raises plain Exception
+        raise _unavailable(model_dir, f"cannot read {TOKENIZER_FILE}: {exc}") from None
+    return tok
+
+
 def model_available(settings: Settings | None = None) -> tuple[bool, str]:
     """Cheap readiness check (no I/O beyond stat): are the model files there?"""
     settings = settings or get_settings()
@@ -167,8 +189,6 @@ class Embedder:
         """`precision` is what is asked for; `self.precision` is what runs. int8 asked for on a CPU
         where it is inaccurate or slow (`int8_decision`) runs fp32, with a warning, unless
         `check_cpu` is False (tests and benchmarks that measure the int8 graph itself)."""
-        from tokenizers import Tokenizer
-
         self.model_dir = Path(model_dir)
         if precision not in MODEL_FILES:
             raise ValueError(f"precision must be one of {', '.join(MODEL_FILES)}, got {precision!r}")
@@ -189,16 +209,9 @@ class Embedder:
         self.max_length: int = int(manifest.get("max_length", DEFAULT_MAX_LENGTH))
         files = manifest.get("precisions", MODEL_FILES)
         self.model_path = self.model_dir / files.get(precision, MODEL_FILES[precision])
-        try:
-            # `tokenizer` never truncates (chunking needs every token's offsets); `_encoder` does.
-            self.tokenizer = Tokenizer.from_file(str(self.model_dir / TOKENIZER_FILE))
-            self.tokenizer.no_truncation()
-            self.tokenizer.no_padding()
-            self._encoder = Tokenizer.from_file(str(self.model_dir / TOKENIZER_FILE))
-            self._encoder.enable_truncation(self.max_length)
-            self._encoder.no_padding()
-        except Exception as exc:  # tokenizers raises plain Exception on a bad file
-            raise _unavailable(self.model_dir, f"cannot read {TOKENIZER_FILE}: {exc}") from exc
+        # `tokenizer` never truncates (chunking needs every token's offsets); `_encoder` does.
+        self.tokenizer = load_tokenizer(self.model_dir)
+        self._encoder = load_tokenizer(self.model_dir, self.max_length)
         self._session_threads = 0
         self._session_pid = 0
         self._forked_tokens = (0, 0)  # (pid, tokens embedded there on an inherited session)
@@ -256,10 +269,6 @@ class Embedder:
         return self._session
 
     # -- public --------------------------------------------------------------------------
-    def chunk_tokenizer(self):
-        """The non-truncating tokenizer (same object as `tokenizer`), for chunking by tokens."""
-        return self.tokenizer
-
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens the model sees per text: special tokens included, truncated at max_length."""
         return [len(e.ids) for e in self._encode(list(texts))]

@@ -12,7 +12,7 @@ import socket
 import time
 
 from worker import progress
-from worker.chunking import Chunker, load_tokenizer
+from worker.chunking import Chunker
 from worker.embedding import get_embedder
 from worker.errors import InputTooLargeError, InvalidArgumentsError
 from worker.pdf import PageTexts, extract, open_pdf, sha256
@@ -26,8 +26,6 @@ from worker.store import check_encodable, check_storable, open_store, storable
 def ping(message: str = "pong") -> dict:
     """A trivial job for smoke checks: echoes `message` with the host and process."""
     if not isinstance(message, str) or len(message) > 1000:
-        from worker.errors import InvalidArgumentsError
-
         raise InvalidArgumentsError("ping: message must be a string of at most 1000 characters")
     return {"message": message, "host": socket.gethostname(), "pid": os.getpid(), "at": time.time()}
 
@@ -147,9 +145,7 @@ def ingest_pdf(
             }
 
         pages = PageTexts(reader)
-        chunker = Chunker(
-            _chunk_tokenizer(embedder, settings.embed_model_dir), settings.chunk_tokens, settings.chunk_overlap
-        )
+        chunker = Chunker(embedder.tokenizer, settings.chunk_tokens, settings.chunk_overlap)
         done = embed_pages(
             pages,
             chunker.stream(),
@@ -214,12 +210,3 @@ def _rounded(timings: dict[str, float], t_start: float) -> dict[str, float]:
     out = {k: round(v, 4) for k, v in timings.items()}
     out["total"] = round(time.perf_counter() - t_start, 4)
     return out
-
-
-def _chunk_tokenizer(embedder, model_dir):
-    """The embedder's own tokenizer (loaded once, inherited by work-horses) when it neither
-    truncates nor pads, as chunking needs every piece; else a fresh one from the model dir."""
-    tok = getattr(embedder, "tokenizer", None)
-    if tok is not None and tok.truncation is None and tok.padding is None:
-        return tok
-    return load_tokenizer(model_dir)
