@@ -20,6 +20,7 @@ import re
 from tokenizers import Tokenizer
 
 from worker.embedding import load_tokenizer  # noqa: F401 (chunking's tokenizer, as callers name it)
+from worker.settings import Settings
 from worker.store.base import Chunk  # what a chunker cuts is what a store keeps
 
 PAGE, PARAGRAPH, SENTENCE, LINE, SPACE, ADJACENT, INSIDE_WORD = 6, 5, 4, 3, 2, 1, 0
@@ -46,7 +47,10 @@ def _boundary(text: str, prev_end: int, start: int, piece: str) -> int:
 
 
 class Chunker:
-    def __init__(self, tokenizer: Tokenizer, chunk_tokens: int = 256, overlap: int = 32) -> None:
+    def __init__(
+        self, tokenizer: Tokenizer, chunk_tokens: int = Settings.chunk_tokens, overlap: int = Settings.chunk_overlap
+    ) -> None:
+        """Defaults: CHUNK_TOKENS's and CHUNK_OVERLAP's."""
         self.tokenizer = tokenizer
         self.special = tokenizer.num_special_tokens_to_add(False)
         self.budget = chunk_tokens - self.special  # content pieces per chunk

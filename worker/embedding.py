@@ -8,7 +8,7 @@ What `embed` does, and why:
 - An empty string (or one that is only whitespace) becomes `[CLS] [SEP]` and gets the same
   fixed vector sentence-transformers gives it: never an error, never a zero vector.
 - Sort by length, then cut batches so that batch size x longest text stays within
-  `EMBED_BATCH_TOKENS` (2048): no padding beyond each batch, bounded memory; the vectors do
+  `EMBED_BATCH_TOKENS`: no padding beyond each batch, bounded memory; the vectors do
   not depend on how texts were batched (int8 too: its activation scales are per token).
 - The graph returns the last hidden state; mean pooling over the attention mask and L2
   normalization happen here in numpy. Results come back in input order.
@@ -18,7 +18,7 @@ working in a forked child, but single-threaded whatever it was configured with. 
 `preload`s one session with ONE intra-op thread before forking (no thread pool to lose); a
 horse uses that inherited session for small inputs (a query, a few sentences: no model load),
 and creates its own session with `threads_per_process()` threads once `FORK_RELOAD_TOKENS`
-tokens are asked for, where the ~0.13 s load pays for itself. Until then, the inherited session
+tokens are asked for, where loading a session pays for itself. Until then, the inherited session
 runs the batches of one call on `threads` Python threads at once (`_share`). An inherited session is
 never destroyed in the child (see `_abandon`). The horse leaves with os._exit, as
 multiprocessing's children do; that matters: a forked child that runs a normal interpreter exit
@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from worker.errors import EmbeddingError, ModelUnavailableError
-from worker.settings import Settings, get_settings
+from worker.settings import MODEL_WINDOW, Settings, get_settings
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -55,26 +55,23 @@ log = logging.getLogger(__name__)
 MODEL_FILES = {"fp32": "model.onnx", "int8": "model-int8.onnx"}
 TOKENIZER_FILE = "tokenizer.json"
 MANIFEST_FILE = "manifest.json"
-DEFAULT_MAX_LENGTH = 256
-# Larger batches are slower on chunk-length texts (150-256 pieces, 2 threads, AVX2; against 2048,
-# median of 10 paired rounds): 4096 0.89x, 8192 0.82x (the attention scores outgrow the caches);
-# 1024 0.94x.
-DEFAULT_BATCH_TOKENS = 2048
-# onnxruntime's intra-op threads spin between parallel sections by default. Off, embedding alone
-# is 0.90x to 0.95x as fast, but ingest_pdf, where pypdf reads pages on the same cores while the
-# model runs, is 1.10x faster and uses 11% less CPU (57.4 -> 52.3 s, 112 -> 100 CPU-seconds for
-# bench_ingest's 245 pages): spinning threads take the reader's core. CPU spent spinning also
-# counts against a container's CPU limit. So it is off.
+DEFAULT_MAX_LENGTH = MODEL_WINDOW  # when the model's manifest does not say
+# EMBED_BATCH_TOKENS's default, as its setting declares it (a dataclass field's default is the
+# class attribute). Why that size: docs/embeddings.md ("Chunk-length texts").
+DEFAULT_BATCH_TOKENS: int = Settings.embed_batch_tokens
+# onnxruntime's intra-op threads spin between parallel sections by default. Spinning makes
+# embedding alone a little faster, but ingest_pdf slower: the spinning threads take the core pypdf
+# reads pages on while the model runs. CPU spent spinning also counts against a container's CPU
+# limit. So it is off (figures: docs/benchmarks.md, "Ingestion and search").
 ALLOW_SPINNING = "0"
 # In a forked horse, once this many tokens are asked for (in one call or several), it gets a
 # session of its own with all the process's threads; until then it uses the single-threaded
-# session inherited from the parent.
-# 2048 is about where the load pays for itself: the measured break-even is in
-# docs/benchmarks.md ("Fork").
+# session inherited from the parent. About where the load pays for itself: docs/benchmarks.md ("Fork").
 FORK_RELOAD_TOKENS = 2048
 # Texts longer than this are tokenized from a prefix when it holds enough word pieces: the model
-# keeps only the first 256, and tokenizing a 10 MB text in full takes 6 s (a 50 MB word, 70 s,
-# deaf to the job timeout while in Rust). The prefix grows 4x at a time up to MAX_HEAD_CHARS.
+# keeps only its window's worth, and tokenizing a huge text in full takes seconds, deaf to the job
+# timeout while in Rust (docs/benchmarks.md, "Embeddings"). The prefix grows 4x at a time up to
+# MAX_HEAD_CHARS.
 HEAD_CHARS = 16_384
 MAX_HEAD_CHARS = 262_144
 

@@ -151,7 +151,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_raw(self, status: int, data: bytes, ctype: str, head: bool, extra: dict | None = None) -> None:
         """Status line, headers and body in ONE write: as two, on a kept-alive connection, Nagle's
-        algorithm held the body until the client's delayed ACK, ~40 ms a probe."""
+        algorithm holds the body until the client's delayed ACK (docs/benchmarks.md, "Worker overhead")."""
         buffer = io.BytesIO()
         wfile, self.wfile = self.wfile, buffer
         try:

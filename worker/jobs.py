@@ -22,11 +22,13 @@ from worker.settings import get_settings
 from worker.sources import load_source
 from worker.store import check_encodable, check_storable, open_store, storable
 
+MAX_STR_CHARS = 1000  # characters of a string argument at most (ping's message, a password...)
+
 
 def ping(message: str = "pong") -> dict:
     """A trivial job for smoke checks: echoes `message` with the host and process."""
-    if not isinstance(message, str) or len(message) > 1000:
-        raise InvalidArgumentsError("ping: message must be a string of at most 1000 characters")
+    if not isinstance(message, str) or len(message) > MAX_STR_CHARS:
+        raise InvalidArgumentsError(f"ping: message must be a string of at most {MAX_STR_CHARS} characters")
     return {"message": message, "host": socket.gethostname(), "pid": os.getpid(), "at": time.time()}
 
 
@@ -46,7 +48,7 @@ def validate_texts(texts: object, max_count: int | None = None) -> list[str]:
 def embed_texts(texts: list[str]) -> dict:
     """Embed `texts`: {"model", "dim", "vectors"}, one L2-normalized vector (list of floats) per text.
 
-    Texts longer than the model's window (256 word pieces) are embedded from their beginning;
+    Texts longer than the model's window (MODEL_WINDOW, 256 word pieces) are embedded from their beginning;
     an empty string gets the model's vector for an empty input, as sentence-transformers gives.
     """
     settings = get_settings()
@@ -62,7 +64,7 @@ def embed_texts(texts: list[str]) -> dict:
 MAX_METADATA_BYTES = 64 * 1024
 
 
-def _check_optional_str(name: str, value: object, max_len: int = 1000) -> None:
+def _check_optional_str(name: str, value: object, max_len: int = MAX_STR_CHARS) -> None:
     if value is not None and (not isinstance(value, str) or not value or len(value) > max_len):
         raise InvalidArgumentsError(f"{name} must be a non-empty string of at most {max_len} characters")
     check_encodable(name, value)

@@ -213,6 +213,9 @@ def parse_sentinels(raw: str) -> tuple[tuple[str, int], ...]:
     return tuple(found)
 
 
+MODEL_WINDOW = 256  # word pieces the embedding model reads at most (all-MiniLM-L6-v2), special tokens included
+MAX_EF_SEARCH = 1000  # pgvector's upper bound for hnsw.ef_search
+
 STORE_SCHEMES = {"sqlite": "sqlite", "postgresql": "postgresql", "postgres": "postgresql"}
 
 
@@ -292,7 +295,7 @@ def memory_limit_bytes(root: Path = Path("/")) -> int | None:
 
 
 # HORSE_MEMORY_MB's default: half the memory, within these bounds. It limits address space, which
-# is more than the memory used: a horse of this package maps about 1.1 GB doing ordinary work.
+# is more than the memory used (what a horse maps: docs/benchmarks.md, "Worker overhead").
 HORSE_MEMORY_MIN_MB = 2048
 HORSE_MEMORY_MAX_MB = 64 * 1024
 
@@ -772,13 +775,15 @@ class Settings(EmbeddingSettings, InputSettings, JobSettings, HealthSettings, Re
             raise SettingsError("with REDIS_SENTINELS, REDIS_URL must be a redis:// or rediss:// URL (not unix://)")
         if not 0 <= self.health_port <= 65535:
             raise SettingsError(f"HEALTH_PORT must be 0..65535, got {self.health_port}")
-        if self.chunk_tokens > 256:
-            raise SettingsError("CHUNK_TOKENS cannot exceed the model's window of 256")
+        if self.chunk_tokens > MODEL_WINDOW:
+            raise SettingsError(f"CHUNK_TOKENS cannot exceed the model's window of {MODEL_WINDOW}")
         if self.chunk_overlap >= self.chunk_tokens // 2:
             raise SettingsError("CHUNK_OVERLAP must be less than half of CHUNK_TOKENS")
         check_store_url(self.store_url)
-        if not 1 <= self.hnsw_ef_search <= 1000:
-            raise SettingsError(f"HNSW_EF_SEARCH must be 1..1000 (pgvector's range), got {self.hnsw_ef_search}")
+        if not 1 <= self.hnsw_ef_search <= MAX_EF_SEARCH:
+            raise SettingsError(
+                f"HNSW_EF_SEARCH must be 1..{MAX_EF_SEARCH} (pgvector's range), got {self.hnsw_ef_search}"
+            )
         inline = min(self.max_inline_bytes, self.max_pdf_bytes)
         if self.max_job_data_bytes < 2 * inline:
             raise SettingsError(
