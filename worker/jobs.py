@@ -13,14 +13,14 @@ import time
 
 from worker import progress
 from worker.chunking import Chunker
-from worker.embedding import get_embedder
+from worker.embedding import Embedder, get_embedder
 from worker.errors import InputTooLargeError, InvalidArgumentsError
 from worker.pdf import PageTexts, extract, open_pdf, sha256
 from worker.pdf import metadata as pdf_metadata
-from worker.pipeline import Progress, embed_pages
-from worker.settings import get_settings
+from worker.pipeline import Embedded, Progress, embed_pages
+from worker.settings import Settings, get_settings
 from worker.sources import load_source
-from worker.store import check_encodable, check_storable, open_store, storable
+from worker.store import DocumentStore, StoredDocument, check_encodable, check_storable, open_store, storable
 
 MAX_STR_CHARS = 1000  # characters of a string argument at most (ping's message, a password...)
 
@@ -113,11 +113,7 @@ def ingest_pdf(
     Returns document_id, sha256, pages, chunks, pages_without_text, already_stored and the
     seconds spent per stage (extract, chunk, embed, store).
     """
-    # Arguments no store can hold are refused here, before any work (add_document checks again).
-    _check_optional_str("document_id", document_id, 200)
-    check_storable("document_id", document_id)
-    _check_optional_str("password", password)
-    caller_metadata = _check_metadata(metadata)
+    caller_metadata = _check_ingest_arguments(document_id, metadata, password)
     settings = get_settings()
     timings = {"extract": 0.0, "chunk": 0.0, "embed": 0.0, "store": 0.0}
     t_start = time.perf_counter()
@@ -134,30 +130,11 @@ def ingest_pdf(
         settings.store_url, settings.store_busy_timeout, ef_search=settings.hnsw_ef_search, dim=embedder.dim
     ) as store:
         existing = store.find(digest, embedder.model_name)
-        if existing is not None:
-            return {
-                **summary,
-                "document_id": existing.document_id,
-                "pages": existing.pages,
-                "chunks": existing.chunks,
-                "pages_without_text": existing.pages_without_text,
-                "page_errors": existing.page_errors,  # what was stored, on every later answer too
-                "already_stored": True,
-                "timings": _rounded(timings, t_start),
-            }
+        if existing is not None:  # what was stored, page errors included, on every later answer too
+            return _ingest_answer(summary, existing, True, timings, t_start)
 
         pages = PageTexts(reader)
-        chunker = Chunker(embedder.tokenizer, settings.chunk_tokens, settings.chunk_overlap)
-        done = embed_pages(
-            pages,
-            chunker.stream(),
-            embedder.embed_ids,
-            embedder.dim,
-            settings.embed_batch_tokens,
-            report=progress.Throttle(_report_pipeline),
-            pages_total=pages.total,
-        )
-        chunks, vectors = done.chunks, done.vectors
+        done = _chunk_and_embed(pages, embedder, settings)
         for stage in ("extract", "chunk", "embed"):
             timings[stage] += done.timings[stage]
         doc_meta = storable(pdf_metadata(reader))  # from the file: kept, NUL and surrogates as U+FFFD
@@ -165,35 +142,78 @@ def ingest_pdf(
             pages=pages.total,
             pages_without_text=pages.without_text,
             embedding_tokens=done.tokens,
-            embedding_texts=len(chunks),
+            embedding_texts=len(done.chunks),
         )
 
         t = time.perf_counter()
-        progress.report("store", 0, 1)
-        row, already = store.add_document(
-            document_id=document_id or digest,
-            sha256=digest,
-            model=embedder.model_name,
-            name=src.name,
-            meta=doc_meta,
-            pages=pages.total,
-            pages_without_text=pages.without_text,
-            page_errors=storable(pages.errors),
-            chunks=chunks,
-            vectors=vectors,
-            caller_metadata=caller_metadata,
-        )
-        progress.report("store", 1, 1)
+        record = {"document_id": document_id or digest, "sha256": digest, "model": embedder.model_name}
+        row, already = _store_document(store, record, src.name, doc_meta, pages, done, caller_metadata)
         timings["store"] = time.perf_counter() - t
     if not already:
-        progress.count(chunks=len(chunks))
+        progress.count(chunks=len(done.chunks))
+    return _ingest_answer(summary, row, already, timings, t_start)  # the stored row's, if another job was first
+
+
+def _check_ingest_arguments(document_id: object, metadata: object, password: object) -> dict:
+    """The caller's metadata, once the arguments are checked: those no store can hold are refused
+    here, before any work (add_document checks again)."""
+    _check_optional_str("document_id", document_id, 200)
+    check_storable("document_id", document_id)
+    _check_optional_str("password", password)
+    return _check_metadata(metadata)
+
+
+def _chunk_and_embed(pages: PageTexts, embedder: Embedder, settings: Settings) -> Embedded:
+    """The document's chunks and vectors, pages read while earlier chunks are embedded."""
+    chunker = Chunker(embedder.tokenizer, settings.chunk_tokens, settings.chunk_overlap)
+    return embed_pages(
+        pages,
+        chunker.stream(),
+        embedder.embed_ids,
+        embedder.dim,
+        settings.embed_batch_tokens,
+        report=progress.Throttle(_report_pipeline),
+        pages_total=pages.total,
+    )
+
+
+def _store_document(
+    store: DocumentStore,
+    record: dict[str, str],
+    name: str,
+    doc_meta: dict,
+    pages: PageTexts,
+    done: Embedded,
+    caller_metadata: dict,
+) -> tuple[StoredDocument, bool]:
+    """Store the document (`record`: its id, sha256 and model) with its chunks and vectors."""
+    progress.report("store", 0, 1)
+    stored = store.add_document(
+        **record,
+        name=name,
+        meta=doc_meta,
+        pages=pages.total,
+        pages_without_text=pages.without_text,
+        page_errors=storable(pages.errors),
+        chunks=done.chunks,
+        vectors=done.vectors,
+        caller_metadata=caller_metadata,
+    )
+    progress.report("store", 1, 1)
+    return stored
+
+
+def _ingest_answer(
+    summary: dict, row: StoredDocument, already: bool, timings: dict[str, float], t_start: float
+) -> dict:
+    """`ingest_pdf`'s answer: the stored document's figures, as its store holds them."""
     return {
         **summary,
         "document_id": row.document_id,
         "pages": row.pages,
         "chunks": row.chunks,
         "pages_without_text": row.pages_without_text,
-        "page_errors": row.page_errors,  # the stored row's, when another job stored it first
+        "page_errors": row.page_errors,
         "already_stored": already,
         "timings": _rounded(timings, t_start),
     }

@@ -68,18 +68,29 @@ def render(
     snap = state.metrics_snapshot()
     worker = state.name
     out: list[str] = []
+    _jobs(out, worker, snap)
+    _worker(out, worker, snap, redis_up)
+    _boundaries(out, worker, *boundaries)
+    if queues:
+        _queues(out, queues)
+    out.append("")
+    return "\n".join(out)
 
-    def family(name: str, kind: str, help_text: str) -> None:
-        out.append(f"# HELP {name} {help_text}")
-        out.append(f"# TYPE {name} {kind}")
 
+def _family(out: list[str], name: str, kind: str, help_text: str) -> None:
+    out.append(f"# HELP {name} {help_text}")
+    out.append(f"# TYPE {name} {kind}")
+
+
+def _jobs(out: list[str], worker: str, snap: dict) -> None:
+    """Jobs ended, by outcome, and their durations."""
     # Counters are declared under their sample name, `..._total`, as text format 0.0.4 has it.
-    family("worker_jobs_total", "counter", "Jobs ended in this worker, by queue, function and outcome")
+    _family(out, "worker_jobs_total", "counter", "Jobs ended in this worker, by queue, function and outcome")
     for (queue, function, outcome), n in sorted(snap["outcomes"].items()):
         labels = _labels(worker=worker, queue=queue, function=function, outcome=outcome)
         out.append(f"worker_jobs_total{labels} {n}")
 
-    family("worker_job_duration_seconds", "histogram", "Wall time of jobs, from fork to the horse's exit")
+    _family(out, "worker_job_duration_seconds", "histogram", "Wall time of jobs, from fork to the horse's exit")
     for queue, hist in sorted(snap["durations"].items()):
         # Histogram.observe counts a value in every bucket whose bound it fits under, so the
         # stored buckets are already cumulative, as the exposition format wants them.
@@ -91,33 +102,36 @@ def render(
         out.append(f"worker_job_duration_seconds_sum{labels} {_fmt(hist.total)}")
         out.append(f"worker_job_duration_seconds_count{labels} {hist.count}")
 
+
+def _worker(out: list[str], worker: str, snap: dict, redis_up: bool) -> None:
+    """What the jobs counted (pages, chunks, tokens...), the worker's state, Redis up."""
     for name, help_text in COUNTER_HELP.items():
-        family(f"worker_{name}_total", "counter", help_text)
+        _family(out, f"worker_{name}_total", "counter", help_text)
         out.append(f"worker_{name}_total{_labels(worker=worker)} {_fmt(snap['counters'].get(name, 0))}")
 
-    family("worker_state", "gauge", "1 for the worker's current state")
+    _family(out, "worker_state", "gauge", "1 for the worker's current state")
     for s in State:
         out.append(f"worker_state{_labels(worker=worker, state=s)} {1 if snap['state'] == s else 0}")
 
-    family("worker_redis_up", "gauge", "1 when Redis answered the last PING")
+    _family(out, "worker_redis_up", "gauge", "1 when Redis answered the last PING")
     out.append(f"worker_redis_up{_labels(worker=worker)} {1 if redis_up else 0}")
 
-    quarantined, caught = boundaries
-    family("worker_quarantined_total", "counter", "Entries that were no job, moved to worker:quarantine")
+
+def _boundaries(out: list[str], worker: str, quarantined: int, caught: dict[str, int]) -> None:
+    _family(out, "worker_quarantined_total", "counter", "Entries that were no job, moved to worker:quarantine")
     out.append(f"worker_quarantined_total{_labels(worker=worker)} {quarantined}")
-    family("worker_boundary_errors_total", "counter", "Errors tied to one job or entry, caught by the daemon")
+    _family(out, "worker_boundary_errors_total", "counter", "Errors tied to one job or entry, caught by the daemon")
     for where, n in sorted(caught.items()):
         out.append(f"worker_boundary_errors_total{_labels(worker=worker, where=where)} {n}")
 
-    if queues:
-        family("worker_queue_depth", "gauge", "Jobs waiting in the queue")
+
+def _queues(out: list[str], queues: dict[str, dict[str, int]]) -> None:
+    """Depth, started and failed registries per queue, as read from Redis."""
+    for figure, help_text in (
+        ("depth", "Jobs waiting in the queue"),
+        ("started", "Jobs in the queue's started registry"),
+        ("failed", "Jobs in the queue's failed registry"),
+    ):
+        _family(out, f"worker_queue_{figure}", "gauge", help_text)
         for q, fig in queues.items():
-            out.append(f"worker_queue_depth{_labels(queue=q)} {fig['depth']}")
-        family("worker_queue_started", "gauge", "Jobs in the queue's started registry")
-        for q, fig in queues.items():
-            out.append(f"worker_queue_started{_labels(queue=q)} {fig['started']}")
-        family("worker_queue_failed", "gauge", "Jobs in the queue's failed registry")
-        for q, fig in queues.items():
-            out.append(f"worker_queue_failed{_labels(queue=q)} {fig['failed']}")
-    out.append("")
-    return "\n".join(out)
+            out.append(f"worker_queue_{figure}{_labels(queue=q)} {fig[figure]}")

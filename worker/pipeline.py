@@ -103,6 +103,18 @@ class _EmbeddingThread(threading.Thread):
         except BaseException as exc:  # handed to the calling thread, which raises it
             self.error = exc
 
+    def put(self, item: object) -> None:
+        """From the calling thread: queue `item`, waiting for room a little at a time (signals
+        get through); this thread's failure, if any, is raised instead."""
+        while True:
+            if self.error is not None:
+                raise self.error
+            try:
+                self.inbox.put(item, timeout=WAIT_S)
+                return
+            except queue.Full:
+                continue
+
 
 def embed_pages(
     pages: Iterable[str],
@@ -115,21 +127,10 @@ def embed_pages(
 ) -> Embedded:
     """Chunk the texts `pages` yields with `stream`, embed them with `embed_ids` (Embedder.embed_ids)
     on a second thread as they come, and return the chunks with their vectors, in order."""
-    inbox: queue.Queue = queue.Queue(maxsize=QUEUE_CHUNKS)
-    worker = _EmbeddingThread(embed_ids, inbox, batch_tokens)
+    worker = _EmbeddingThread(embed_ids, queue.Queue(maxsize=QUEUE_CHUNKS), batch_tokens)
     state = Progress(pages_total=pages_total)
     chunks: list[Chunk] = []
     timings = {"extract": 0.0, "chunk": 0.0}
-
-    def put(item: object) -> None:
-        while True:
-            if worker.error is not None:
-                raise worker.error
-            try:
-                inbox.put(item, timeout=WAIT_S)
-                return
-            except queue.Full:
-                continue
 
     def tell() -> None:
         state.embedded = worker.done
@@ -140,30 +141,7 @@ def embed_pages(
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     worker.start()
     try:
-        page_iter = iter(pages)
-        with contextlib.closing(page_iter) if hasattr(page_iter, "close") else contextlib.nullcontext():
-            while True:
-                t = time.perf_counter()
-                text = next(page_iter, None)
-                timings["extract"] += time.perf_counter() - t
-                if text is None:
-                    break
-                t = time.perf_counter()
-                cut = stream.add_page(storable_text(text))  # a NUL or lone surrogate: U+FFFD, kept
-                timings["chunk"] += time.perf_counter() - t
-                state.pages += 1
-                for chunk, ids in cut:
-                    chunks.append(chunk)
-                    put(ids)
-                state.chunks = len(chunks)
-                tell()
-        t = time.perf_counter()
-        for chunk, ids in stream.finish():
-            chunks.append(chunk)
-            put(ids)
-        timings["chunk"] += time.perf_counter() - t
-        state.chunks, state.reading_done = len(chunks), True
-        put(_End())
+        _read_pages(pages, stream, worker, chunks, state, timings, tell)
         while worker.is_alive():
             worker.join(WAIT_S)
             tell()
@@ -178,3 +156,40 @@ def embed_pages(
         raise RuntimeError(f"pipeline lost chunks: {len(chunks)} cut, {len(vectors)} embedded")
     timings["embed"] = worker.busy
     return Embedded(chunks=chunks, vectors=vectors, tokens=worker.tokens, timings=timings)
+
+
+def _read_pages(
+    pages: Iterable[str],
+    stream: ChunkStream,
+    worker: _EmbeddingThread,
+    chunks: list[Chunk],
+    state: Progress,
+    timings: dict[str, float],
+    tell: Callable[[], None],
+) -> None:
+    """In the calling thread: read and cut every page (timed as extract and chunk), appending each
+    chunk to `chunks` and handing its ids to `worker` as it is cut; then the queue's end."""
+    page_iter = iter(pages)
+    with contextlib.closing(page_iter) if hasattr(page_iter, "close") else contextlib.nullcontext():
+        while True:
+            t = time.perf_counter()
+            text = next(page_iter, None)
+            timings["extract"] += time.perf_counter() - t
+            if text is None:
+                break
+            t = time.perf_counter()
+            cut = stream.add_page(storable_text(text))  # a NUL or lone surrogate: U+FFFD, kept
+            timings["chunk"] += time.perf_counter() - t
+            state.pages += 1
+            for chunk, ids in cut:
+                chunks.append(chunk)
+                worker.put(ids)
+            state.chunks = len(chunks)
+            tell()
+    t = time.perf_counter()
+    for chunk, ids in stream.finish():
+        chunks.append(chunk)
+        worker.put(ids)
+    timings["chunk"] += time.perf_counter() - t
+    state.chunks, state.reading_done = len(chunks), True
+    worker.put(_End())
