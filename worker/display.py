@@ -313,22 +313,10 @@ def _plural(n: int, word: str) -> str:
 
 def error_of(exc_string: str | None) -> tuple[str | None, str]:
     """(exception class name, its message on one line) from a formatted traceback."""
-    lines = (exc_string or "").strip().splitlines()
-    if not lines:
-        return None, ""
-    start = 0
-    for i, line in enumerate(lines):  # the exception line follows the last frame's indented lines
-        if line.startswith("  File "):
-            start = i + 1
-    while start < len(lines) and lines[start][:1].isspace():
-        start += 1
-    if start >= len(lines) or not any(line.startswith("  File ") for line in lines):
-        start = len(lines) - 1
-    head, _, message = lines[start].partition(":")
-    head = head.strip()
-    if not head or " " in head:
-        return None, clean(" ".join(lines[start:]))
-    return head.rsplit(".", 1)[-1], clean(" ".join([message, *lines[start + 1 :]]))
+    from worker.errors import exception_of  # here: worker.errors loads redis, which drawing does not need
+
+    kind, message = exception_of(exc_string)
+    return kind, clean(message)
 
 
 def summary_line(name: str, status: str, result: object = None, exc_string: str | None = None) -> str:

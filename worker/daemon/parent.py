@@ -35,15 +35,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("worker.daemon")
 
+NAME_LIMIT = 1000  # characters of a job's function or queue name kept for outputs (each escapes them)
+
 
 def func_name(job: Job) -> str:
-    """The job's function name (raw, at most 1,000 characters: each output escapes it, see
-    worker.safe), or a placeholder when its payload cannot be read or names no function."""
+    """The job's function name (raw, at most NAME_LIMIT characters: each output escapes it,
+    see worker.safe), or a placeholder when its payload cannot be read or names no function."""
     try:
         name = job.func_name
     except Exception:  # DeserializationError: e.g. a pickle payload sent to a JSON worker
         return "<undecodable>"
-    return name[:1000] if isinstance(name, str) and name else "<invalid>"
+    return name[:NAME_LIMIT] if isinstance(name, str) and name else "<invalid>"
 
 
 def execute(worker: DaemonWorker, job: Job, queue: Queue) -> None:
@@ -66,7 +68,7 @@ def execute(worker: DaemonWorker, job: Job, queue: Queue) -> None:
         CurrentJob(
             id=job.id,
             function=func_name(job),
-            queue=queue.name[:1000],
+            queue=queue.name[:NAME_LIMIT],
             started=time.monotonic(),
             timeout=float(job.timeout),
         )
@@ -75,7 +77,7 @@ def execute(worker: DaemonWorker, job: Job, queue: Queue) -> None:
     log.info(
         "job %s started",
         job.id,
-        extra={"job_id": job.id, "function": func_name(job), "queue": queue.name[:1000], "worker": worker.name},
+        extra={"job_id": job.id, "function": func_name(job), "queue": queue.name[:NAME_LIMIT], "worker": worker.name},
     )
     worker.monitor_work_horse(job, queue, execution)
     with contextlib.suppress(redis.exceptions.RedisError):
@@ -227,7 +229,7 @@ def job_ended(worker: DaemonWorker, job, queue, outcome, duration, etype, counte
         extra={
             "job_id": job.id,
             "function": function,
-            "queue": queue.name[:1000],
+            "queue": queue.name[:NAME_LIMIT],
             "duration": round(duration, 6),
             "outcome": outcome,
             "error_type": safe_text(etype, 100) if etype else None,

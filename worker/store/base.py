@@ -24,7 +24,7 @@ from worker.settings import Settings
 from worker.store.storable import check_storable
 
 DEFAULT_EF_SEARCH = Settings.hnsw_ef_search  # PostgreSQL search: hnsw.ef_search (HNSW_EF_SEARCH)
-BUSY_TIMEOUT_S = 30.0
+BUSY_TIMEOUT_S = Settings.store_busy_timeout  # the declared default of STORE_BUSY_TIMEOUT
 MAX_SEARCH_K = 1000  # hits one search returns at most, on both stores (a larger k is clamped)
 
 
