@@ -3,6 +3,7 @@ with hadolint, the Kubernetes manifests validated against the API schemas, all o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -386,3 +387,62 @@ def test_shared_store_overlay_runs_several_pods_on_postgresql():
     pdb = next(doc for doc in docs if doc["kind"] == "PodDisruptionBudget")
     assert pdb["spec"]["selector"] == deployment["spec"]["selector"]
     assert pdb["spec"]["minAvailable"] < deployment["spec"]["replicas"]
+
+
+# -- Compose ---------------------------------------------------------------------------------
+
+COMPOSE = ROOT / "deploy" / "compose.yaml"
+
+
+def compose_env(service: dict, variables: dict[str, str] | None = None) -> dict[str, str]:
+    """A service's environment with `${NAME:-default}` resolved as Compose does (variables, else the default)."""
+    variables = variables or {}
+
+    def resolve(value: object) -> str:
+        return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: variables.get(m.group(1)) or m.group(2), str(value))
+
+    return {key: resolve(value) for key, value in service["environment"].items()}
+
+
+def test_compose_file_contract():
+    """deploy/compose.yaml checked offline (no container engine here): worker + Redis, PostgreSQL
+    behind a profile, the worker's settings valid and named as worker/settings.py names them."""
+    import yaml
+
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services = compose["services"]
+    assert set(services) == {"worker", "redis", "postgres"}
+    assert "profiles" not in services["worker"] and "profiles" not in services["redis"]
+    assert services["postgres"]["profiles"] == ["postgres"]
+    worker, postgres = services["worker"], services["postgres"]
+    # Built from the project's Containerfile, the context being the repository root.
+    assert (COMPOSE.parent / worker["build"]["context"]).resolve() == ROOT
+    assert worker["build"]["dockerfile"] == CONTAINERFILE.name
+    # Every variable it sets is a setting (a typo would be silently ignored by the worker).
+    known = {f.metadata["env"] for f in dataclasses.fields(Settings)}
+    assert set(worker["environment"]) <= known, set(worker["environment"]) - known
+    settings = Settings.from_env({**container_env(), **compose_env(worker)})
+    assert settings.redis_url.startswith("redis://redis:6379/")  # the service's name on the compose network
+    assert settings.store_path == Path("/var/lib/worker/worker.db")
+    assert any(v.split(":")[-1] == "/var/lib/worker" for v in worker["volumes"])
+    assert settings.health_host == "0.0.0.0"
+    assert f"127.0.0.1:{settings.health_port}:{settings.health_port}" in worker["ports"]
+    assert worker["healthcheck"]["test"] == ["CMD", "python", "-m", "worker", "healthcheck"]
+    assert worker["stop_signal"] == "SIGTERM"
+    assert seconds(worker["stop_grace_period"]) > settings.shutdown_timeout + 5
+    assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert worker["depends_on"]["postgres"] == {"condition": "service_healthy", "required": False}
+    for service in services.values():  # published on loopback only
+        assert all(port.startswith("127.0.0.1:") for port in service.get("ports", []))
+        assert service["healthcheck"]["test"][0] == "CMD"
+    # With the profile: the STORE_URL the file and docs/deployment.md give reaches the postgres service.
+    pg_env = postgres["environment"]
+    url = f"postgresql://{pg_env['POSTGRES_USER']}:{pg_env['POSTGRES_PASSWORD']}@postgres:5432/{pg_env['POSTGRES_DB']}"
+    assert f"STORE_URL={url}" in COMPOSE.read_text()
+    assert f"STORE_URL={url}" in (ROOT / "docs" / "deployment.md").read_text()
+    settings = Settings.from_env({**container_env(), **compose_env(worker, {"STORE_URL": url})})
+    assert settings.store_url == url
+    assert "pgvector" in postgres["image"] and postgres["image"].endswith("pg18")
+    assert set(compose["volumes"]) == {
+        v.split(":")[0] for s in services.values() for v in s.get("volumes", []) if not v.startswith(("/", "."))
+    }
