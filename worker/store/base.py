@@ -102,6 +102,29 @@ class DocumentRecord:
         )
 
 
+@dataclass(frozen=True)
+class DocumentInfo:
+    """A stored document as `documents list` and `documents show` report it: its row without
+    chunks or vectors; `chunks` is the count of its chunk rows."""
+
+    document_id: str
+    sha256: str
+    model: str
+    name: str | None
+    title: str | None
+    author: str | None
+    producer: str | None
+    pages: int
+    pages_without_text: int
+    chunks: int
+    page_errors: list[dict]
+    metadata: dict  # given by the caller
+    created_at: float  # seconds since the epoch
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
 def as_text(value: object) -> str | None:
     """A PDF metadata value as both stores keep it."""
     return None if value is None else str(value)
@@ -165,6 +188,11 @@ EXPORT_DOCUMENT_SQL = (
 EXPORT_CHUNKS_SQL = (
     "SELECT seq, text, page_start, page_end, char_start, char_end, n_tokens, {vector}"
     " FROM chunks WHERE document = {p} ORDER BY seq"
+)
+INFO_SQL = (
+    "SELECT document_id, sha256, model, name, title, author, producer, pages, pages_without_text,"
+    " (SELECT count(*) FROM chunks c WHERE c.document = documents.id), page_errors, metadata, created_at"
+    " FROM documents"
 )
 HIT_COLUMNS = "d.document_id, d.name, d.title, c.page_start, c.page_end, c.char_start, c.char_end, c.text"
 CHUNKS_OF_DOCUMENTS = "FROM chunks c JOIN documents d ON d.id = c.document"
@@ -270,6 +298,18 @@ class DocumentStore(ABC):
         """The stored page_errors column as a list."""
 
     @abstractmethod
+    def _metadata(self, value: Any) -> dict:
+        """The stored metadata column as a dict."""
+
+    @abstractmethod
+    def _timestamp(self, value: Any) -> float:
+        """The stored created_at column as seconds since the epoch."""
+
+    @abstractmethod
+    def _transaction(self) -> contextlib.AbstractContextManager[None]:
+        """A write transaction, committed unless the block raises, its errors typed as errors() types them."""
+
+    @abstractmethod
     def _nearest(
         self, query: np.ndarray, k: int, model: str | None, document_id: str | None, where: Mapping[str, str] | None
     ) -> list[tuple]:
@@ -292,6 +332,37 @@ class DocumentStore(ABC):
     def document_keys(self) -> list[tuple[str, str, int]]:
         """(sha256, model, dim) of every stored document, oldest first (dim 0: no chunks)."""
         return [tuple(r) for r in self._read(KEYS_SQL)]
+
+    def documents(self, document_id: str | None = None) -> list[DocumentInfo]:
+        """The stored documents, oldest first; with `document_id`, those stored under that id (one id
+        may name several rows: other bytes given the same id, or the same bytes under another model)."""
+        sql = INFO_SQL + (f" WHERE document_id = {self.mark}" if document_id is not None else "") + " ORDER BY id"
+        rows = self._read(sql, () if document_id is None else (document_id,))
+        return [
+            DocumentInfo(
+                *row[:10],
+                page_errors=self._page_errors(row[10]),
+                metadata=self._metadata(row[11]),
+                created_at=self._timestamp(row[12]),
+            )
+            for row in rows
+        ]
+
+    def delete_document(self, document_id: str) -> tuple[int, int]:
+        """Remove the documents stored under `document_id`, their chunks and vectors, in one
+        transaction; returns (documents, chunks) removed, (0, 0) when there was none.
+
+        Only rows committed when it looks are removed: an ingest of the same document committing
+        meanwhile keeps its whole document (each add_document is one transaction)."""
+        p = self.mark
+        with self._transaction():
+            ids = [r[0] for r in self.conn.execute(f"SELECT id FROM documents WHERE document_id = {p}", (document_id,))]
+            if not ids:
+                return 0, 0
+            marks = ", ".join([p] * len(ids))
+            chunks = self.conn.execute(f"DELETE FROM chunks WHERE document IN ({marks})", ids).rowcount
+            documents = self.conn.execute(f"DELETE FROM documents WHERE id IN ({marks})", ids).rowcount
+        return documents, chunks
 
     def search(
         self,

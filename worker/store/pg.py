@@ -268,6 +268,17 @@ class PgStore(DocumentStore):
     def _page_errors(self, value: Any) -> list[dict]:
         return value if isinstance(value, list) else []
 
+    def _metadata(self, value: Any) -> dict:
+        return value if isinstance(value, dict) else {}
+
+    def _timestamp(self, value: Any) -> float:
+        return value.timestamp()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        with translate_errors(self.url), self.conn.transaction():
+            yield
+
     def export_document(self, sha256: str, model: str) -> DocumentRecord | None:
         """The document stored under (sha256, model) with its chunks and vectors, read in one snapshot;
         vectors come back in binary, the float32 values as stored."""

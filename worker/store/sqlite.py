@@ -159,6 +159,21 @@ class SqliteStore(DocumentStore):
     def _page_errors(self, value: str | None) -> list[dict]:
         return _page_errors(value)
 
+    def _metadata(self, value: str | None) -> dict:
+        try:
+            metadata = json.loads(value or "{}")
+        except ValueError:
+            return {}
+        return metadata if isinstance(metadata, dict) else {}
+
+    def _timestamp(self, value: float) -> float:
+        return float(value)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        with _translate_errors(self.path), self._write():
+            yield
+
     def export_document(self, sha256: str, model: str) -> DocumentRecord | None:
         with _translate_errors(self.path):
             self.conn.execute("BEGIN")
