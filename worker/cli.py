@@ -1,4 +1,4 @@
-"""`python -m worker <command>`: run, enqueue, search, status, healthcheck, embed, store copy.
+"""`python -m worker <command>`: run, enqueue, search, status, documents, healthcheck, embed, store copy.
 
 Each command is a `cmd_*` function (see COMMANDS at the end) over functions that can be tested
 alone. Commands import Redis and RQ (a fifth of a second, which `healthcheck`, the container's
@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--timeout", type=float, default=0, help="with --wait: give up after this many seconds")
     p.add_argument("--function", default=INGEST, help=argparse.SUPPRESS)  # smoke checks: worker.jobs.ping
+    p.add_argument("--document-id", metavar="ID", help="the document's id (one file only; default: its sha256)")
+    p.add_argument("--metadata", metavar="JSON", help="a JSON object stored with each file (search --where)")
 
     p = sub.add_parser("search", help="nearest stored chunks to a query")
     p.add_argument("query")
@@ -67,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="queues, workers and store counts")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--failed", action="store_true", help="the recent failed jobs instead, newest first")
+    p.add_argument("-n", type=int, default=FAILED_SHOWN, help=f"with --failed: how many (default {FAILED_SHOWN})")
+    _documents_parser(sub)
 
     sub.add_parser("healthcheck", help="exit 0 when the local /healthz says ok")
 
@@ -87,6 +92,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="the summary as one JSON object on stdout")
     return parser
+
+
+def _documents_parser(sub) -> None:
+    p = sub.add_parser("documents", help="list, show or delete stored documents")
+    docs = p.add_subparsers(dest="documents_command", required=True)
+    p = docs.add_parser("list", help="id, name, pages, chunks and date of each stored document, oldest first")
+    p.add_argument("--json", action="store_true", help="one JSON object per document")
+    p = docs.add_parser("show", help="a document's fields, metadata and chunk count")
+    p.add_argument("document_id", metavar="ID")
+    p.add_argument("--json", action="store_true", help="one JSON object per document stored under ID")
+    p = docs.add_parser("delete", help="remove a document with its chunks and vectors")
+    p.add_argument("document_id", metavar="ID")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,16 +150,46 @@ POLL_SECONDS = 0.2  # between two looks at the jobs `enqueue --wait` waits for
 
 def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
     """A job per file; with --wait, their progress on stderr and a summary per file on stdout."""
+    try:
+        kwargs = ingest_kwargs(args.document_id, args.metadata, len(args.paths))
+    except ValueError as exc:
+        print(f"worker: enqueue: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     queue = _queue(settings, args.queue)
     jobs = []
     for path in args.paths:
-        job = queue.enqueue(args.function, str(path.expanduser().resolve()), job_timeout=settings.job_timeout)
+        job = queue.enqueue(
+            args.function, args=(str(path.expanduser().resolve()),), kwargs=kwargs, job_timeout=settings.job_timeout
+        )
         jobs.append((path, job))
         if not args.wait:
             _emit(args.json, *queued(path, job.id, args.queue))
     if not args.wait:
         return EXIT_OK
     return _wait(jobs, args.json, time.monotonic() + args.timeout if args.timeout else None)
+
+
+def ingest_kwargs(document_id: str | None, metadata: str | None, files: int) -> dict:
+    """`enqueue`'s --document-id and --metadata as ingest_pdf's keyword arguments, checked as the
+    job checks them; ValueError saying what is wrong."""
+    from worker.errors import BadInputError
+    from worker.jobs import _check_ingest_arguments
+
+    kwargs: dict = {}
+    if document_id is not None:
+        if files != 1:
+            raise ValueError(f"--document-id names one document: give one file, not {files}")
+        kwargs["document_id"] = document_id
+    if metadata is not None:
+        try:
+            kwargs["metadata"] = json.loads(metadata)
+        except ValueError as exc:
+            raise ValueError(f'--metadata is not JSON ({exc}): give an object, e.g. \'{{"team": "red"}}\'') from None
+    try:
+        _check_ingest_arguments(kwargs.get("document_id"), kwargs.get("metadata"), None)
+    except BadInputError as exc:
+        raise ValueError(str(exc)) from None
+    return kwargs
 
 
 def _wait(jobs: list, as_json: bool, deadline: float | None) -> int:
@@ -237,6 +284,8 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     from worker.metrics import queue_figures
 
     client = redis_client(settings, timeout=3)
+    if args.failed:
+        return _status_failed(settings, client, args)
     try:
         queues = queue_figures(client, settings.queues)
         workers = _workers(client)
@@ -246,6 +295,75 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     report = {"queues": queues, "workers": workers, "store": _store_counts(settings)}
     print(json.dumps(report) if args.json else "\n".join(status_lines(report)))
     return EXIT_OK
+
+
+FAILED_SHOWN = 20  # `status --failed` shows this many jobs unless -n says otherwise
+
+
+def _status_failed(settings: Settings, client, args: argparse.Namespace) -> int:
+    from redis.exceptions import RedisError
+
+    from worker.app import serializer_for
+
+    if args.n < 1:
+        print("worker: status: -n must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        jobs = failed_jobs(client, settings.queues, args.n, serializer_for(settings))
+    except RedisError as exc:
+        print(f"worker: Redis at {settings.safe_redis_url} unavailable: {type(exc).__name__}", file=sys.stderr)
+        return EXIT_ERROR
+    if not jobs and not args.json:
+        print(f"no failed jobs on {', '.join(settings.queues)}")
+    for job in jobs:
+        line = f"{job['ended_at'] or '?'}  {job['queue']}  {job['job_id']}  {job['function']}"
+        _emit(args.json, job, f"{line}\n    {job['error_type'] or 'error'}: {job['error']}")
+    return EXIT_OK
+
+
+def failed_jobs(client, queues: list[str], n: int, serializer) -> list[dict]:
+    """The `n` most recent failed jobs of `queues` (their FailedJobRegistry), newest first, with the
+    error's class and message on one line. Everything read is escaped (anyone can write to Redis)."""
+    from rq.registry import FailedJobRegistry
+
+    candidates = []
+    for queue in queues:  # the registry's score is when the entry expires: the latest first
+        for raw in client.zrange(FailedJobRegistry.key_template.format(queue), 0, n - 1, desc=True):
+            candidates.append(_failed_job(client, queue, raw, serializer))
+    candidates.sort(key=lambda job: job["ended_at"] or "", reverse=True)
+    return candidates[:n]
+
+
+def _failed_job(client, queue: str, raw: bytes, serializer) -> dict:
+    """One failed job as `status --failed` shows it; what cannot be read is said so, never raised."""
+    from redis.exceptions import RedisError
+    from rq.job import Job
+
+    from worker.errors import exception_of
+
+    job_id = raw.decode("utf-8", "surrogateescape")
+    entry = {"job_id": safe_text(raw, 100), "queue": safe_text(queue, 100), "function": "?", "ended_at": None}
+    try:
+        job = Job.fetch(job_id, connection=client, serializer=serializer)
+        entry["ended_at"] = job.ended_at.replace(microsecond=0).isoformat() if job.ended_at else None
+        result = job.latest_result()
+        exc_string = result.exc_string if result is not None else None
+        entry["function"] = _function_of(job)
+    except RedisError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a job hash anyone wrote: gone, not ours, unreadable
+        exc_string = f"{type(exc).__name__}: the job cannot be read ({exc})"
+    kind, message = exception_of(exc_string)
+    entry["error_type"] = safe_text(kind, 100) if kind else None
+    entry["error"] = safe_text(" ".join(message.split()), 300) if message.strip() else "(no error recorded)"
+    return entry
+
+
+def _function_of(job) -> str:
+    try:
+        return safe_text(job.func_name, 100)
+    except Exception:  # noqa: BLE001 - data this serializer cannot read (a pickle on a JSON worker...)
+        return "?"
 
 
 def status_lines(report: dict) -> list[str]:
@@ -339,6 +457,104 @@ def _store_counts(settings: Settings) -> dict:
             return store.counts()
     except WorkerError as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+# -- documents -------------------------------------------------------------------------------------
+
+
+def cmd_documents(settings: Settings, args: argparse.Namespace) -> int:
+    """`documents list|show|delete` on the configured store; a missing SQLite file is an empty store
+    (not created here)."""
+    from worker.errors import WorkerError
+    from worker.store import open_store
+
+    command, wanted = args.documents_command, getattr(args, "document_id", None)
+    if settings.store_kind == "sqlite" and not settings.store_path.exists():
+        if command == "list":
+            print(f"no documents: no store at {settings.store_path} yet", file=sys.stderr)
+            return EXIT_OK
+        return _no_document(wanted, settings)
+    try:
+        with open_store(settings.store_url, settings.store_busy_timeout) as store:
+            if command == "delete":
+                removed = store.delete_document(wanted)
+            else:
+                docs = store.documents(wanted)
+    except WorkerError as exc:
+        print(f"worker: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    if command == "delete":
+        if removed == (0, 0):
+            return _no_document(wanted, settings)
+        documents, chunks = removed
+        print(f"deleted {safe_text(wanted)}: {documents} document{'s' * (documents != 1)}, {chunks} chunks")
+        return EXIT_OK
+    if command == "show" and not docs:
+        return _no_document(wanted, settings)
+    if command == "list":
+        if not docs and not args.json:
+            print("no documents", file=sys.stderr)
+        for line in document_lines(docs, args.json):
+            print(line)
+    elif args.json:
+        for doc in docs:
+            print(json.dumps(document_json(doc)))
+    else:  # one block per document stored under the id, a blank line between
+        print("\n\n".join("\n".join(document_fields(doc)) for doc in docs))
+    return EXIT_OK
+
+
+def _no_document(document_id: str, settings: Settings) -> int:
+    where = settings.store_path if settings.store_kind == "sqlite" else redact_url(settings.store_url)
+    print(
+        f"worker: no document {safe_text(document_id)!r} in {where} (`python -m worker documents list` lists them)",
+        file=sys.stderr,
+    )
+    return EXIT_ERROR
+
+
+def _when(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
+
+
+def document_json(doc) -> dict:
+    """A stored document (worker.store.base.DocumentInfo) as `documents --json` prints it."""
+    return {**doc.as_dict(), "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(doc.created_at))}
+
+
+def document_lines(docs: list, as_json: bool) -> list[str]:
+    """`documents list`: a table (id, name, pages, chunks, created UTC) or one JSON object per document."""
+    if as_json:
+        return [json.dumps({k: document_json(d)[k] for k in ("document_id", "name", "pages", "chunks", "created_at")})
+                for d in docs]  # fmt: skip
+    rows = [("ID", "NAME", "PAGES", "CHUNKS", "CREATED (UTC)")] + [
+        (safe_text(d.document_id, 80), safe_text(d.name or "-", 60), str(d.pages), str(d.chunks), _when(d.created_at))
+        for d in docs
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return ["  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[4]]) for row in rows]
+
+
+def document_fields(doc) -> list[str]:
+    """`documents show`: one field a line, every stored string escaped."""
+    meta = {"title": doc.title, "author": doc.author, "producer": doc.producer}
+    lines = [
+        f"document_id: {safe_text(doc.document_id)}",
+        f"name: {safe_text(doc.name or '-')}",
+        f"sha256: {safe_text(doc.sha256)}",
+        f"model: {safe_text(doc.model)}",
+        *(f"{k}: {safe_text(v)}" for k, v in meta.items() if v is not None),
+        f"pages: {doc.pages} ({doc.pages_without_text} without text)",
+        f"chunks: {doc.chunks}",
+        f"created: {_when(doc.created_at)} UTC",
+        f"metadata: {safe_text(json.dumps(doc.metadata), 1000)}",
+    ]
+    for error in doc.page_errors:
+        if isinstance(error, dict):
+            lines.append(f"page {safe_text(error.get('page'), 20)} error: {safe_text(error.get('error'), 300)}")
+        else:
+            lines.append(f"page error: {safe_text(error, 300)}")
+    return lines
 
 
 def health_url(host: str, port: int) -> str:
@@ -542,4 +758,5 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "healthcheck": cmd_healthcheck,
     "embed": cmd_embed,
     "store": cmd_store,
+    "documents": cmd_documents,
 }
