@@ -5,13 +5,26 @@ racing an ingest of the same document never leaves half a document), and the CLI
 from __future__ import annotations
 
 import contextlib
+import json
+import subprocess
+import sys
 import threading
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
+from rq.job import Job
+from rq.registry import FailedJobRegistry
+from rq.results import Result
+from rq.serializers import JSONSerializer
 
+from tests import pdfs
+from tests.conftest import worker_env
 from tests.test_store import _add
+from worker.cli import main
+from worker.devredis import free_port
 from worker.errors import StoreBusyError, StoreUnavailableError
 from worker.store import open_store
 
@@ -155,3 +168,126 @@ def test_ingest_waiting_on_a_delete_stores_the_whole_document_once(pg_url: str) 
         assert not already and row.chunks == 5
         assert [d.chunks for d in admin.documents("doc")] == [5]
         _consistent(admin)
+
+
+# -- the CLI: documents list|show|delete -----------------------------------------------------------
+
+
+def _cli(monkeypatch, capsys, store_url: str, *argv: str) -> tuple[int, str, str]:
+    monkeypatch.setenv("STORE_URL", store_url)
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_documents_commands_list_show_and_delete_on_both_stores(store_url: str, monkeypatch, capsys) -> None:
+    with open_store(store_url) as store:
+        _add(store, "aaa", _unit(0, 3), document_id="report\x1b[2J", caller_metadata={"team": "red"})
+        _add(store, "bbb", _unit(1, 2), page_errors=[{"page": 2, "error": "bad font"}])
+    code, out, err = _cli(monkeypatch, capsys, store_url, "documents", "list")
+    assert code == 0 and "\x1b" not in out
+    header, first, second = out.splitlines()
+    assert header.split() == ["ID", "NAME", "PAGES", "CHUNKS", "CREATED", "(UTC)"]
+    assert first.split()[:4] == ["report\\x1b[2J", "aaa.pdf", "3", "3"] and second.split()[:4] == [
+        "bbb",
+        "bbb.pdf",
+        "2",
+        "2",
+    ]
+
+    code, out, _ = _cli(monkeypatch, capsys, store_url, "documents", "list", "--json")
+    listed = [json.loads(line) for line in out.splitlines()]
+    assert [d["document_id"] for d in listed] == ["report\x1b[2J", "bbb"]
+    assert set(listed[0]) == {"document_id", "name", "pages", "chunks", "created_at"}
+
+    code, out, _ = _cli(monkeypatch, capsys, store_url, "documents", "show", "bbb")
+    assert code == 0 and "chunks: 2" in out.splitlines() and "page 2 error: bad font" in out.splitlines()
+    code, out, _ = _cli(monkeypatch, capsys, store_url, "documents", "show", "report\x1b[2J", "--json")
+    (shown,) = [json.loads(line) for line in out.splitlines()]
+    assert shown["metadata"] == {"team": "red"} and shown["chunks"] == 3 and shown["sha256"] == "aaa"
+
+    code, out, _ = _cli(monkeypatch, capsys, store_url, "documents", "delete", "bbb")
+    assert code == 0 and out == "deleted bbb: 1 document, 2 chunks\n"
+    with open_store(store_url) as store:
+        assert store.counts() == {"documents": 1, "chunks": 3}
+    for command in ("delete", "show"):
+        code, out, err = _cli(monkeypatch, capsys, store_url, "documents", command, "bbb")
+        assert code == 1 and out == "" and err.startswith("worker: no document 'bbb' in ") and "documents list" in err
+        assert "S3cret" not in err  # the PostgreSQL URL's password is never shown
+
+
+def test_documents_on_a_sqlite_store_not_created_yet_creates_nothing(tmp_path: Path, monkeypatch, capsys) -> None:
+    url = f"sqlite:///{tmp_path}/none/store.db"
+    code, out, err = _cli(monkeypatch, capsys, url, "documents", "list")
+    assert code == 0 and out == "" and "no store at" in err
+    code, _, err = _cli(monkeypatch, capsys, url, "documents", "delete", "x")
+    assert code == 1 and "no document 'x'" in err
+    assert not (tmp_path / "none").exists()
+
+
+# -- the CLI: enqueue --document-id --metadata, status --failed ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["a.pdf", "b.pdf", "--document-id", "x"], "give one file, not 2"),
+        (["a.pdf", "--metadata", "{team: red}"], "--metadata is not JSON"),
+        (["a.pdf", "--metadata", "[1, 2]"], "metadata must be a JSON object"),
+        (["a.pdf", "--document-id", "x" * 201], "document_id must be a non-empty string of at most 200"),
+    ],
+)
+def test_enqueue_refuses_bad_document_id_or_metadata_before_enqueueing(argv, says, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")  # never reached
+    code, out, err = _cli(monkeypatch, capsys, f"sqlite:///{tmp_path}/s.db", "enqueue", *argv)
+    assert code == 2 and out == "" and says in err and err.count("\n") == 1
+
+
+def _run(env: dict, *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "worker", *argv], env=env, capture_output=True, text=True, timeout=180)
+
+
+def test_enqueue_with_document_id_and_metadata_then_show_search_delete(start_worker, redis_url, tmp_path) -> None:
+    """Through a real worker: the id and metadata given to `enqueue` are stored, searched on, deleted."""
+    start_worker()
+    env = worker_env(redis_url, tmp_path, free_port(), "")
+    path = tmp_path / "bread.pdf"
+    path.write_bytes(pdfs.make_pdf([pdfs.long_page("bread", 20)]))
+    out = _run(env, "enqueue", str(path), "--wait", "--timeout", "120", "--document-id", "rep-1",
+               "--metadata", '{"team": "red"}')  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    shown = json.loads(_run(env, "documents", "show", "rep-1", "--json").stdout)
+    assert shown["metadata"] == {"team": "red"} and shown["name"] == "bread.pdf" and shown["chunks"] >= 1
+    hits = _run(env, "search", "bread", "--where", "team=red", "--json").stdout.splitlines()
+    assert hits and {json.loads(h)["document"] for h in hits} == {"rep-1"}
+    deleted = _run(env, "documents", "delete", "rep-1")
+    assert deleted.returncode == 0 and deleted.stdout.startswith("deleted rep-1: 1 document, ")
+    assert _run(env, "search", "bread", "--json").stdout == ""
+    assert _run(env, "documents", "show", "rep-1").returncode == 1
+
+
+EVIL = "worker.errors.NotAPdfError: evil\x1b]0;pwned\x07\x1b[2J\nsecond line"
+
+
+def test_status_failed_lists_recent_failures_newest_first_escaped(start_worker, redis_conn, redis_url, tmp_path):
+    old = Job.create("worker.jobs.ping", connection=redis_conn, serializer=JSONSerializer, id="planted-1")
+    old.ended_at = datetime(2020, 1, 1, tzinfo=UTC)
+    old.save()
+    FailedJobRegistry("default", connection=redis_conn, serializer=JSONSerializer).add(old)
+    Result.create_failure(old, 600, 'Traceback (most recent call last):\n  File "x", line 1\n    f()\n' + EVIL)
+    redis_conn.zadd("rq:failed:default", {b"gone\x1b[2J\xff": time.time() + 3600})  # no such job: said so, escaped
+    start_worker()
+    env = worker_env(redis_url, tmp_path, free_port(), "")
+    (tmp_path / "notes.pdf").write_text("not a PDF at all")
+    assert _run(env, "enqueue", str(tmp_path / "notes.pdf"), "--wait", "--timeout", "60").returncode == 1
+
+    out = _run(env, "status", "--failed")
+    assert out.returncode == 0 and "\x1b" not in out.stdout and "\x07" not in out.stdout
+    lines = out.stdout.splitlines()
+    assert len(lines) == 6 and "worker.jobs.ingest_pdf" in lines[0] and lines[1].startswith("    NotAPdfError: ")
+    assert "planted-1" in lines[2] and lines[3] == "    NotAPdfError: evil\\x1b]0;pwned\\x07\\x1b[2J second line"
+    assert "gone\\x1b[2J\\xff" in lines[4] and "the job cannot be read" in lines[5]
+    jobs = [json.loads(line) for line in _run(env, "status", "--failed", "-n", "1", "--json").stdout.splitlines()]
+    assert len(jobs) == 1 and jobs[0]["error_type"] == "NotAPdfError" and jobs[0]["queue"] == "default"
+    assert set(jobs[0]) == {"job_id", "queue", "function", "ended_at", "error_type", "error"}
+    assert _run(env, "status", "--failed", "-n", "0").returncode == 2

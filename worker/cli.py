@@ -347,7 +347,8 @@ def _failed_job(client, queue: str, raw: bytes, serializer) -> dict:
         job = Job.fetch(job_id, connection=client, serializer=serializer)
         entry["ended_at"] = job.ended_at.replace(microsecond=0).isoformat() if job.ended_at else None
         result = job.latest_result()
-        exc_string = result.exc_string if result is not None else None
+        # No result: failed by a registry's cleanup (an abandoned job), which keeps it on the job itself.
+        exc_string = result.exc_string if result is not None else job._exc_info
         entry["function"] = _function_of(job)
     except RedisError:
         raise
