@@ -124,3 +124,24 @@ def test_enqueue_wait_gives_up_at_its_timeout(in_process, redis_url, monkeypatch
     records = [json.loads(line) for line in out.splitlines()]
     assert [(r["file"], r["status"]) for r in records] == [(str(f), "timeout") for f in files]
     assert err == ""
+
+
+def test_a_file_outside_the_roots_is_sent_inline_within_the_limit(tmp_path) -> None:
+    import base64
+
+    from worker.cli import source_for
+    from worker.settings import Settings
+
+    inside, outside = tmp_path / "in", tmp_path / "out"
+    inside.mkdir()
+    outside.mkdir()
+    (inside / "a.pdf").write_bytes(b"%PDF-a")
+    (outside / "b.pdf").write_bytes(b"%PDF-b")
+    (outside / "big.pdf").write_bytes(b"%PDF-" + b"x" * 2000)
+    settings = Settings.from_env({"INPUT_ROOTS": str(inside), "MAX_INLINE_BYTES": "1000", "MAX_JOB_DATA_BYTES": "4096"})
+    assert source_for(inside / "a.pdf", settings) == (str(inside / "a.pdf"), None)
+    source, note = source_for(outside / "b.pdf", settings)
+    assert source == {"data_b64": base64.b64encode(b"%PDF-b").decode(), "filename": "b.pdf"}
+    assert note == f"{outside / 'b.pdf'} is outside INPUT_ROOTS={inside}: sent inline (6 bytes)"
+    source, note = source_for(outside / "big.pdf", settings)
+    assert source == str(outside / "big.pdf") and "over MAX_INLINE_BYTES (1000): sent as a path" in note

@@ -9,6 +9,7 @@ pypdf inside the functions that need them; everything else is imported here.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import sqlite3
@@ -158,15 +159,36 @@ def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
     queue = _queue(settings, args.queue)
     jobs = []
     for path in args.paths:
-        job = queue.enqueue(
-            args.function, args=(str(path.expanduser().resolve()),), kwargs=kwargs, job_timeout=settings.job_timeout
-        )
+        source, note = source_for(path, settings)
+        if note and not args.json:  # --json: one JSON object a line, nothing else
+            print(f"worker: {note}", file=sys.stderr)
+        job = queue.enqueue(args.function, args=(source,), kwargs=kwargs, job_timeout=settings.job_timeout)
         jobs.append((path, job))
         if not args.wait:
             _emit(args.json, *queued(path, job.id, args.queue))
     if not args.wait:
         return EXIT_OK
     return _wait(jobs, args.json, time.monotonic() + args.timeout if args.timeout else None)
+
+
+def source_for(path: Path, settings: Settings) -> tuple[object, str | None]:
+    """The job's source for a file: its absolute path when it lies in INPUT_ROOTS (as this
+    command's environment has them, the worker's when both run from the same place), else its
+    bytes inline when they fit MAX_INLINE_BYTES, with a line saying so."""
+    resolved = path.expanduser().resolve()
+    if any(resolved.is_relative_to(root.resolve()) for root in settings.input_roots):
+        return str(resolved), None
+    roots = ":".join(str(r) for r in settings.input_roots)
+    limit = min(settings.max_inline_bytes, settings.max_pdf_bytes)
+    try:
+        size = resolved.stat().st_size
+    except OSError:
+        return str(resolved), None  # the worker says what is wrong with it
+    outside = f"{path} is outside INPUT_ROOTS={roots}"
+    if size > limit:
+        return str(resolved), f"{outside} and over MAX_INLINE_BYTES ({limit}): sent as a path"
+    data = base64.b64encode(resolved.read_bytes()).decode()
+    return {"data_b64": data, "filename": resolved.name}, f"{outside}: sent inline ({size} bytes)"
 
 
 def ingest_kwargs(document_id: str | None, metadata: str | None, files: int) -> dict:
