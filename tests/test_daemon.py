@@ -303,3 +303,10 @@ def test_a_job_logs_one_line_at_start_and_one_at_its_end_and_bad_input_no_traceb
     assert len([line for line in log.splitlines() if f"job {ok.id} started" in line]) == 1
     assert f"job {bad.id}: bad input, not retried: NotAPdfError" in log
     assert "Traceback" not in log
+
+
+def test_a_typo_in_extra_jobs_is_exit_2_naming_it(redis_url, tmp_path):
+    env = dict(os.environ, REDIS_URL=redis_url, PYTHONPATH=str(ROOT), EXTRA_JOBS="tests.jobs_for_tests.slep")
+    out = subprocess.run([sys.executable, "-m", "worker", "run"], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "registered job cannot be imported: tests.jobs_for_tests.slep" in out.stderr

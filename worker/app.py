@@ -19,7 +19,7 @@ from rq.serializers import DefaultSerializer, JSONSerializer
 from worker import __version__, lifecycle, rqcompat
 from worker.allowlist import import_registered
 from worker.daemon import DaemonWorker, housekeeping
-from worker.exitcodes import EXIT_MEMORY, EXIT_OK, EXIT_UNAVAILABLE
+from worker.exitcodes import EXIT_MEMORY, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 from worker.health import HealthServer, RedisProbe
 from worker.logs import setup_logging
 from worker.metrics import queue_figures, render
@@ -185,6 +185,10 @@ def run_daemon(settings: Settings, burst: bool = False, max_jobs: int | None = N
     name = settings.worker_name or default_worker_name()
     setup_logging(settings.log_level, settings.log_format, name)
     state = LiveState(name, settings.liveness_timeout, settings.job_grace)
+    if problems := import_registered():  # a typo in EXTRA_JOBS: say which name, before anything starts
+        for problem in problems:
+            log.error("registered job cannot be imported: %s", problem)
+        return EXIT_USAGE
     # READY=1 waits for the same model check as /readyz.
     systemd = from_environment(readiness_checks(settings), tick=settings.poll_interval)
     if systemd.enabled:
@@ -250,8 +254,6 @@ def _log_start(settings: Settings, name: str, port: int) -> None:
     """What the worker relies on and cannot find, then the start line."""
     for missing in rqcompat.missing():
         log.error("this RQ lacks %s, which this worker relies on: install the pinned RQ (setup.cfg)", missing)
-    for problem in import_registered():
-        log.warning("registered job cannot be imported: %s", problem)
     for problem in setup_problems(settings):
         log.warning("%s", problem)
     log.info(

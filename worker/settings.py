@@ -485,7 +485,10 @@ class JobSettings:
         comma_list(),
         default=(),
         shown="empty",
-        help=("comma-separated dotted names of your own job functions to register beside the built-in ones"),
+        help=(
+            "comma-separated dotted names of your own job functions to register beside the built-in ones; "
+            "each is imported at start, and one that names nothing callable stops `run` with exit code 2"
+        ),
     )
     max_job_data_bytes: int = setting(
         "MAX_JOB_DATA_BYTES",
