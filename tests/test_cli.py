@@ -145,3 +145,19 @@ def test_a_file_outside_the_roots_is_sent_inline_within_the_limit(tmp_path) -> N
     assert note == f"{outside / 'b.pdf'} is outside INPUT_ROOTS={inside}: sent inline (6 bytes)"
     source, note = source_for(outside / "big.pdf", settings)
     assert source == str(outside / "big.pdf") and "over MAX_INLINE_BYTES (1000): sent as a path" in note
+
+
+def test_a_command_that_cannot_reach_redis_says_so_in_one_line(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    from worker.devredis import free_port
+
+    (tmp_path / "a.pdf").write_bytes(b"%PDF-1.7")
+    env = dict(os.environ, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "worker", "enqueue", str(tmp_path / "a.pdf")]
+    out = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 3
+    assert out.stderr.count("\n") == 1 and "unavailable (ConnectionError): start it" in out.stderr

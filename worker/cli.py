@@ -127,6 +127,21 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[command](settings, args)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except Exception as exc:
+        if not _is_redis_error(exc):
+            raise
+        print(
+            f"worker: Redis at {settings.safe_redis_url} unavailable ({type(exc).__name__}): start it (make run-worker"
+            " starts a private one), or point REDIS_URL at yours",
+            file=sys.stderr,
+        )
+        return EXIT_UNAVAILABLE
+
+
+def _is_redis_error(exc: BaseException) -> bool:
+    """A Redis error, checked without importing redis into commands that never load it."""
+    module = sys.modules.get("redis.exceptions")
+    return module is not None and isinstance(exc, module.RedisError)
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
