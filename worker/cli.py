@@ -471,12 +471,9 @@ def _current_job_id(client, template: str, name: bytes) -> str | None:
 def _heartbeat(raw: bytes | None) -> dict:
     """The worker's last heartbeat as RQ wrote it (2026-12-03T10:00:00.123456Z) and its age;
     both None when missing or unreadable (a worker hash holds what anyone wrote)."""
-    from rq.utils import utcparse
+    from worker.recovery import parse_heartbeat
 
-    try:
-        when = utcparse(raw.decode("ascii")) if raw else None
-    except (ValueError, OverflowError):  # UnicodeDecodeError is a ValueError
-        when = None
+    when = parse_heartbeat(raw)
     if when is None:
         return {"last_heartbeat": None, "heartbeat_age_seconds": None}
     age = max(time.time() - when.timestamp(), 0.0)

@@ -17,7 +17,7 @@ from worker.embedding import Embedder, get_embedder
 from worker.errors import InputTooLargeError, InvalidArgumentsError
 from worker.pdf import PageTexts, extract, open_pdf, sha256
 from worker.pdf import metadata as pdf_metadata
-from worker.pipeline import Embedded, Progress, embed_pages
+from worker.pipeline import Embedded, WorkDone, embed_pages
 from worker.settings import Settings, get_settings
 from worker.sources import load_source
 from worker.store import DocumentStore, StoredDocument, check_encodable, check_storable, open_store, storable
@@ -219,7 +219,7 @@ def _ingest_answer(
     }
 
 
-def _report_pipeline(p: Progress) -> None:
+def _report_pipeline(p: WorkDone) -> None:
     """One progress entry for overlapping stages: "extract" while pages are read (with the chunks
     cut and embedded so far), then "embed" until every chunk has its vector."""
     if not p.reading_done:

@@ -40,7 +40,7 @@ SWITCH_INTERVAL_S = 0.001  # the GIL handover while both run: the model's thread
 
 
 @dataclass
-class Progress:
+class WorkDone:
     """What the pipeline has done so far; `report` is called with it now and then."""
 
     pages: int = 0
@@ -122,13 +122,13 @@ def embed_pages(
     embed_ids: Callable,
     dim: int,
     batch_tokens: int,
-    report: Callable[[Progress], None] | None = None,
+    report: Callable[[WorkDone], None] | None = None,
     pages_total: int = 0,
 ) -> Embedded:
     """Chunk the texts `pages` yields with `stream`, embed them with `embed_ids` (Embedder.embed_ids)
     on a second thread as they come, and return the chunks with their vectors, in order."""
     worker = _EmbeddingThread(embed_ids, queue.Queue(maxsize=QUEUE_CHUNKS), batch_tokens)
-    state = Progress(pages_total=pages_total)
+    state = WorkDone(pages_total=pages_total)
     chunks: list[Chunk] = []
     timings = {"extract": 0.0, "chunk": 0.0}
 
@@ -163,7 +163,7 @@ def _read_pages(
     stream: ChunkStream,
     worker: _EmbeddingThread,
     chunks: list[Chunk],
-    state: Progress,
+    state: WorkDone,
     timings: dict[str, float],
     tell: Callable[[], None],
 ) -> None:

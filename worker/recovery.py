@@ -69,12 +69,12 @@ LOCK_KEY = "worker:recovery:lock"
 OURS_FIELD = "heartbeats_while_busy"
 
 
-def _heartbeat(raw: bytes | None) -> datetime | None:
+def parse_heartbeat(raw: bytes | None) -> datetime | None:
     """A worker hash's last_heartbeat, or None when missing or unreadable (anyone can write it:
     a heartbeat nobody can read proves nothing, and the worker's next heartbeat rewrites it)."""
     try:
         return utcparse(as_text(raw)) if raw else None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, OverflowError):  # UnicodeDecodeError is a ValueError
         return None
 
 
@@ -84,7 +84,7 @@ def owner_dead(conn: Redis, owner: str, dead_after: float, entry_expires_at: flo
     entry expired (RQ's own rule; it refreshes the entry while the job runs)."""
     key = Worker.redis_worker_namespace_prefix + owner
     raw_last, death, ours = conn.hmget(key, ["last_heartbeat", "death", OURS_FIELD])
-    last = _heartbeat(raw_last)
+    last = parse_heartbeat(raw_last)
     if death or last is None:
         return True
     if ours:
@@ -96,7 +96,7 @@ def worker_alive(conn: Redis, name: str, dead_after: float) -> bool:
     if not name:
         return False
     raw_last, death = conn.hmget(Worker.redis_worker_namespace_prefix + name, ["last_heartbeat", "death"])
-    last = _heartbeat(raw_last)
+    last = parse_heartbeat(raw_last)
     if death or last is None:
         return False
     return now() - last < timedelta(seconds=dead_after)
