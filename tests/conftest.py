@@ -227,6 +227,14 @@ def pg_url(pg_server) -> str:
     return pg_server.new_database()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path: Path) -> str:
+    """The same test on both stores: a SQLite file, and the private PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/store.db"
+    return request.getfixturevalue("pg_url")
+
+
 def ids(conn, key: str) -> list[str]:
     return [x.decode() for x in conn.lrange(key, 0, -1)]
 

@@ -34,13 +34,6 @@ DIM = 384
 pytestmark = pytest.mark.xdist_group("postgresql")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/store.db"
-    return request.getfixturevalue("pg_url")
-
-
 def _unit(seed: int, n: int) -> np.ndarray:
     v = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
     return v / np.linalg.norm(v, axis=1, keepdims=True)

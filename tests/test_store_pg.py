@@ -30,13 +30,6 @@ def _unit(rng: np.random.Generator, n: int) -> np.ndarray:
 pytestmark = pytest.mark.xdist_group("postgresql")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/store.db"
-    return request.getfixturevalue("pg_url")
-
-
 # -- the same behaviour on both stores ----------------------------------------------------------
 
 

@@ -27,7 +27,6 @@ import time
 
 from redis import Redis
 from redis.exceptions import RedisError
-from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.queue import Queue
 
@@ -147,13 +146,7 @@ class Dequeuer:
             queue = by_key[queue_key]
             try:
                 job = self.job_class.fetch(job_id, connection=self.conn, serializer=self.serializer)
-            except NoSuchJobError as exc:
-                if self.conn.exists(Job.key_for(job_id)):  # a hash RQ does not take as a job (no data)
-                    fail_unreadable(self.conn, queue, job_id, exc, self.serializer, inflight=self.inflight)
-                else:  # deleted while queued: nothing to run
-                    self.conn.lrem(self.inflight, 0, job_id)
-                continue
-            except Exception as exc:
+            except Exception as exc:  # deleted while queued (dropped), or a hash RQ cannot read (failed)
                 if redis_unusable(exc):
                     raise
                 fail_unreadable(self.conn, queue, job_id, exc, self.serializer, inflight=self.inflight)

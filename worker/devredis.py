@@ -186,9 +186,10 @@ class SentinelGroup:
     """A primary, one replica and one sentinel watching them, each on a free loopback port.
 
     Before a failover the primary gets `min-replicas-to-write 1`: once its replica is promoted it
-    refuses writes (NOREPLICAS) instead of taking writes that its demotion, about 10 s later, would
-    throw away. (Set on the replica too, it would make the new primary refuse writes until the old
-    one has come back as its replica; a deployment with two replicas sets it everywhere.)"""
+    refuses writes (NOREPLICAS) instead of taking writes that its demotion, seconds later
+    (docs/behaviour.md, "Redis failover"), would throw away. (Set on the replica too, it would
+    make the new primary refuse writes until the old one has come back as its replica; a
+    deployment with two replicas sets it everywhere.)"""
 
     def __init__(self, directory: Path, master_name: str = "mymaster", password: str = "") -> None:
         self.master_name = master_name

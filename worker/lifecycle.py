@@ -64,6 +64,11 @@ def inflight_key(worker_name: str) -> str:
     return INFLIGHT_PREFIX + worker_name
 
 
+def decoded(raw: bytes | str) -> str:
+    """An entry as text, whatever bytes a producer wrote (invalid UTF-8 becomes U+FFFD)."""
+    return raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+
+
 def is_job_id(value: object) -> bool:
     """Whether RQ accepts `value` as a job id (letters, digits, '_' and '-')."""
     try:
@@ -276,13 +281,10 @@ def _queue_take_over(
 
 
 def _end_unfetchable(conn: Redis, queue: Queue, composite: str, job_id: str, exc: Exception, serializer) -> None:
-    """A started entry whose job cannot be fetched: gone (drop the entry) or unreadable (fail it,
-    so that whoever polls it sees why)."""
-    with conn.pipeline() as pipe:
-        pipe.zrem(queue.started_job_registry.key, composite)
-        pipe.execute()
-    if conn.exists(Job.key_for(job_id)):
-        fail_unreadable(conn, queue, job_id, exc, serializer)
+    """A started entry whose job cannot be fetched: the entry goes, the job (if it is still
+    there) fails, so that whoever polls it sees why."""
+    conn.zrem(queue.started_job_registry.key, composite)
+    fail_unreadable(conn, queue, job_id, exc, serializer)
 
 
 # -- restore -----------------------------------------------------------------------------
@@ -294,7 +296,7 @@ def restore_inflight(conn: Redis, key: str) -> int:
     """
     restored = 0
     for raw in reversed(conn.lrange(key, 0, -1)):  # reversed + LPUSH keeps their order
-        job_id = raw.decode(errors="replace")
+        job_id = decoded(raw)
         if not is_job_id(job_id):
             quarantine(conn, key, raw, "not a job id RQ accepts", remove=lambda p, r=raw: p.lrem(key, 0, r))
             continue
@@ -313,7 +315,8 @@ def restore_inflight(conn: Redis, key: str) -> int:
 # -- fail unreadable, quarantine ---------------------------------------------------------
 def fail_unreadable(conn: Redis, queue: Queue, job_id: str, exc: Exception, serializer, inflight: str = "") -> None:
     """Fail a job whose hash we cannot read, so that a client polling it sees `failed` and why;
-    it leaves the in-flight list and the scheduled registry in the same transaction. An id RQ
+    it leaves the in-flight list and the scheduled registry in the same transaction (a job whose
+    hash is gone only leaves them). An id RQ
     refuses cannot be failed through RQ (it builds no Job for it): it goes to quarantine."""
     why = safe_text(f"{type(exc).__name__}: {exc}", 500)
     scheduled = queue.scheduled_job_registry.key
@@ -325,6 +328,13 @@ def fail_unreadable(conn: Redis, queue: Queue, job_id: str, exc: Exception, seri
             pipe.zrem(scheduled, job_id)
 
         quarantine(conn, inflight or scheduled, job_id, "not a job id RQ accepts", remove=remove)
+        return
+    if not conn.exists(Job.key_for(job_id)):  # gone meanwhile: nothing to fail, its entries go
+        with conn.pipeline() as pipe:
+            if inflight:
+                pipe.lrem(inflight, 0, job_id)
+            pipe.zrem(scheduled, job_id)
+            pipe.execute()
         return
     log.error("job %s cannot be read (%s); failing it", job_id, why)
     exc_string = f"worker.errors.UnreadableJobError: this worker cannot read the job's hash ({why})"
@@ -344,7 +354,7 @@ def quarantine(conn: Redis, source: str, entry: object, why: str, remove: Callab
     """Move an entry that is not a job out of `source` (`remove(pipe)` queues its removal) into
     the capped quarantine list, with where it was and why, in one transaction."""
     global quarantined
-    shown = entry.decode(errors="replace") if isinstance(entry, bytes) else entry
+    shown = decoded(entry) if isinstance(entry, bytes | str) else entry
     record = {"from": source, "entry": safe_text(shown, 300), "why": why, "at": utcformat(now())}
     with conn.pipeline() as pipe:
         remove(pipe)

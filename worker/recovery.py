@@ -36,6 +36,7 @@ from worker.lifecycle import (
     INFLIGHT_PREFIX,
     claim_ending,
     counted,
+    decoded,
     fail_unreadable,
     inflight_key,
     is_job_id,
@@ -131,10 +132,6 @@ def sweep_inflight(conn: Redis, me: str, dead_after: float, scan: bool = False) 
     return restored
 
 
-def _decoded(raw: bytes | str) -> str:
-    return raw.decode(errors="replace") if isinstance(raw, bytes) else raw
-
-
 def parse_entry(composite: str) -> tuple[str, str] | None:
     """(job id, execution id) of a started-registry member, or None when it is none RQ wrote."""
     parts = composite.split(":")
@@ -184,7 +181,7 @@ def sweep(
 def _sweep_entry(
     conn, queue, raw, expires_at, me, my_job_id, dead_after, max_attempts, job_class, serializer
 ) -> tuple[str, str] | None:
-    composite = _decoded(raw)
+    composite = decoded(raw)
     parsed = parse_entry(composite)
     if parsed is None:
         registry_key = queue.started_job_registry.key
@@ -206,9 +203,9 @@ def _sweep_entry(
 
 def _entry_failed(conn: Redis, queue: Queue, raw: bytes, exc: Exception, serializer) -> None:
     """An entry whose take-over raised: its job is failed with the reason, the entry removed."""
-    composite = _decoded(raw)
+    composite = decoded(raw)
     log.warning("started entry %s: %s", safe_text(composite), safe_text(f"{type(exc).__name__}: {exc}"))
     conn.zrem(queue.started_job_registry.key, raw)
     parsed = parse_entry(composite)
-    if parsed is not None and conn.exists(Job.key_for(parsed[0])):
+    if parsed is not None:
         fail_unreadable(conn, queue, parsed[0], exc, serializer)

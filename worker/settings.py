@@ -566,7 +566,7 @@ class JobSettings:
         help=(
             "resident-memory ceiling of the long-lived parent process (not its horses), MiB; past it "
             "the worker stops warm (the running job finishes) and exits 4, for its supervisor to "
-            "start a fresh one. Idle with the model loaded it holds about 240 MiB. `0`: none"
+            "start a fresh one (what it holds idle: [benchmarks.md](benchmarks.md#memory)). `0`: none"
         ),
     )
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import rq.scheduler
-from rq.exceptions import NoSuchJobError
 from rq.queue import Queue
 from rq.scheduler import RQScheduler
 from rq.utils import now
@@ -168,12 +167,7 @@ def fail_unreadable_scheduled(worker: DaemonWorker) -> None:
 def check_scheduled(worker: DaemonWorker, queue: Queue, job_id: str) -> None:
     try:
         worker.job_class.fetch(job_id, connection=worker.connection, serializer=worker.serializer)
-    except NoSuchJobError as exc:
-        if worker.connection.exists(worker.job_class.key_for(job_id)):  # a hash with no data: fail it
-            lifecycle.fail_unreadable(worker.connection, queue, job_id, exc, worker.serializer)
-        else:
-            worker.connection.zrem(queue.scheduled_job_registry.key, job_id)
-    except Exception as exc:
+    except Exception as exc:  # gone (its entry dropped), or a hash RQ cannot read (failed)
         if redis_unusable(exc):
             raise
         lifecycle.fail_unreadable(worker.connection, queue, job_id, exc, worker.serializer)

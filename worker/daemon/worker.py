@@ -36,6 +36,7 @@ from worker.allowlist import GuardedJob
 from worker.daemon import horse, housekeeping, parent
 from worker.daemon.housekeeping import Backoff, guarded, report
 from worker.daemon.signals import Signals
+from worker.daemon.watch import kill_and_reap
 from worker.dequeue import Dequeuer
 from worker.errors import BadInputError, redis_unusable
 from worker.safe import safe_text
@@ -261,8 +262,6 @@ class DaemonWorker(Worker):
         """The loop's boundary. A horse is never left running unsupervised; a job in hand stays
         in our in-flight list or the started registry, where the next sweep finds it."""
         if self._horse_pid:
-            from worker.daemon.watch import kill_and_reap
-
             kill_and_reap(self._horse_pid)
             self._horse_pid = 0
         if redis_unusable(exc):

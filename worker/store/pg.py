@@ -66,9 +66,8 @@ DEFAULT_DIM = 384  # all-MiniLM-L6-v2; a schema is created with the embedder's o
 CONNECT_TIMEOUT_S = 5
 # Key of pg_advisory_xact_lock while migrating ("worker" in ASCII): one migrator at a time.
 MIGRATION_LOCK = 0x776F726B6572
-# HNSW build options. At 1M chunks (bench_store_pg.py, vectors calibrated on real chunk embeddings)
-# pgvector's defaults (m 16, ef_construction 64) found 0.78 of the true 10 nearest at ef_search 100
-# and 0.83 at 200; these found 0.90 and 0.97, at p50 6 to 8 ms, for a build 2.3x as long.
+# HNSW build options: why these and not pgvector's defaults (recall at 1M chunks, build time) is
+# measured in docs/benchmarks.md (bench_store_pg.py).
 HNSW_OPTIONS = "m = 32, ef_construction = 128"
 
 
