@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from worker import display
+from worker import cli_vectors, display
 from worker.exitcodes import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 from worker.safe import safe_text
 from worker.settings import Settings, SettingsError, check_store_url, flagged, redact_url, set_settings
@@ -54,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--function", default=INGEST, help=argparse.SUPPRESS)  # smoke checks: worker.jobs.ping
     p.add_argument("--document-id", metavar="ID", help="the document's id (one file only; default: its sha256)")
     p.add_argument("--metadata", metavar="JSON", help="a JSON object stored with each file (search --where)")
+    p.add_argument(
+        "--collection",
+        metavar="NAME",
+        help="embed_bulk instead: embed every record of a .jsonl or .csv file into this vector collection",
+    )
+    p.add_argument("--id-field", default="id", help="with --collection: the field that identifies a record")
+    p.add_argument("--text-field", default="text", help="with --collection: the field holding the text")
 
     p = sub.add_parser("search", help="nearest stored chunks to a query")
     p.add_argument("query")
@@ -73,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--failed", action="store_true", help="the recent failed jobs instead, newest first")
     p.add_argument("-n", type=int, default=FAILED_SHOWN, help=f"with --failed: how many (default {FAILED_SHOWN})")
     _documents_parser(sub)
+    cli_vectors.add_parser(sub)
 
     sub.add_parser("healthcheck", help="exit 0 when the local /healthz says ok")
 
@@ -172,6 +180,8 @@ def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
         print(f"worker: enqueue: {exc}", file=sys.stderr)
         return EXIT_USAGE
     queue = _queue(settings, args.queue)
+    if args.collection:
+        return _enqueue_bulk(settings, args, queue)
     jobs = []
     for path in args.paths:
         source, note = source_for(path, settings)
@@ -184,6 +194,30 @@ def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
     if not args.wait:
         return EXIT_OK
     return _wait(jobs, args.json, time.monotonic() + args.timeout if args.timeout else None)
+
+
+def _enqueue_bulk(settings: Settings, args: argparse.Namespace, queue) -> int:
+    """`enqueue FILE --collection NAME`: one embed_bulk job; every worker reads the file, so it
+    must lie under INPUT_ROOTS (no inline bytes)."""
+    if len(args.paths) != 1 or args.document_id or args.metadata:
+        print("worker: enqueue --collection takes one file, without --document-id or --metadata", file=sys.stderr)
+        return EXIT_USAGE
+    path = args.paths[0]
+    resolved = path.expanduser().resolve()
+    if not any(resolved.is_relative_to(root.resolve()) for root in settings.input_roots):
+        roots = ":".join(str(r) for r in settings.input_roots)
+        print(
+            f"worker: {path} is outside INPUT_ROOTS={roots}: every worker reads a bulk file itself,"
+            " so put it under an input root (or set INPUT_ROOTS, for the workers too)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    kwargs = {"collection": args.collection, "id_field": args.id_field, "text_field": args.text_field}
+    job = queue.enqueue(cli_vectors.BULK, args=(str(resolved),), kwargs=kwargs, job_timeout=settings.job_timeout)
+    if not args.wait:
+        _emit(args.json, *queued(path, job.id, args.queue))
+        return EXIT_OK
+    return _wait([(path, job)], args.json, time.monotonic() + args.timeout if args.timeout else None)
 
 
 def source_for(path: Path, settings: Settings) -> tuple[object, str | None]:
@@ -255,6 +289,9 @@ def _poll(pending: dict, view: display.Lines, as_json: bool) -> int:
     for job_id, (path, job) in list(pending.items()):
         status = job.get_status(refresh=True)
         status = getattr(status, "value", status)
+        if status == "finished" and (bulk := cli_vectors.follow(job)) is not None:
+            pending[job_id] = (path, bulk)  # its shards run on: follow them
+            status = getattr(bulk.get_status(), "value", "started")
         if status in ENDED:
             del pending[job_id]
             failed += status != "finished"
@@ -794,4 +831,5 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "embed": cmd_embed,
     "store": cmd_store,
     "documents": cmd_documents,
+    "vectors": cli_vectors.cmd_vectors,
 }

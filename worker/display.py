@@ -327,6 +327,8 @@ def summary_line(name: str, status: str, result: object = None, exc_string: str 
         kind, message = error_of(exc_string)
         what = ": ".join(part for part in (kind, message) if part)
         return f"{name}: {status}" + (f": {what}" if what else "")
+    if isinstance(result, dict) and "collection" in result and "records" in result:
+        return f"{name}: " + bulk_summary(result)
     if not (isinstance(result, dict) and _number(result.get("pages")) is not None and "chunks" in result):
         return f"{name}: done {json.dumps(result)}"
     parts = [_plural(int(result["pages"]), "page"), _plural(int(result.get("chunks") or 0), "chunk")]
@@ -342,6 +344,24 @@ def summary_line(name: str, status: str, result: object = None, exc_string: str 
     if result.get("already_stored"):
         parts.append("already stored")
     return f"{name}: " + ", ".join(parts)
+
+
+def bulk_summary(result: dict) -> str:
+    """E.g. "200000 vectors in products, 3 records without text (lines 5, 9, 12), 100 shards (40 done before)"."""
+    final = result.get("result") if isinstance(result.get("result"), dict) else {}
+    vectors = _number(final.get("vectors"))
+    texts = int(_number(result.get("texts")) or 0)
+    count = _plural(int(vectors), "vector") if vectors is not None else _plural(texts, "text")
+    parts = [f"{count} in {clean(str(result.get('collection')))}"]
+    without = result.get("without_text")
+    if isinstance(without, dict) and _number(without.get("count")):
+        lines = ", ".join(str(int(n)) for n in without.get("lines", []) if _number(n) is not None)
+        more = " ..." if int(_number(without["count"]) or 0) > len(without.get("lines", [])) else ""
+        parts.append(f"{_plural(int(without['count']), 'record')} without text (lines {lines}{more})")
+    shards, skipped = _number(result.get("shards")), _number(result.get("shards_skipped"))
+    if shards is not None:
+        parts.append(_plural(int(shards), "shard") + (f" ({int(skipped)} done before)" if skipped else ""))
+    return ", ".join(parts)
 
 
 # -- drawing ---------------------------------------------------------------------------------------
