@@ -60,8 +60,10 @@ def embed_bulk(source: object, collection: str, id_field: str = "id", text_field
     )
     settings = get_settings()
     progress.report("read")
+    started = time.perf_counter()
     with open_input(path, settings) as f:
         plan = scan(f, reader, settings.bulk_shard_records, settings.max_bulk_records)
+    scanned = round(time.perf_counter() - started, 4)
     embedder = get_embedder(settings)
     counts = {"records": plan.records, "without_text": plan.without_text, "shards": len(plan.shards)}
     with collections(settings, embedder.dim) as store:
@@ -77,6 +79,7 @@ def embed_bulk(source: object, collection: str, id_field: str = "id", text_field
         "without_text": {"count": plan.without_text, "lines": plan.without_text_lines},
         "shards": len(plan.shards),
         "shards_skipped": len(done),
+        "timings": {"scan": scanned},
     }
     common = {"source": path, "collection": name, "fields": [reader.fmt, id_field, text_field, plan.columns]}
     finish = {"collection": name, "sha256": plan.sha256, "shard_hashes": [s.sha256 for s in plan.shards]}
@@ -164,24 +167,34 @@ def embed_shard(source: str, collection: str, fields: list, shard: dict, parent:
     fmt, id_field, text_field, columns = fields
     part = Shard(**shard)
     settings = get_settings()
-    reader = Reader(fmt, id_field, text_field, columns)
+    t0 = time.perf_counter()
     with open_input(_path_of(source), settings) as f:
-        records = [r for r in read(f, reader, part) if r.text is not None]
+        records = [
+            r for r in read(f, reader=Reader(fmt, id_field, text_field, columns), shard=part) if r.text is not None
+        ]
     embedder = get_embedder(settings)
+    t1 = time.perf_counter()
     progress.report("embed", 0, len(records))
     vectors, tokens = embedder.embed_counted([r.text for r in records])
     progress.count(embedding_tokens=tokens, embedding_texts=len(records))
+    t2 = time.perf_counter()
     with collections(settings, embedder.dim) as store:
         if store.get(collection) is None:
             raise InvalidArgumentsError(f"collection {collection!r} does not exist (deleted while its bulk job ran?)")
-        store.write_shard(
-            collection, part.shard, part.sha256, [r.id for r in records], [r.seq for r in records], vectors
-        )
+        ids, seqs = [r.id for r in records], [r.seq for r in records]
+        store.write_shard(collection, part.shard, part.sha256, ids, seqs, vectors)
     progress.report("embed", len(records), len(records))
     job = get_current_job()
     if job is not None and parent:
         shard_done(job, parent, part.shard, len(records))
-    return {"collection": collection, "shard": part.shard, "vectors": len(records), "tokens": tokens}
+    timings = {"read": t1 - t0, "embed": t2 - t1, "store": time.perf_counter() - t2}
+    return {
+        "collection": collection,
+        "shard": part.shard,
+        "vectors": len(records),
+        "tokens": tokens,
+        "timings": {k: round(v, 4) for k, v in timings.items()},
+    }
 
 
 def finish_bulk(collection: str, sha256: str, shard_hashes: list[str], parent: str | None = None) -> dict:
