@@ -228,3 +228,27 @@ def test_bad_input_fails_the_parent_before_any_shard(start_worker, redis_conn, t
     wait_for(lambda: job.get_status(refresh=True) == "failed", message="the parent failed")
     assert "DuplicateIdError: id '1' appears twice: on line 1 and on line 3" in job.latest_result().exc_string
     assert q.count == 0 and not redis_conn.keys(f"rq:job:{job.id}-*")
+
+
+def test_a_failed_shard_is_named_and_a_second_run_does_only_it(start_worker, redis_conn, tmp_path):
+    path = tmp_path / "in.jsonl"
+    write_input(path, 90)
+    q = queue(redis_conn)
+    parent = q.enqueue("worker.jobs.embed_bulk", str(path), "c4")
+    env = {"BULK_SHARD_RECORDS": "30"}
+    start_worker(extra_env=env, args=["--burst", "--max-jobs", "1"], ready=False).wait(60)  # the parent only
+    assert parent.get_status(refresh=True) == "finished" and q.count == 3
+    original = path.read_bytes()
+    path.write_bytes(original.replace(b'"r40"', b'"x40"'))  # shard 1 changes under the run
+    start_worker(extra_env=env, args=["--burst"], ready=False).wait(120)
+    final = q.fetch_job(parent.return_value()["final_job_id"])
+    assert final.get_status(refresh=True) == "failed"
+    assert "BulkIncompleteError: 1 of 3 shards of 'c4' did not finish (1)" in final.latest_result().exc_string
+    shard = q.fetch_job(f"{parent.id}-shard-1")
+    assert "changed since the bulk job read the file" in shard.latest_result().exc_string
+    path.write_bytes(original)
+    again = q.enqueue("worker.jobs.embed_bulk", str(path), "c4")
+    start_worker(extra_env=env, args=["--burst"], ready=False).wait(120)
+    assert again.return_value()["shards_skipped"] == 2
+    final = q.fetch_job(again.return_value()["final_job_id"])
+    assert final.return_value() == {"collection": "c4", "complete": True, "vectors": 90, "records": 90}

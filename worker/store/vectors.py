@@ -227,7 +227,7 @@ class Collections:
         return missing, collection
 
     def delete(self, name: str) -> int:
-        """Delete a collection and its vectors; the number of vectors deleted (0: there was none)."""
+        """Delete a collection and its vectors: how many vectors went, -1 when there was no such collection."""
         with self.store.transaction():
             count = self.store.conn.execute(
                 f"SELECT count(*) FROM collection_vectors WHERE collection = {self.p}", (name,)
