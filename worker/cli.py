@@ -54,13 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--function", default=INGEST, help=argparse.SUPPRESS)  # smoke checks: worker.jobs.ping
     p.add_argument("--document-id", metavar="ID", help="the document's id (one file only; default: its sha256)")
     p.add_argument("--metadata", metavar="JSON", help="a JSON object stored with each file (search --where)")
-    p.add_argument(
-        "--collection",
-        metavar="NAME",
-        help="embed_bulk instead: embed every record of a .jsonl or .csv file into this vector collection",
-    )
-    p.add_argument("--id-field", default="id", help="with --collection: the field that identifies a record")
-    p.add_argument("--text-field", default="text", help="with --collection: the field holding the text")
+    cli_vectors.add_enqueue_flags(p)
 
     p = sub.add_parser("search", help="nearest stored chunks to a query")
     p.add_argument("query")

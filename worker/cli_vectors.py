@@ -20,6 +20,16 @@ from worker.safe import safe_text
 from worker.settings import Settings, redact_url
 
 
+def add_enqueue_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--collection",
+        metavar="NAME",
+        help="embed_bulk instead: embed every record of a .jsonl or .csv file into this vector collection",
+    )
+    p.add_argument("--id-field", default="id", help="with --collection: the field that identifies a record")
+    p.add_argument("--text-field", default="text", help="with --collection: the field holding the text")
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("vectors", help="list, show, export or delete vector collections (embed_bulk)")
     cmds = p.add_subparsers(dest="vectors_command", required=True)
