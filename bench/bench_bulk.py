@@ -1,7 +1,8 @@
 """Bulk embeddings: `embed_bulk` with 1 and 2 worker processes against the model alone, against
 `embed_texts` jobs of 1,000 texts each and (optionally) the plain sentence-transformers script.
 
-Run: .venv/bin/python bench/bench_bulk.py [--texts 200000] [--workers 1,2] [--rounds 1] [--st-python PYTHON]
+Run: .venv/bin/python bench/bench_bulk.py [--texts 200000] [--workers 1,2] [--rounds 1] [--shard-records 2000]
+     [--st-python PYTHON]
 
 One throwaway Redis, a fresh SQLite store per run, the same JSON Lines file of `--texts` records
 of mixed length (paragraphs of the standard library's docstrings, one to three joined, with an
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -80,7 +82,9 @@ def st_alone(python: str, texts_file: Path) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run_workers(redis_url: str, store_url: str, roots: Path, n: int, workdir: Path) -> None:
+def run_workers(redis_url: str, store_url: str, roots: Path, n: int, workdir: Path, until=None) -> None:
+    """N worker processes: in burst mode (they exit when the queues are empty), or, given `until`,
+    until it returns true (a bulk run's queue is empty between its parent and its shards)."""
     base = dict(
         os.environ,
         REDIS_URL=redis_url,
@@ -91,10 +95,11 @@ def run_workers(redis_url: str, store_url: str, roots: Path, n: int, workdir: Pa
         MAX_EMBED_TEXTS=str(PART),
         LOG_LEVEL="WARNING",
         PYTHONPATH=str(ROOT),
+        BULK_SHARD_RECORDS=os.environ.get("BULK_SHARD_RECORDS", "2000"),
     )
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "worker", "run", "--burst"],
+            [sys.executable, "-m", "worker", "run", *([] if until else ["--burst"])],
             env={**base, "HEALTH_PORT": str(free_port()), "WORKER_NAME": f"bulk-{n}-{i}-{time.time_ns()}"},
             cwd=workdir,
             stdout=subprocess.DEVNULL,
@@ -102,7 +107,11 @@ def run_workers(redis_url: str, store_url: str, roots: Path, n: int, workdir: Pa
         )
         for i in range(n)
     ]
+    while until is not None and not until():
+        time.sleep(0.5)
     for p in procs:
+        if until is not None:
+            p.send_signal(signal.SIGTERM)
         p.wait()
 
 
@@ -111,7 +120,12 @@ def bulk_run(redis_url: str, texts_file: Path, n: int, workdir: Path, run: str) 
     conn.flushall()
     q = Queue("default", connection=conn, serializer=JSONSerializer)
     parent = q.enqueue("worker.jobs.embed_bulk", str(texts_file), "bench", job_timeout=3600, result_ttl=86400)
-    run_workers(redis_url, f"sqlite:///{workdir}/store-{run}.db", texts_file.parent, n, workdir)
+    final_id = f"{parent.id}-final"
+
+    def ended() -> bool:
+        return conn.hget(f"rq:job:{final_id}", "status") in (b"finished", b"failed")
+
+    run_workers(redis_url, f"sqlite:///{workdir}/store-{run}.db", texts_file.parent, n, workdir, until=ended)
     parent = Job.fetch(parent.id, connection=conn, serializer=JSONSerializer)
     summary = parent.return_value()
     final = Job.fetch(summary["final_job_id"], connection=conn, serializer=JSONSerializer)
@@ -153,9 +167,11 @@ def main() -> int:
     ap.add_argument("--texts", type=int, default=200_000)
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--shard-records", type=int, default=2000, help="BULK_SHARD_RECORDS of the workers")
     ap.add_argument("--st-python", default=None, help="an interpreter with sentence-transformers")
     args = ap.parse_args()
     counts = [int(n) for n in args.workers.split(",")]
+    os.environ["BULK_SHARD_RECORDS"] = str(args.shard_records)
     texts = make_texts(args.texts)
     runs: dict[str, list[float]] = {}
     outside: dict[int, list[float]] = {}
