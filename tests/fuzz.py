@@ -1010,7 +1010,7 @@ def table(findings: list[Finding]) -> str:
     rows = ["| case | kind:target = value | problem |", "|---|---|---|"]
     for f in findings:
         c = f.case
-        what = f"{c.kind}:{c.target} = {c.label}" + (f" (known case {c.known})" if c and c.known else "") if c else "(round)"
+        what = f"{c.kind}:{c.target} = {c.label}" + (f" (known {c.known})" if c and c.known else "") if c else "(round)"
         rows.append(f"| {c.n if c else '-'} | {what.replace('|', '/')} | {f.problem.replace('|', '/')[:300]} |")
     return "\n".join(rows)
 

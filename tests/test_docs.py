@@ -62,7 +62,10 @@ def test_the_link_checker_finds_a_broken_link(tmp_path: Path) -> None:
     global ROOT
     saved, ROOT = ROOT, tmp_path
     try:
-        assert broken_links(page) == ["docs/page.md: missing.md (no such file)", "docs/page.md: other.md#nope (no such heading)"]
+        assert broken_links(page) == [
+            "docs/page.md: missing.md (no such file)",
+            "docs/page.md: other.md#nope (no such heading)",
+        ]
     finally:
         ROOT = saved
 
@@ -71,6 +74,9 @@ def test_the_link_checker_finds_a_broken_link(tmp_path: Path) -> None:
 # nothing to a reader of the code or the docs. "rq issue 1968" style references to other
 # projects' trackers are fine.
 TRACKER_WORDS = re.compile(r"(?<![\w-])(?<!rq )(issues? \d+|issue-\d+|the (product )?brief)\b", re.IGNORECASE)
+
+
+TEXT_SUFFIXES = (".py", ".md", ".cfg", ".toml", ".service", ".yaml", ".yml", ".txt", "")
 
 
 def test_no_project_text_refers_to_tracker_issues_or_briefs() -> None:
@@ -82,7 +88,7 @@ def test_no_project_text_refers_to_tracker_issues_or_briefs() -> None:
     hits = []
     for name in files:
         path = ROOT / name
-        if path.suffix not in (".py", ".md", ".cfg", ".toml", ".service", ".yaml", ".yml", ".txt", "") or not path.is_file():
+        if path.suffix not in TEXT_SUFFIXES or not path.is_file():
             continue
         for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
             if TRACKER_WORDS.search(line) and "TRACKER_WORDS" not in line:
