@@ -196,7 +196,12 @@ def run_daemon(settings: Settings, burst: bool = False, max_jobs: int | None = N
     try:
         health = _health_server(settings, state)
     except OSError as exc:
-        log.error("cannot serve health on %s:%s: %s", settings.health_host, settings.health_port, exc)
+        log.error(
+            "cannot serve health on %s:%s: %s: is another worker using it? set HEALTH_PORT (0: any free port)",
+            settings.health_host,
+            settings.health_port,
+            exc,
+        )
         return EXIT_UNAVAILABLE
 
     _preload_model(settings)

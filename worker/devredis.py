@@ -333,7 +333,11 @@ def main(argv: list[str]) -> int:
         pass
     elif shared:  # another `make run-worker` in this checkout started it: one system, not two
         env["REDIS_URL"] = shared
-        _say(f"joining the private redis-server another run started at {shared} ({url_file})")
+        port_note = ""
+        if not env.get("HEALTH_PORT"):  # the first run's worker holds the default port
+            env["HEALTH_PORT"] = "0"
+            port_note = "; health on a free port (HEALTH_PORT=0: the start line names it)"
+        _say(f"joining the private redis-server another run started at {shared} ({url_file}){port_note}")
     elif answers("127.0.0.1", probe_port):
         _say(
             f"using the Redis that answers on 127.0.0.1:{probe_port}: this worker takes the jobs on its queues"
