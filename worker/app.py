@@ -25,6 +25,7 @@ from worker.logs import setup_logging
 from worker.metrics import queue_figures, render
 from worker.sdnotify import from_environment
 from worker.settings import Settings
+from worker.sharing import warn_unrunnable
 from worker.state import LiveState
 
 log = logging.getLogger("worker")
@@ -207,6 +208,7 @@ def run_daemon(settings: Settings, burst: bool = False, max_jobs: int | None = N
     _preload_model(settings)
     _prepare_store(settings)
     _log_start(settings, name, health.port)
+    warn_unrunnable(redis_client(settings, timeout=3), list(settings.queues), serializer_for(settings))
     worker = _daemon_worker(settings, name, state)
     done = 0
     try:
