@@ -75,6 +75,9 @@ def warn_unrunnable(conn: Redis, queues: list[str], serializer) -> list[Unrunnab
     except RedisError as exc:  # the main loop reports an unreachable Redis; this look is optional
         log.debug("could not look at the queues: %s", exc)
         return []
+    except Exception as exc:  # noqa: BLE001 - whatever a queue holds, the worker starts
+        log.warning("could not look at the queues: %s: %s", type(exc).__name__, safe_text(str(exc), 200))
+        return []
     for entry in found:
         log.warning(
             "queue %s: %d of its first %d jobs cannot run here (e.g. %s): this worker would take and fail them."
