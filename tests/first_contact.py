@@ -6,6 +6,8 @@
    COMMANDS_JSON (a list of shell lines, PDF already in place), once the worker answers /healthz,
 3. a second `make run-worker` in the same clone, then `status` again,
 
+or, with `--shared-redis`, only `make run-worker` against an unrelated Redis already on 6379,
+
 stops both as Ctrl-C would, and prints a JSON report of what each step printed and returned,
 and which redis-server processes ran on the clone's data directory. tests/test_first_contact.py
 asserts on it. Standard library only: it runs under the namespace's `unshare`.
@@ -101,14 +103,40 @@ def session(clone: Path, commands: list[str], report: dict) -> None:
     report["status_with_two_runs"] = shell(".venv/bin/python -m worker status --json", clone)
 
 
-def main(clone: Path, commands: list[str]) -> int:
+def shared_session(clone: Path, commands: list[str], report: dict) -> None:
+    """An unrelated Redis already on 6379, holding another RQ app's pickled job on `default`:
+    `make run-worker` uses it, and says so and what it found, in its first lines."""
+    from rq import Queue
+    from rq.serializers import DefaultSerializer
+
+    from worker.devredis import RedisServer
+
+    other = RedisServer(port=6379, directory=clone.parent / "other-redis").start()
+    report["cleanup"] = other.stop
+    Queue("default", connection=other_client(other.url), serializer=DefaultSerializer).enqueue("app.tasks.send_mail")
+    first = start_worker(clone, clone.parent / "worker1.log")
+    report["processes"] = [first]
+    log = clone.parent / "worker1.log"
+    report["started"] = wait_for(lambda: "starting: queues" in log.read_text() or first.poll() is not None, 90)
+    report["redis_servers_with_one_run"] = len(redis_servers(clone / "var" / "redis"))
+
+
+def other_client(url: str):
+    from redis import Redis
+
+    return Redis.from_url(url)
+
+
+def main(clone: Path, commands: list[str], shared: bool = False) -> int:
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     report: dict = {}
     try:
-        session(clone, commands, report)
+        (shared_session if shared else session)(clone, commands, report)
     finally:
         processes = report.pop("processes", [])
         report["exit_codes"] = [stop(p) for p in reversed(processes)][::-1]
+        if cleanup := report.pop("cleanup", None):
+            cleanup()
         report["redis_servers_after"] = len(redis_servers(clone / "var" / "redis"))
         report["url_file_after"] = (clone / "var" / "redis.url").exists()
         for n in (1, 2):
@@ -119,4 +147,4 @@ def main(clone: Path, commands: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(Path(sys.argv[1]), json.loads(sys.argv[2])))
+    raise SystemExit(main(Path(sys.argv[1]), json.loads(sys.argv[2]), "--shared-redis" in sys.argv[3:]))

@@ -1,7 +1,8 @@
 """The README works for a newcomer, as written: from a fresh clone of HEAD, in a network namespace
 where nothing answers on 6379, `make run-worker` in one process and the README's second-terminal
 commands in another (no REDIS_URL, STORE_URL or INPUT_ROOTS set), with a PDF outside the clone;
-then a second `make run-worker` in the same clone joins the first one's Redis.
+then a second `make run-worker` in the same clone joins the first one's Redis. And with an unrelated
+Redis already on 6379, `make run-worker` says whose it is, its queues, and what it cannot run.
 
 The clone reuses this checkout's .venv and var/model (there is no network in the namespace to
 install or download anything); everything else is the clone's own. Needs root (`unshare -n`),
@@ -115,3 +116,21 @@ def test_the_readme_works_from_a_fresh_clone_and_a_second_terminal(clone: Path, 
     assert None not in report["exit_codes"], logs
     assert "stopped after 1 jobs" in report["log1"] and "stopped after 0 jobs" in report["log2"], logs
     assert report["redis_servers_after"] == 0 and not report["url_file_after"]
+
+
+def test_an_unrelated_redis_on_6379_is_named_with_the_queues_and_what_it_holds(clone: Path) -> None:
+    """Another RQ app's Redis on 6379, a pickled job on `default`: make run-worker uses it and
+    says so, naming the queues it takes jobs from, and warns about the job it cannot run."""
+    driver = subprocess.run(
+        ["unshare", "-n", sys.executable, str(ROOT / "tests" / "first_contact.py"), str(clone), "[]", "--shared-redis"],
+        capture_output=True, text=True, timeout=300, cwd=clone,
+    )  # fmt: skip
+    assert driver.returncode == 0, driver.stderr
+    report = json.loads(driver.stdout)
+    log = report["log1"]
+    assert report["started"], log
+    assert "using the Redis that answers on 127.0.0.1:6379, which this command did not start" in log, log
+    assert "queues high,default,low (WORKER_QUEUES)" in log, log
+    (warning,) = [line for line in log.splitlines() if "cannot run here" in line]
+    assert "WARNING" in warning and "queue default: 1 of its first 1 jobs" in warning and "WORKER_QUEUES=" in warning
+    assert report["redis_servers_with_one_run"] == 0  # no private server started
