@@ -291,10 +291,19 @@ def _poll(pending: dict, view: display.Lines, as_json: bool) -> int:
             failed += status != "finished"
             view.clear()
             _emit_summary(as_json, path, job, status)
+        elif status == "scheduled":  # a retry: say after what (not the last attempt's progress)
+            view.add(job_id, str(path), retry_text(job.get_meta(refresh=True)), {})
         else:
             view.add(job_id, str(path), status, job.get_meta(refresh=True))
     view.show()
     return failed
+
+
+def retry_text(meta: object) -> str:
+    """A job scheduled for a retry, as `enqueue --wait` shows it: "scheduled (retry after
+    StoreUnavailableError: ...)" from what the worker left in its meta, else "scheduled"."""
+    error = meta.get("retried_after") if isinstance(meta, dict) else None
+    return f"scheduled (retry after {safe_text(error, 300)})" if error else "scheduled"
 
 
 def gave_up(deadline: float | None, now: float) -> bool:
@@ -346,22 +355,20 @@ def _emit(as_json: bool, obj: dict, text: str) -> None:
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    from redis.exceptions import RedisError
-
+    """Queues, workers and store counts; an unreachable Redis is main()'s one line, exit 3."""
     from worker.app import redis_client
     from worker.metrics import queue_figures
 
     client = redis_client(settings, timeout=3)
     if args.failed:
         return _status_failed(settings, client, args)
-    try:
-        queues = queue_figures(client, settings.queues)
-        workers = _workers(client)
-    except RedisError as exc:
-        print(f"worker: Redis at {settings.safe_redis_url} unavailable: {type(exc).__name__}", file=sys.stderr)
-        return EXIT_ERROR
+    queues = queue_figures(client, settings.queues)
+    workers = _workers(client)
     report = {"queues": queues, "workers": workers, "store": _store_counts(settings)}
     print(json.dumps(report) if args.json else "\n".join(status_lines(report)))
+    if "error" in report["store"]:
+        print(f"worker: store: {report['store']['error']}", file=sys.stderr)
+        return EXIT_ERROR
     return EXIT_OK
 
 
@@ -369,18 +376,12 @@ FAILED_SHOWN = 20  # `status --failed` shows this many jobs unless -n says other
 
 
 def _status_failed(settings: Settings, client, args: argparse.Namespace) -> int:
-    from redis.exceptions import RedisError
-
     from worker.app import serializer_for
 
     if args.n < 1:
         print("worker: status: -n must be at least 1", file=sys.stderr)
         return EXIT_USAGE
-    try:
-        jobs = failed_jobs(client, settings.queues, args.n, serializer_for(settings))
-    except RedisError as exc:
-        print(f"worker: Redis at {settings.safe_redis_url} unavailable: {type(exc).__name__}", file=sys.stderr)
-        return EXIT_ERROR
+    jobs = failed_jobs(client, settings.queues, args.n, serializer_for(settings))
     if not jobs and not args.json:
         print(f"no failed jobs on {', '.join(settings.queues)}")
     for job in jobs:
@@ -517,12 +518,25 @@ def _store_counts(settings: Settings) -> dict:
     from worker.store import open_store
 
     if settings.store_kind == "sqlite" and not settings.store_path.exists():
+        if problem := missing_store_folder(settings):
+            return {"error": problem}
         return {"documents": 0, "chunks": 0}
     try:
         with open_store(settings.store_url, settings.store_busy_timeout) as store:
             return store.counts()
     except WorkerError as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def missing_store_folder(settings: Settings) -> str | None:
+    """What to say when STORE_URL names a SQLite file in a folder that does not exist (a typo,
+    most likely: the worker would create both at its first job); None otherwise."""
+    if settings.store_kind != "sqlite":
+        return None
+    path = settings.store_path.absolute()
+    if path.exists() or path.parent.is_dir():
+        return None
+    return f"no store at {path}: its folder {path.parent} does not exist (check STORE_URL for a typo)"
 
 
 # -- documents -------------------------------------------------------------------------------------
@@ -535,6 +549,9 @@ def cmd_documents(settings: Settings, args: argparse.Namespace) -> int:
     from worker.store import open_store
 
     command, wanted = args.documents_command, getattr(args, "document_id", None)
+    if problem := missing_store_folder(settings):
+        print(f"worker: {problem}", file=sys.stderr)
+        return EXIT_ERROR
     if settings.store_kind == "sqlite" and not settings.store_path.exists():
         if command == "list":
             print(f"no documents: no store at {settings.store_path} yet", file=sys.stderr)
@@ -668,7 +685,8 @@ def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
         print(f"worker: search: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if settings.store_kind == "sqlite" and not settings.store_path.exists():
-        print(f"worker: no store at {settings.store_path} (nothing ingested yet)", file=sys.stderr)
+        problem = missing_store_folder(settings) or f"no store at {settings.store_path} (nothing ingested yet)"
+        print(f"worker: {problem}", file=sys.stderr)
         return EXIT_ERROR
     try:
         embedder = get_embedder(settings)
