@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -171,6 +173,35 @@ def cli(args: list[str], env: dict, cwd: Path, timeout: float = 120) -> subproce
     )
 
 
+def current_job_of(conn, pid: int) -> str | None:
+    """The job the worker with this pid is running, as Redis says (RQ's worker and executions)."""
+    from rq import Worker
+    from rq.serializers import JSONSerializer
+
+    for w in Worker.all(connection=conn, serializer=JSONSerializer):
+        if w.pid == pid:
+            return w.get_current_job_id()
+    return None
+
+
+def stop_mid_shard(conn, w) -> int:
+    """SIGSTOP the worker's horse while it runs a shard that has not ended (a quick shard may end
+    between a look and a kill: stopped, it cannot); its pid."""
+    for _ in range(200):
+        horse = horse_pid(w)
+        try:
+            os.kill(horse, signal.SIGSTOP)
+        except ProcessLookupError:  # ended meanwhile
+            continue
+        job_id = current_job_of(conn, w.proc.pid)
+        if job_id and "-shard-" in job_id and conn.hget(f"rq:job:{job_id}", "status") == b"started":
+            return horse
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(horse, signal.SIGCONT)
+        time.sleep(0.02)
+    raise AssertionError("never caught the worker's horse mid-shard")
+
+
 def test_two_workers_share_the_shards_and_a_killed_one_loses_nothing(start_worker, redis_conn, redis_url, tmp_path):
     env = {**FAST, "BULK_SHARD_RECORDS": "25"}
     records = write_input(tmp_path / "in.jsonl", 600, missing_every=97)
@@ -180,7 +211,7 @@ def test_two_workers_share_the_shards_and_a_killed_one_loses_nothing(start_worke
     wait_for(lambda: parent.get_status(refresh=True) == "finished", timeout=60, message="shards enqueued")
     final_id = parent.return_value()["final_job_id"]
     wait_for(lambda: len(parent.get_meta(refresh=True)["bulk"]["done"]) >= 3, timeout=60, message="shards done")
-    horse = horse_pid(a)
+    horse = stop_mid_shard(redis_conn, a)
     os.kill(a.proc.pid, signal.SIGKILL)
     os.kill(horse, signal.SIGKILL)
     a.proc.wait(5)
