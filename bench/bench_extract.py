@@ -1,0 +1,232 @@
+"""Text extraction on a corpus of real PDFs: word-level F1 against an independent reference, and pages/s.
+
+Extractors, each over the same files in one run, order alternating between rounds:
+- `pypdf`: `PdfReader(data)` and `page.extract_text()` per page (what worker/pdf.py did before PDFium);
+- `pypdf-layout`: the same with `extraction_mode="layout"` (pypdf places glyphs by their positions);
+- `pdfium`: pypdfium2, `PdfDocument(data)`, `page.get_textpage().get_text_range()` per page;
+- `worker`: `worker.pdf.extract(data)`, the job's path (checks, limits, progress hooks, metadata).
+The reference is pdfminer.six (`extract_pages`, default layout parameters: words from glyph
+gaps), a parser written independently of both; its text is cached per file sha256 in
+var/corpus/reference/ and timed once.
+
+Word-level F1: the text of the whole document, NFKC-normalized, soft hyphens dropped, cut into
+words (runs of letters and digits, `\\w+`), compared as multisets with the reference's. A document
+whose reference has no words (a scan) scores 1 when the extractor finds none either. "glued" is
+the share of an extractor's words that are 20 letters or more (words run together).
+
+Run: .venv/bin/python bench/corpus.py && .venv/bin/python bench/bench_extract.py [--rounds 3] [--json out.json]
+(pdfminer.six is a benchmark-only dependency: .venv/bin/python -m pip install pdfminer.six)
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+import unicodedata
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.corpus import DEFAULT_OUT, fetch  # noqa: E402
+
+logging.getLogger("pypdf").setLevel(logging.ERROR)
+logging.getLogger("pdfminer").setLevel(logging.ERROR)
+
+WORD = re.compile(r"\w+")
+GOAL_F1 = 0.98
+
+
+def words(pages: list[str]) -> Counter[str]:
+    text = unicodedata.normalize("NFKC", "\n".join(pages)).replace("\u00ad", "")
+    return Counter(WORD.findall(text))
+
+
+def f1(got: Counter[str], ref: Counter[str]) -> float:
+    if not ref:
+        return 1.0 if not got else 0.0
+    common = sum((got & ref).values())
+    if not common:
+        return 0.0
+    precision, recall = common / sum(got.values()), common / sum(ref.values())
+    return 2 * precision * recall / (precision + recall)
+
+
+def glued(counts: Counter[str]) -> float:
+    total = sum(counts.values())
+    return sum(n for w, n in counts.items() if len(w) >= 20 and w.isalpha()) / total if total else 0.0
+
+
+# -- extractors: bytes -> text per page --------------------------------------------------------
+
+
+def by_pypdf(data: bytes, mode: str = "plain") -> list[str]:
+    from pypdf import PdfReader
+
+    reader = PdfReader(io.BytesIO(data), strict=False)
+    return [page.extract_text(extraction_mode=mode) or "" for page in reader.pages]
+
+
+def by_pdfium(data: bytes) -> list[str]:
+    import pypdfium2 as pdfium
+
+    doc = pdfium.PdfDocument(data)
+    try:
+        out = []
+        for i in range(len(doc)):
+            page = doc[i]
+            textpage = page.get_textpage()
+            out.append(textpage.get_text_range())
+            textpage.close()
+            page.close()
+        return out
+    finally:
+        doc.close()
+
+
+def by_worker(data: bytes) -> list[str]:
+    from worker.pdf import extract
+
+    return extract(data).pages
+
+
+def by_pdfminer(data: bytes) -> list[str]:
+    from pdfminer.high_level import extract_pages
+    from pdfminer.layout import LTTextContainer
+
+    return [
+        "".join(el.get_text() for el in page if isinstance(el, LTTextContainer))
+        for page in extract_pages(io.BytesIO(data))
+    ]
+
+
+EXTRACTORS: dict[str, Callable[[bytes], list[str]]] = {
+    "pypdf": by_pypdf,
+    "pypdf-layout": lambda data: by_pypdf(data, "layout"),
+    "pdfium": by_pdfium,
+    "worker": by_worker,
+}
+
+
+def reference(data: bytes, sha: str, cache: Path) -> tuple[list[str], float]:
+    """pdfminer's text per page and the seconds it took (cached: it is slow)."""
+    path = cache / f"{sha}.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        return saved["pages"], saved["seconds"]
+    t = time.perf_counter()
+    pages = by_pdfminer(data)
+    seconds = time.perf_counter() - t
+    cache.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"pages": pages, "seconds": seconds}))
+    return pages, seconds
+
+
+def timed(fn: Callable[[bytes], list[str]], data: bytes) -> tuple[list[str] | None, float, str | None]:
+    t = time.perf_counter()
+    try:
+        pages: list[str] | None = fn(data)
+        error = None
+    except Exception as exc:  # a failing extractor is a figure too
+        pages, error = None, f"{type(exc).__name__}: {exc}"[:120]
+    return pages, time.perf_counter() - t, error
+
+
+def cpu() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor()
+    info = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    flags = set(info.get("Flags", "").split())
+    wanted = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni") if f in flags]
+    return f"{info.get('Model name', '?').strip()}, {info.get('CPU(s)', '?').strip()} CPUs, {' '.join(wanted)}"
+
+
+def run(rounds: int, names: list[str], only: str | None) -> dict:
+    manifest = fetch(DEFAULT_OUT)
+    if only:
+        manifest = [m for m in manifest if only in m["path"]]
+    docs = []
+    for entry in manifest:
+        data = (DEFAULT_OUT / entry["path"]).read_bytes()
+        ref_pages, ref_seconds = reference(data, entry["sha256"], DEFAULT_OUT / "reference")
+        ref = words(ref_pages)
+        doc = {**entry, "pages": len(ref_pages), "ref_words": sum(ref.values()), "ref_seconds": ref_seconds}
+        times: dict[str, list[float]] = {n: [] for n in names}
+        for r in range(rounds):
+            for name in names if r % 2 == 0 else names[::-1]:
+                pages, seconds, error = timed(EXTRACTORS[name], data)
+                times[name].append(seconds)
+                if r == 0:
+                    got = words(pages or [])
+                    doc[name] = {"error": error, "words": sum(got.values()), "f1": f1(got, ref), "glued": glued(got)}
+                    doc[name]["blank_pages"] = sum(1 for p in pages or [] if not p.strip())
+        for name in names:
+            doc[name]["seconds"] = statistics.median(times[name])
+        docs.append(doc)
+        print(row(doc, names), flush=True)
+    return {"cpu": cpu(), "rounds": rounds, "versions": versions(), "documents": docs}
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    return {p: version(p) for p in ("pypdf", "pypdfium2", "pdfminer.six")}
+
+
+def row(doc: dict, names: list[str]) -> str:
+    cells = [f"{doc['path']:<48} {doc['pages']:>5}p {doc['ref_words']:>7}w"]
+    for name in names:
+        d = doc[name]
+        pps = doc["pages"] / d["seconds"] if d["seconds"] else 0
+        mark = "ERR " if d["error"] else ""
+        cells.append(f"{name} {mark}F1 {d['f1']:.3f} {pps:7.1f} p/s")
+    return " | ".join(cells)
+
+
+def summary(result: dict, names: list[str]) -> str:
+    docs = result["documents"]
+    pages = sum(d["pages"] for d in docs)
+    lines = [f"CPU: {result['cpu']}; {len(docs)} documents, {pages} pages; versions {result['versions']}"]
+    ref_seconds = sum(d["ref_seconds"] for d in docs)
+    lines.append(f"pdfminer (reference, once): {pages / ref_seconds:.1f} pages/s overall")
+    for name in names:
+        seconds = sum(d[name]["seconds"] for d in docs)
+        scores = [d[name]["f1"] for d in docs]
+        below = [f"{d['path']} {d[name]['f1']:.3f}" for d in docs if d[name]["f1"] < GOAL_F1]
+        per_doc = [d["pages"] / d[name]["seconds"] for d in docs if d[name]["seconds"]]
+        lines.append(
+            f"{name:<13} overall {pages / seconds:7.1f} pages/s, median per document {statistics.median(per_doc):7.1f};"
+            f" F1 median {statistics.median(scores):.3f}, min {min(scores):.3f};"
+            f" {len(docs) - len(below)}/{len(docs)} documents >= {GOAL_F1}" + (f"; below: {', '.join(below)}" if below else "")
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--extractors", default=",".join(EXTRACTORS))
+    parser.add_argument("--only", help="only files whose path contains this")
+    parser.add_argument("--json", type=Path, help="write every figure here")
+    args = parser.parse_args()
+    names = args.extractors.split(",")
+    result = run(args.rounds, names, args.only)
+    print(summary(result, names))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
