@@ -306,15 +306,13 @@ def test_enqueue_wait_shows_progress_and_search_prints_pages(start_worker, redis
 
 
 def _with_bogus_last_page(texts: list[str]) -> bytes:
-    """A PDF whose last page's content stream has a filter no reader knows: that page fails alone."""
-    data = pdfs.make_pdf(texts, compress=False)
-    i = data.rfind(b"<< /Length")
-    return data[:i] + data[i:].replace(b"<< /Length", b"<< /Filter /Bogus /Length", 1)
+    """A PDF whose last page cannot be loaded: that page fails alone."""
+    return pdfs.missing_last_page(pdfs.make_pdf(texts))
 
 
 def test_job_timeout_during_extraction_fails_the_job_and_stores_nothing(start_worker, redis_conn, tmp_path) -> None:
     _start(start_worker)
-    (tmp_path / "slow.pdf").write_bytes(pdfs.make_pdf(["page one", pdfs.slow_page(), "page three"]))
+    (tmp_path / "slow.pdf").write_bytes(pdfs.make_pdf(["page one", pdfs.slow_page(6_000_000), "page three"]))
     job = queue(redis_conn).enqueue("worker.jobs.ingest_pdf", str(tmp_path / "slow.pdf"), job_timeout=2)
     assert _finish(job, 120) == "failed"
     assert _error(job) == "JobTimeoutException", job.latest_result().exc_string
@@ -327,7 +325,7 @@ def test_already_stored_answer_carries_the_stored_page_errors(start_worker, redi
     q = queue(redis_conn)
     first = q.enqueue("worker.jobs.ingest_pdf", str(tmp_path / "broken.pdf"))
     assert _finish(first, 120) == "finished", first.latest_result().exc_string
-    expected = [{"page": 3, "error": "NotImplementedError: Unsupported filter /Bogus"}]
+    expected = [{"page": 3, "error": "PdfiumError: Failed to load page."}]
     assert first.return_value()["page_errors"] == expected
     again = q.enqueue("worker.jobs.ingest_pdf", str(tmp_path / "broken.pdf"), job_timeout=600)
     assert _finish(again, 120) == "finished", again.latest_result().exc_string

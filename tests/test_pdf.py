@@ -1,8 +1,11 @@
-"""Extraction with pypdf on hand-made PDFs: text, metadata, and a typed error per kind of bad file."""
+"""Extraction with PDFium on hand-made PDFs: text, metadata, and a typed error per kind of bad file."""
 
 from __future__ import annotations
 
 import hashlib
+import os
+import resource
+import signal
 import time
 
 import pytest
@@ -17,7 +20,7 @@ from worker.errors import (
     TextTooLargeError,
     TruncatedPdfError,
 )
-from worker.pdf import extract
+from worker.pdf import PageTexts, extract, open_pdf
 
 
 def test_text_per_page_metadata_and_pages_without_text() -> None:
@@ -90,7 +93,7 @@ def test_text_file_named_pdf_and_empty() -> None:
         extract(b"\n\n  ")
 
 
-def test_flate_bomb_stopped_by_pypdf_limits() -> None:
+def test_flate_bomb_stopped_before_any_parser_inflates_it() -> None:
     data = pdfs.flate_bomb(200)
     assert len(data) < 400_000
     started = time.monotonic()
@@ -107,20 +110,22 @@ def test_page_limit() -> None:
 
 
 def test_a_failing_page_is_recorded_and_others_go_on() -> None:
-    data = pdfs.make_pdf(["page one text", "page two text", "page three text"], compress=False)
-    # Give page 3's content stream a filter no reader knows.
-    i = data.rfind(b"<< /Length")
-    data = data[:i] + data[i:].replace(b"<< /Length", b"<< /Filter /Bogus /Length", 1)
+    data = pdfs.missing_last_page(pdfs.make_pdf(["page one text", "page two text", "page three text"]))
     doc = extract(data)
     assert [p.strip() for p in doc.pages] == ["page one text", "page two text", ""]
-    assert doc.page_errors == [{"page": 3, "error": "NotImplementedError: Unsupported filter /Bogus"}]
+    assert doc.page_errors == [{"page": 3, "error": "PdfiumError: Failed to load page."}]
     assert doc.pages_without_text == 1
 
 
-def test_every_page_failing_is_an_error() -> None:
-    data = pdfs.make_pdf(["only page"], compress=False)
+def test_an_unknown_filter_is_read_as_it_is_like_a_viewer_does() -> None:
+    data = pdfs.make_pdf(["page one text", "page two text"], compress=False)
     i = data.rfind(b"<< /Length")
     data = data[:i] + data[i:].replace(b"<< /Length", b"<< /Filter /Bogus /Length", 1)
+    assert [p.strip() for p in extract(data).pages] == ["page one text", "page two text"]
+
+
+def test_every_page_failing_is_an_error() -> None:
+    data = pdfs.missing_last_page(pdfs.make_pdf(["only page"]))
     with pytest.raises(TruncatedPdfError, match="no page could be read"):
         extract(data)
 
@@ -140,8 +145,7 @@ def test_job_timeout_during_a_page_ends_extraction_not_a_page_error() -> None:
         extract(data)
 
 
-def test_job_timeout_swallowed_by_pypdf_inside_a_form_still_ends_extraction() -> None:
-    """pypdf catches Exception around a form XObject: the timeout raised there must not be lost."""
+def test_job_timeout_inside_a_form_still_ends_extraction() -> None:
     from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
 
     shows_form = b"BT /F1 11 Tf 72 770 Td (before the form) Tj ET\nq /Fm0 Do Q\n"
@@ -159,12 +163,31 @@ def test_text_bomb_sharing_one_stream_stops_at_the_document_limit() -> None:
     assert isinstance(info.value, InputTooLargeError)
 
 
-def test_page_text_limit_stops_the_page_while_pypdf_is_producing_it() -> None:
-    data = pdfs.text_bomb(pages=1, glyphs=10, shows=2000)  # 5,120,000 characters on one page, 1.5 KB
-    with pytest.raises(TextTooLargeError, match="MAX_PAGE_CHARS") as info:
+def test_page_text_limit_stops_the_page_at_its_exact_length() -> None:
+    data = pdfs.text_bomb(pages=1, glyphs=10, shows=80)  # 204,800 characters on one page
+    with pytest.raises(TextTooLargeError, match=r"page 1 expands to over 100000 .*MAX_PAGE_CHARS\); stopped at 204800"):
         extract(data, max_page_chars=100_000)
-    stopped_at = int(str(info.value).rsplit(" ", 1)[1])
-    assert 100_000 < stopped_at <= 100_000 + 2560  # within one text show of the limit, not 5 million
+
+
+def test_a_page_expanding_past_the_memory_cap_stops_there_not_in_gigabytes() -> None:
+    """1.5 KB, one page of 5,120,000 characters: PDFium would take 1.3 GB to build its text."""
+    data = pdfs.text_bomb(pages=1, glyphs=10, shows=2000)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    with pytest.raises(TextTooLargeError, match=r"page 1 expands to over 100000 .*EXTRACT_MEMORY_MB") as info:
+        extract(data, max_page_chars=100_000, memory_mb=256)
+    assert isinstance(info.value, InputTooLargeError)
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < max(before, 0) + 600 * 1024  # KiB
+
+
+def test_a_crash_inside_pdfium_ends_the_extraction_with_a_typed_error() -> None:
+    """PDFium runs in a child: a crash there (here a real SIGSEGV sent to it) names the page."""
+    doc = open_pdf(pdfs.make_pdf(["page one", pdfs.slow_page(), "page three"]))
+    pages = iter(PageTexts(doc))
+    assert next(pages).strip() == "page one"
+    os.kill(doc.child.pid, signal.SIGSEGV)
+    with pytest.raises(TruncatedPdfError, match=r"page 2: PDFium crashed .*\(SIGSEGV\)"):
+        next(pages)
+    assert doc.child.pid is None  # reaped
 
 
 def test_text_within_the_limits_passes_and_the_limits_count_exactly() -> None:

@@ -261,7 +261,7 @@ def _worker(start_worker):
 def test_tty_shows_live_lines_in_place_then_readable_summaries(start_worker, redis_url, tmp_path) -> None:
     _worker(start_worker)
     good, bad = tmp_path / "slow.pdf", tmp_path / "notes.pdf"
-    slow = pdfs.slow_page(200_000)  # a second or more of parsing each: the job lasts a few seconds
+    slow = pdfs.slow_page()  # a second or more of parsing each: the job lasts a few seconds
     good.write_bytes(pdfs.make_pdf([pdfs.long_page("part", 30), slow, slow, pdfs.BREAD]))
     bad.write_bytes(b"just some text, not a PDF")
     code, out = _on_pty(["enqueue", str(good), str(bad), "--wait", "--timeout", "120"], redis_url, columns=200)

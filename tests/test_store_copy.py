@@ -28,10 +28,8 @@ QUERY = "How hot should the oven be for sourdough?"
 
 
 def _with_bogus_last_page(pages: list[str]) -> bytes:
-    """A PDF whose last page fails to decode: stored with page_errors."""
-    data = pdfs.make_pdf(pages, compress=False)
-    i = data.rfind(b"<< /Length")
-    return data[:i] + data[i:].replace(b"<< /Length", b"<< /Filter /Bogus /Length", 1)
+    """A PDF whose last page cannot be loaded: stored with page_errors."""
+    return pdfs.missing_last_page(pdfs.make_pdf(pages))
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from worker.bulk import embed_bulk, embed_shard, finish_bulk
 from worker.chunking import Chunker
 from worker.embedding import Embedder, get_embedder
 from worker.errors import InputTooLargeError, InvalidArgumentsError
-from worker.pdf import PageTexts, extract, open_pdf, sha256
+from worker.pdf import PageTexts, PdfDocument, extract, open_pdf, sha256
 from worker.pdf import metadata as pdf_metadata
 from worker.pipeline import Embedded, WorkDone, embed_pages
 from worker.settings import Settings, get_settings
@@ -104,8 +104,31 @@ def extract_text(source: object, password: str | None = None) -> dict:
         "metadata": doc.metadata,
         "pages": doc.pages,
         "pages_without_text": doc.pages_without_text,
+        **scan_report(doc.scanned_pages, stored=False),
         "page_errors": doc.page_errors,
     }
+
+
+def scan_report(scanned: list[int], stored: bool) -> dict:
+    """`scanned_pages` (pages with an image and no text layer) and, when there are any, a note."""
+    if not scanned:
+        return {"scanned_pages": []}
+    rest = "; the document is stored with the text of its other pages" if stored else ""
+    return {"scanned_pages": scanned, "note": ocr_note(scanned) + rest}
+
+
+def ocr_note(scanned: list[int]) -> str:
+    """E.g. "pages 1-3, 7 are scanned images without a text layer: OCR them to make them searchable"."""
+    runs: list[list[int]] = []
+    for n in scanned:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    named = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+    what = "page" if len(scanned) == 1 else "pages"
+    verb = "is a scanned image" if len(scanned) == 1 else "are scanned images"
+    return f"{what} {named} {verb} without a text layer: OCR them to make them searchable"
 
 
 def ingest_pdf(
@@ -124,11 +147,24 @@ def ingest_pdf(
     progress.report("read")
     src = load_source(source, settings)
     digest = sha256(src.data)
-    reader = open_pdf(src.data, password=password, max_pages=settings.max_pages)  # bad input fails fast
-    timings["extract"] += time.perf_counter() - t_start
+    with open_pdf(src.data, password=password, max_pages=settings.max_pages) as reader:  # bad input fails fast
+        timings["extract"] += time.perf_counter() - t_start
+        return _ingest(src.name, digest, reader, document_id, caller_metadata, timings, t_start)
 
+
+def _ingest(
+    name: str,
+    digest: str,
+    reader: PdfDocument,
+    document_id: str | None,
+    caller_metadata: dict,
+    timings: dict[str, float],
+    t_start: float,
+) -> dict:
+    """`ingest_pdf` once the PDF is open: unless already stored, read, chunk, embed and store it."""
+    settings = get_settings()
     embedder = get_embedder(settings)
-    summary = {"document_id": document_id or digest, "name": src.name, "sha256": digest, "model": embedder.model_name}
+    summary = {"document_id": document_id or digest, "name": name, "sha256": digest, "model": embedder.model_name}
     with open_store(
         settings.store_url, settings.store_busy_timeout, ef_search=settings.hnsw_ef_search, dim=embedder.dim
     ) as store:
@@ -150,10 +186,11 @@ def ingest_pdf(
 
         t = time.perf_counter()
         record = {"document_id": document_id or digest, "sha256": digest, "model": embedder.model_name}
-        row, already = _store_document(store, record, src.name, doc_meta, pages, done, caller_metadata)
+        row, already = _store_document(store, record, name, doc_meta, pages, done, caller_metadata)
         timings["store"] = time.perf_counter() - t
     if not already:
         progress.count(chunks=len(done.chunks))
+        summary.update(scan_report(pages.scanned, stored=True))  # what this reading found; a stored row keeps the count
     return _ingest_answer(summary, row, already, timings, t_start)  # the stored row's, if another job was first
 
 

@@ -1,49 +1,36 @@
-"""PDF text extraction with pypdf: text per page, metadata, and typed errors for bad files.
+"""PDF text extraction with PDFium (pypdfium2): text per page, metadata, and typed errors for bad files.
 
-pypdf's resource limits stay on: they are what stops a decompression bomb (its
-`LimitReachedError` becomes our `DecompressionBombError`). A page that fails for any other
-reason of its own (pypdf failing to parse it: see `_page_fault`) is recorded and the other
-pages still go through; anything else (RQ's job timeout, MemoryError, our own limits) ends the
-extraction, so that a document is never stored with pages silently missing. A page with no text
-layer (a scan) is not an error, only counted.
+PDFium keeps the words of documents where pypdf runs them together (TeX fonts without a space
+glyph) and reads pages many times faster (figures in docs/benchmarks.md#text-extraction). It
+runs in a child process (worker/pdfium_child.py): the job timeout interrupts it, a crash in it
+fails the job with a typed error, and its memory is capped. Before it sees the file, the file's
+compressed streams are measured (worker/pdfscan.py): a decompression bomb fails at once.
+
+A page PDFium cannot load is recorded and the other pages still go through; anything else ends
+the extraction, so that a document is never stored with pages silently missing. A page with no
+text layer is not an error, only counted, and named when it holds an image (a scan: it needs OCR).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
-import logging
-import signal
-import struct
-import threading
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-import pypdf._codecs._codecs  # noqa: F401  (imported here, in the parent: see below)
-import pypdf.filters  # noqa: F401
-from pypdf import PasswordType, PdfReader
-from pypdf.errors import DependencyError, EmptyFileError, LimitReachedError, PyPdfError
-
 from worker.errors import (
-    DecompressionBombError,
     EmptyInputError,
     EncryptedPdfError,
     InputTooLargeError,
     NotAPdfError,
     TextTooLargeError,
     TruncatedPdfError,
-    WorkerError,
 )
-
-# pypdf imports these lazily on every PdfReader; a forked work-horse would import them again for
-# each job (about 17 ms of a one-page ingest). Imported with this module, in the daemon, once.
-log = logging.getLogger(__name__)
-logging.getLogger("pypdf").setLevel(logging.ERROR)  # its warnings on sloppy real-world files are noise
+from worker.pdfium_child import Child, ChildDied, Failed
+from worker.pdfscan import check_streams
 
 HEADER_WINDOW = 1024  # readers accept junk before %PDF- within the first KiB
 EOF_WINDOW = 8192  # and after %%EOF within the last few KiB
+_MEMORY_SIGNALS = ("SIGABRT", "SIGKILL", "SIGTRAP")  # how PDFium ends when an allocation fails
 
 
 @dataclass
@@ -52,6 +39,7 @@ class Extracted:
     pages: list[str]  # text per page, index 0 is page 1
     metadata: dict[str, object]  # title, author, producer, creator, page_count
     page_errors: list[dict[str, object]] = field(default_factory=list)  # {"page": n, "error": "..."}
+    scanned_pages: list[int] = field(default_factory=list)  # pages with images and no text: need OCR
 
     @property
     def page_count(self) -> int:
@@ -66,70 +54,81 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def open_pdf(data: bytes, password: str | None = None, max_pages: int | None = None) -> PdfReader:
-    """A reader over `data`, decrypted, with its page count checked; typed errors otherwise."""
+class PdfDocument:
+    """An open PDF: its page count and metadata, its pages read once through `PageTexts`.
+    Close it (or use it in a `with`) when done: that ends its PDFium child."""
+
+    def __init__(self, child: Child) -> None:
+        self.child = child
+        self.page_count = int(child.meta["pages"])
+
+    def close(self) -> None:
+        self.child.close()
+
+    def __enter__(self) -> PdfDocument:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def open_pdf(
+    data: bytes, password: str | None = None, max_pages: int | None = None, memory_mb: int | None = None
+) -> PdfDocument:
+    """The PDF in `data`, decrypted, with its page count checked; typed errors otherwise."""
     if not data:
         raise EmptyInputError("the input is empty (0 bytes)")
-    head = data[:HEADER_WINDOW]
-    if b"%PDF-" not in head:
+    if b"%PDF-" not in data[:HEADER_WINDOW]:
         if not data.strip():
             raise EmptyInputError("the input holds only whitespace")
         raise NotAPdfError(f"not a PDF: no %PDF- header (starts with {data[:16]!r})")
     if b"%%EOF" not in data[-EOF_WINDOW:]:
         raise TruncatedPdfError("the PDF is cut short: no %%EOF marker at its end")
+    check_streams(data)
+    if memory_mb is None:
+        from worker.settings import get_settings
+
+        memory_mb = get_settings().extract_memory_mb
     try:
-        reader = PdfReader(io.BytesIO(data), strict=False)
-        if reader.is_encrypted:
-            _decrypt(reader, password)
-        n_pages = len(reader.pages)
-    except LimitReachedError as exc:
-        raise DecompressionBombError(f"pypdf stopped at a resource limit: {exc}") from None
-    except EmptyFileError:
-        raise EmptyInputError("the PDF is empty") from None
-    except (EncryptedPdfError, InputTooLargeError):
-        raise
-    except DependencyError as exc:
-        raise EncryptedPdfError(f"the PDF's encryption is not supported here: {exc}") from None
-    except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as exc:
-        raise TruncatedPdfError(f"the PDF's structure is broken: {type(exc).__name__}: {exc}") from None
-    if max_pages is not None and n_pages > max_pages:
-        raise InputTooLargeError(f"the PDF has {n_pages} pages, over the limit of {max_pages} (MAX_PAGES)")
-    return reader
+        child = Child(data, password, memory_mb)
+    except Failed as exc:
+        raise _refused(exc, password) from None
+    except ChildDied as exc:
+        raise TruncatedPdfError(f"PDFium ended ({exc.signal_name or 'exit'}) opening the document") from None
+    doc = PdfDocument(child)
+    if max_pages is not None and doc.page_count > max_pages:
+        doc.close()
+        raise InputTooLargeError(f"the PDF has {doc.page_count} pages, over the limit of {max_pages} (MAX_PAGES)")
+    if doc.page_count == 0:
+        doc.close()
+        raise TruncatedPdfError("the PDF has no pages")
+    return doc
 
 
-def _decrypt(reader: PdfReader, password: str | None) -> None:
-    try:
-        if reader.decrypt("") != PasswordType.NOT_DECRYPTED:
-            return
+def _refused(exc: Failed, password: str | None) -> Exception:
+    if exc.kind == "password":
         if password is None:
-            raise EncryptedPdfError("the PDF is encrypted and needs a password (pass `password`)")
-        if reader.decrypt(password) == PasswordType.NOT_DECRYPTED:
-            raise EncryptedPdfError("the PDF is encrypted and the given password is wrong")
-    except NotImplementedError as exc:
-        raise EncryptedPdfError(f"the PDF uses an unsupported encryption: {exc}") from None
+            return EncryptedPdfError("the PDF is encrypted and needs a password (pass `password`)")
+        return EncryptedPdfError("the PDF is encrypted and the given password is wrong")
+    if "security" in exc.message.lower():
+        return EncryptedPdfError(f"the PDF's encryption is not supported here: {exc.message}")
+    return TruncatedPdfError(f"the PDF's structure is broken: {exc.message}")
 
 
-def metadata(reader: PdfReader) -> dict[str, object]:
-    out: dict[str, object] = {"title": None, "author": None, "producer": None, "creator": None}
-    try:
-        info = reader.metadata
-    except Exception as exc:  # a broken /Info must not cost the document
-        log.debug("unreadable /Info: %s", exc)
-        info = None
-    if info is not None:
-        for key in out:
-            try:
-                value = info.get("/" + key.capitalize())
-            except Exception:
-                value = None
-            if value is not None:
-                out[key] = clean_text(str(value)).strip()[:1000] or None
-    out["page_count"] = len(reader.pages)
+def metadata(doc: PdfDocument) -> dict[str, object]:
+    """Title, author, producer, creator (None when absent) and the page count."""
+    out: dict[str, object] = {}
+    for key in ("title", "author", "producer", "creator"):
+        value = doc.child.meta.get(key)
+        out[key] = clean_text(str(value)).strip()[:1000] or None if value else None
+    out["page_count"] = doc.page_count
     return out
 
 
 def clean_text(text: str) -> str:
-    """Drop NULs and lone surrogates that pypdf may emit; SQLite and tokenizers want clean UTF-8."""
+    """Drop NULs, PDFium's CRs and lone surrogates; SQLite and tokenizers want clean UTF-8."""
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
     if "\x00" in text:
         text = text.replace("\x00", "")
     if not text.isascii():
@@ -145,35 +144,42 @@ def extract(
     password: str | None = None,
     max_pages: int | None = None,
     on_page: Callable[[int, int], None] | None = None,
-    reader: PdfReader | None = None,
     max_page_chars: int | None = None,
     max_document_chars: int | None = None,
+    memory_mb: int | None = None,
 ) -> Extracted:
     """Text of every page of `data`. `on_page(done, total)` is called after each page.
 
     The text limits default to the settings' MAX_PAGE_CHARS and MAX_DOCUMENT_CHARS; past
-    either, TextTooLargeError, raised while pypdf is still producing the page's text.
+    either, TextTooLargeError, raised at the page that crosses it, before the next is read.
     """
-    reader = reader or open_pdf(data, password, max_pages)
-    pages = PageTexts(reader, max_page_chars, max_document_chars)
-    texts = []
-    for text in pages:
-        texts.append(text)
-        if on_page is not None:
-            on_page(len(texts), pages.total)
-    return Extracted(sha256=sha256(data), pages=texts, metadata=metadata(reader), page_errors=pages.errors)
+    with open_pdf(data, password, max_pages, memory_mb) as doc:
+        pages = PageTexts(doc, max_page_chars, max_document_chars)
+        texts = []
+        for text in pages:
+            texts.append(text)
+            if on_page is not None:
+                on_page(len(texts), pages.total)
+        return Extracted(
+            sha256=sha256(data),
+            pages=texts,
+            metadata=metadata(doc),
+            page_errors=pages.errors,
+            scanned_pages=pages.scanned,
+        )
 
 
 class PageTexts:
     """The text of each page of an open PDF, in order, one at a time (iterate once).
 
-    What a page that pypdf fails on gives is "" and an entry in `errors`; anything that is not
-    the page's own fault ends the iteration with its exception (see the module docstring). So
-    does a document where no page could be read (TruncatedPdfError, after the last page).
+    What a page that PDFium cannot load gives is "" and an entry in `errors`; a crash of PDFium,
+    the job timeout or a limit ends the iteration with its exception. So does a document where
+    no page could be read (TruncatedPdfError, after the last page). The document is closed
+    when the iteration ends.
     """
 
     def __init__(
-        self, reader: PdfReader, max_page_chars: int | None = None, max_document_chars: int | None = None
+        self, doc: PdfDocument, max_page_chars: int | None = None, max_document_chars: int | None = None
     ) -> None:
         if max_page_chars is None or max_document_chars is None:
             from worker.settings import get_settings
@@ -181,141 +187,55 @@ class PageTexts:
             settings = get_settings()
             max_page_chars = settings.max_page_chars if max_page_chars is None else max_page_chars
             max_document_chars = settings.max_document_chars if max_document_chars is None else max_document_chars
-        self.reader = reader
+        self.doc = doc
         self.max_page_chars, self.max_document_chars = max_page_chars, max_document_chars
-        self.total = len(reader.pages)
+        self.total = doc.page_count
         self.errors: list[dict[str, object]] = []  # {"page": n, "error": "..."}
         self.without_text = 0
+        self.scanned: list[int] = []  # pages with an image and no text
 
     def __iter__(self) -> Iterator[str]:
-        reader, errors = self.reader, self.errors
         used = 0  # characters of text so far
-        with _alarm_latch() as alarms:
-            for i in range(self.total):
-                budget = _TextBudget(i + 1, self.max_page_chars, self.max_document_chars, used)
-                try:
-                    text = clean_text(reader.pages[i].extract_text(visitor_text=budget) or "")
-                except LimitReachedError as exc:
-                    raise DecompressionBombError(f"page {i + 1}: pypdf stopped at a resource limit: {exc}") from None
-                except Exception as exc:
-                    if alarms:
-                        raise alarms[0] from None  # the job timeout, however pypdf wrapped or swallowed it
-                    if budget.error is not None:
-                        raise budget.error from None
-                    if not _page_fault(exc):
-                        raise  # MemoryError, our own limits, anything not pypdf failing on the page
-                    text = ""
-                    message = "nesting too deep" if isinstance(exc, RecursionError) else str(exc)
-                    errors.append({"page": i + 1, "error": f"{type(exc).__name__}: {message}"[:500]})
-                if alarms:  # pypdf swallowed the job timeout somewhere inside (it catches Exception in places)
-                    raise alarms[0]
-                budget.check(len(text))  # also when pypdf swallowed the budget's own error
+        try:
+            for page in self.doc.child.pages(self.max_page_chars):
+                if page.over:
+                    raise self._page_over(page.number, page.over)
+                if page.error is not None:
+                    self.errors.append({"page": page.number, "error": page.error[:500]})
+                text = clean_text(page.text or "")
+                if used + len(text) > self.max_document_chars:
+                    raise TextTooLargeError(
+                        f"the document expands to over {self.max_document_chars} characters of text"
+                        f" (MAX_DOCUMENT_CHARS); stopped at page {page.number} with {used + len(text)}"
+                    )
                 used += len(text)
                 if not text.strip():
                     self.without_text += 1
+                    if page.images:
+                        self.scanned.append(page.number)
                 yield text
-        if self.total and len(errors) == self.total:
-            raise TruncatedPdfError(f"no page could be read; page 1: {errors[0]['error']}")
+        except ChildDied as exc:
+            raise self._died(exc) from None
+        finally:
+            self.doc.close()
+        if self.total and len(self.errors) == self.total:
+            raise TruncatedPdfError(f"no page could be read; page 1: {self.errors[0]['error']}")
 
-
-class _TextBudget:
-    """pypdf's `visitor_text` for one page: counts the text as pypdf produces it and stops the
-    page (raises TextTooLargeError) once past the page's limit or what is left of the document's.
-
-    pypdf hands the visitor one piece per text operator, so a page stops within one operator of
-    its limit, before its text is built in full. One operator can still show much text (a long
-    string of glyphs that each map to many characters); the work-horse's memory limit
-    (HORSE_MEMORY_MB) and the job timeout bound that.
-    """
-
-    def __init__(self, page: int, page_limit: int, document_limit: int, used: int) -> None:
-        self.page, self.page_limit, self.document_limit = page, page_limit, document_limit
-        self.limit = min(page_limit, document_limit - used)
-        self.used = used
-        self.seen = 0
-        self.error: TextTooLargeError | None = None
-
-    def __call__(self, text: object, *_: object) -> None:
-        if self.error is not None:  # pypdf swallowed it (around a form XObject): stop again
-            raise self.error
-        if isinstance(text, str):
-            self.seen += len(text)
-            if self.seen > self.limit:
-                self.error = self._error()
-                raise self.error
-
-    def check(self, chars: int) -> None:
-        """After the page: its exact length (pypdf adds line breaks the visitor does not see)."""
-        self.seen = max(self.seen, chars)
-        if self.error is None and self.seen > self.limit:
-            self.error = self._error()
-        if self.error is not None:
-            raise self.error
-
-    def _error(self) -> TextTooLargeError:
-        if self.seen > self.page_limit:
-            return TextTooLargeError(
-                f"page {self.page} expands to over {self.page_limit} characters of text (MAX_PAGE_CHARS);"
-                f" stopped at {self.seen}"
-            )
+    def _page_over(self, number: int, chars: int) -> TextTooLargeError:
         return TextTooLargeError(
-            f"the document expands to over {self.document_limit} characters of text (MAX_DOCUMENT_CHARS);"
-            f" stopped at page {self.page} with {self.used + self.seen}"
+            f"page {number} expands to over {self.max_page_chars} characters of text (MAX_PAGE_CHARS);"
+            f" stopped at {chars}"
         )
 
-
-# What pypdf raises when a page's own content is broken. Anything else is not the page's fault.
-_PAGE_FAULTS: tuple[type[BaseException], ...] = (
-    PyPdfError,
-    DependencyError,
-    ValueError,  # UnicodeError and binascii.Error too
-    LookupError,  # KeyError, IndexError
-    TypeError,
-    AttributeError,
-    NotImplementedError,  # an unsupported filter
-    ArithmeticError,
-    AssertionError,
-    RecursionError,
-    struct.error,
-    zlib.error,
-)
-
-
-def _page_fault(exc: Exception) -> bool:
-    """True when `exc` is pypdf failing on the page's content, which costs that page only."""
-    if isinstance(exc, WorkerError) or not isinstance(exc, _PAGE_FAULTS):
-        return False
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    module = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
-    return not module.startswith(("rq.", "worker."))  # raised by a signal handler or by us: not the page
-
-
-@contextlib.contextmanager
-def _alarm_latch() -> Iterator[list[BaseException]]:
-    """Remember the exception RQ's job timeout raises from its SIGALRM handler.
-
-    The handler raises wherever the horse happens to be; pypdf catches `Exception` in places
-    (a form XObject that fails to decode), so the timeout could be swallowed there and the
-    document stored with text missing. The latch lets `extract` raise it again after the page.
-    """
-    fired: list[BaseException] = []
-    old = signal.getsignal(signal.SIGALRM) if threading.current_thread() is threading.main_thread() else None
-    if not callable(old):
-        yield fired
-        return
-
-    def latch(signum: int, frame: object) -> None:
-        try:
-            old(signum, frame)
-        except BaseException as exc:
-            fired.append(exc)
-            raise
-
-    signal.signal(signal.SIGALRM, latch)
-    try:
-        yield fired
-    finally:
-        if signal.getsignal(signal.SIGALRM) is latch:
-            signal.signal(signal.SIGALRM, old)
+    def _died(self, exc: ChildDied) -> Exception:
+        how = exc.signal_name or f"exit status {exc.status >> 8}"
+        if exc.signal_name in _MEMORY_SIGNALS:
+            if exc.stage.startswith("building"):
+                return TextTooLargeError(
+                    f"page {exc.page} expands to over {self.max_page_chars} characters of text (MAX_PAGE_CHARS):"
+                    f" PDFium ran out of the memory allowed (EXTRACT_MEMORY_MB) {exc.stage} ({how})"
+                )
+            return InputTooLargeError(
+                f"page {exc.page}: PDFium ran out of the memory allowed (EXTRACT_MEMORY_MB) {exc.stage} ({how})"
+            )
+        return TruncatedPdfError(f"page {exc.page}: PDFium crashed {exc.stage} ({how}): the PDF is malformed")

@@ -630,7 +630,7 @@ class InputSettings:
         shown="`100000`",
         help=(
             "most characters of text one page may yield; past it the job fails with "
-            "`TextTooLargeError`, checked while pypdf produces the page"
+            "`TextTooLargeError`, checked as each page is read"
         ),
     )
     max_document_chars: int = setting(
@@ -639,6 +639,16 @@ class InputSettings:
         default=10_000_000,
         shown="`10000000`",
         help="most characters of text one document may yield (`TextTooLargeError`)",
+    )
+    extract_memory_mb: int = setting(
+        "EXTRACT_MEMORY_MB",
+        integer(0),
+        default=512,
+        shown="`512`",
+        help=(
+            "MiB of address space PDFium may add while reading one PDF (in a child of the work-horse); "
+            "a page that needs more fails the job (`TextTooLargeError` while building its text); 0: no cap"
+        ),
     )
     chunk_tokens: int = setting(
         "CHUNK_TOKENS",
