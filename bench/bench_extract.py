@@ -5,18 +5,18 @@ Extractors, each over the same files in one run, order alternating between round
 - `pypdf-layout`: the same with `extraction_mode="layout"` (pypdf places glyphs by their positions);
 - `pdfium`: pypdfium2, `PdfDocument(data)`, `page.get_textpage().get_text_range()` per page;
 - `worker`: `worker.pdf.extract(data)`, the job's path (checks, limits, progress hooks, metadata).
-The reference is pdfminer.six (`extract_pages`, default layout parameters: words from glyph
-gaps), a parser written independently of both; its text is cached per file sha256 in
-var/corpus/reference/ and timed once.
+The reference is pdfminer.six (`extract_pages`, words from glyph gaps; text inside form
+XObjects included, rotated text read as lines), a parser written independently of both; its
+text is cached per file sha256 in var/corpus/reference/ and timed once.
 
 Word-level F1: the text of the whole document, NFKC-normalized, soft hyphens dropped, cut into
 words (runs of letters and digits, `\\w+`), compared as multisets with the reference's (a word
-in a right-to-left script is taken in either order: pdfminer gives visual order, PDFium logical). A document
-whose reference has no words (a scan) scores 1 when the extractor finds none either. "glued" is
-the share of an extractor's words that are 20 letters or more (words run together).
+in a right-to-left script counts in either order: pdfminer gives visual order, PDFium logical).
+A document whose reference has no words (a scan) scores 1 when the extractor finds none either.
+"glued" is the share of an extractor's words that are 20 letters or more (words run together).
 
 Run: .venv/bin/python bench/corpus.py && .venv/bin/python bench/bench_extract.py [--rounds 3] [--json out.json]
-(pdfminer.six is a benchmark-only dependency: .venv/bin/python -m pip install pdfminer.six)
+(pdfminer.six and pypdf come with the `dev` extra, which `make venv` installs)
 """
 
 from __future__ import annotations
@@ -107,14 +107,17 @@ def by_worker(data: bytes) -> list[str]:
 
 def by_pdfminer(data: bytes) -> list[str]:
     from pdfminer.high_level import extract_pages
-    from pdfminer.layout import LAParams, LTTextContainer
+    from pdfminer.layout import LAParams, LTFigure, LTTextContainer
+
+    def text(items: object) -> str:
+        return "".join(
+            el.get_text() if isinstance(el, LTTextContainer) else text(el) if isinstance(el, LTFigure) else ""
+            for el in items  # type: ignore[attr-defined]
+        )
 
     # all_texts: text inside figures (form XObjects) too; detect_vertical: rotated text as lines, not letters
     params = LAParams(all_texts=True, detect_vertical=True)
-    return [
-        "".join(el.get_text() for el in page if isinstance(el, LTTextContainer))
-        for page in extract_pages(io.BytesIO(data), laparams=params)
-    ]
+    return [text(page) for page in extract_pages(io.BytesIO(data), laparams=params)]
 
 
 EXTRACTORS: dict[str, Callable[[bytes], list[str]]] = {
