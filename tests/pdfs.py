@@ -58,8 +58,9 @@ def make_pdf(
     form: bytes | None = None,
 ) -> bytes:
     """A PDF with one page per item: its text (lines split on newlines), None for no text, or
-    bytes for a raw content stream (fonts /F1 Helvetica and /F2 any Unicode are there, and with
-    `form` a form XObject /Fm0 of that content, which a page shows with `/Fm0 Do`)."""
+    bytes for a raw content stream (fonts /F1 Helvetica and /F2 any Unicode are there, an image
+    /Im0 (a page shows it with SCANNED), and with `form` a form XObject /Fm0 of that content,
+    which a page shows with `/Fm0 Do`)."""
     objects: list[bytes] = []
 
     def add(body: bytes) -> int:
@@ -88,7 +89,8 @@ def make_pdf(
         b"<< /Type /Font /Subtype /Type0 /BaseFont /AnyUnicode /Encoding /Identity-H"
         b" /DescendantFonts [%d 0 R] /ToUnicode %d 0 R >>" % (descendant, tounicode)
     )
-    xobjects = b""
+    image = add(stream(_scanned_image(), _IMAGE_DICT))
+    xobjects = b" /XObject << /Im0 %d 0 R" % image
     if form is not None:
         fm = add(
             stream(
@@ -96,7 +98,8 @@ def make_pdf(
                 b" /Type /XObject /Subtype /Form /BBox [0 0 612 792] /Resources << /Font << /F1 %d 0 R >> >>" % helv,
             )
         )
-        xobjects = b" /XObject << /Fm0 %d 0 R >>" % fm
+        xobjects += b" /Fm0 %d 0 R" % fm
+    xobjects += b" >>"
     kids = []
     for text in pages:
         latin = not isinstance(text, str) or all(ord(ch) < 128 for ch in text)
@@ -120,6 +123,20 @@ def make_pdf(
     info_parts.append(b"/Producer (worker tests)")
     info = add(b"<< " + b" ".join(info_parts) + b" >>")
     return _assemble(objects, catalog, info)
+
+
+# A scanned page: nothing but an image filling it, no text layer (what a scanner without OCR makes).
+SCANNED = b"q 612 0 0 792 0 0 cm /Im0 Do Q\n"
+_IMAGE_DICT = b" /Type /XObject /Subtype /Image /Width 85 /Height 110 /ColorSpace /DeviceGray /BitsPerComponent 8"
+
+
+def _scanned_image() -> bytes:
+    """85 x 110 grey pixels: paper with lines of dark blots where a scanner saw text."""
+    rows = []
+    for y in range(110):
+        inked = 10 < y < 100 and y % 6 < 3
+        rows.append(bytes(40 if inked and 8 < x < 77 and (x * 7 + y) % 11 else 235 for x in range(85)))
+    return b"".join(rows)
 
 
 def _assemble(objects: list[bytes], catalog: int, info: int | None = None) -> bytes:

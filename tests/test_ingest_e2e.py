@@ -213,14 +213,28 @@ def test_ingest_then_search_finds_the_page_and_ingest_twice_stores_once(start_wo
     assert _store_counts(tmp_path) == (1, summary["chunks"])
 
 
-def test_ingest_scan_without_text_is_stored_flagged(start_worker, redis_conn, tmp_path) -> None:
+def test_ingest_scan_is_stored_and_its_scanned_pages_named(start_worker, redis_conn, redis_url, tmp_path) -> None:
+    """Pages that are only an image (a scanner without OCR) are named, with a note, in the result
+    and in what `enqueue --wait` prints; a page of drawings only is without text, not a scan."""
     _start(start_worker)
-    (tmp_path / "scan.pdf").write_bytes(pdfs.make_pdf([None, None, None]))
+    (tmp_path / "scan.pdf").write_bytes(pdfs.make_pdf([pdfs.SCANNED, pdfs.SCANNED, pdfs.SCANNED]))
     job = queue(redis_conn).enqueue("worker.jobs.ingest_pdf", str(tmp_path / "scan.pdf"))
     assert _finish(job, 120) == "finished", job.latest_result().exc_string
     summary = job.return_value()
     assert (summary["pages"], summary["chunks"], summary["pages_without_text"]) == (3, 0, 3)
+    assert summary["scanned_pages"] == [1, 2, 3]
+    assert summary["note"].startswith("pp. 1-3 are scanned images without a text layer: OCR them")
     assert _store_counts(tmp_path) == (1, 0)
+
+    mixed = tmp_path / "mixed.pdf"
+    mixed.write_bytes(pdfs.make_pdf([pdfs.VOLCANO, pdfs.SCANNED, None, pdfs.SCANNED]))
+    env = dict(os.environ, REDIS_URL=redis_url, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "worker", "enqueue", str(mixed), "--wait", "--timeout", "120"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150)
+    assert out.returncode == 0, out.stderr
+    line = rf"{re.escape(str(mixed))}: 4 pages, 1 chunk, 0 page errors, 3 without text, scanned, need OCR: pp. 2, 4, \d+\.\d s\n"
+    assert re.fullmatch(line, out.stdout), out.stdout
+    assert _store_counts(tmp_path) == (2, 1)
 
 
 def test_ingest_bad_inputs_fail_typed_and_next_job_succeeds(start_worker, redis_conn, tmp_path, bad_inputs) -> None:

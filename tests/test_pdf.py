@@ -134,6 +134,15 @@ def test_scan_without_text_is_not_an_error() -> None:
     doc = extract(pdfs.make_pdf([None, None]))
     assert doc.page_count == 2
     assert doc.pages_without_text == 2
+    assert doc.scanned_pages == []  # drawings, no image: blank for a reader, nothing to OCR
+
+
+def test_scanned_pages_are_named() -> None:
+    """An image and no text layer: a scan. Such pages are named; the text of the others is kept."""
+    doc = extract(pdfs.make_pdf([pdfs.SCANNED, pdfs.VOLCANO, None, pdfs.SCANNED, pdfs.SCANNED]))
+    assert doc.pages_without_text == 4
+    assert doc.scanned_pages == [1, 4, 5]
+    assert "Mount Etna" in doc.pages[1]
 
 
 def test_job_timeout_during_a_page_ends_extraction_not_a_page_error() -> None:

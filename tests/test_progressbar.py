@@ -203,6 +203,11 @@ def test_summary_lines() -> None:
     )
     timeout = "rq.timeouts.JobTimeoutException: Task exceeded maximum timeout value (3 seconds)"
     assert pb.error_of(timeout) == ("JobTimeoutException", "Task exceeded maximum timeout value (3 seconds)")
+    scan = {**result, "pages": 9, "pages_without_text": 5, "scanned_pages": [1, 2, 3, 7], "timings": {"total": 2.0}}
+    assert pb.summary_line("s.pdf", "finished", scan) == (
+        "s.pdf: 9 pages, 724 chunks, 0 page errors, 5 without text, scanned, need OCR: pp. 1-3, 7, 2.0 s"
+    )
+    assert pb.pages_named([4]) == "p. 4"
     assert pb.summary_line("p", "finished", {"pong": 1}) == 'p: done {"pong": 1}'  # not an ingest
     assert pb.summary_line("c.pdf", "stopped") == "c.pdf: stopped"
 

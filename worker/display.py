@@ -350,8 +350,21 @@ def error_of(exc_string: str | None) -> tuple[str | None, str]:
     return kind, clean(message)
 
 
+def pages_named(numbers: list) -> str:
+    """E.g. "p. 3" or "pp. 1-3, 7" (at most ten runs, then "..."), from page numbers in order."""
+    runs: list[list[int]] = []
+    for n in (int(x) for x in numbers if isinstance(x, int)):
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    named = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs[:10]) + (", ..." if len(runs) > 10 else "")
+    return ("p. " if len(numbers) == 1 else "pp. ") + named
+
+
 def summary_line(name: str, status: str, result: object = None, exc_string: str | None = None) -> str:
-    """E.g. "asymptote.pdf: 196 pages, 724 chunks, 0 page errors, 41.2 s"; for a failure the
+    """E.g. "asymptote.pdf: 196 pages, 724 chunks, 0 page errors, 41.2 s", with "2 without text,
+    scanned, need OCR: pp. 4-5" when pages are scans; for a failure the
     exception's class and message, on one line."""
     name = clean(name)
     if status != "finished":
@@ -368,6 +381,9 @@ def summary_line(name: str, status: str, result: object = None, exc_string: str 
     blank = _number(result.get("pages_without_text"))
     if blank:
         parts.append(f"{int(blank)} without text")
+    scanned = result.get("scanned_pages")
+    if isinstance(scanned, list) and scanned:
+        parts.append(f"scanned, need OCR: {pages_named(scanned)}")
     timings = result.get("timings")
     total = _number(timings.get("total")) if isinstance(timings, dict) else None
     if total is not None:

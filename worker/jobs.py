@@ -14,6 +14,7 @@ import time
 from worker import progress
 from worker.bulk import embed_bulk, embed_shard, finish_bulk
 from worker.chunking import Chunker
+from worker.display import pages_named
 from worker.embedding import Embedder, get_embedder
 from worker.errors import InputTooLargeError, InvalidArgumentsError
 from worker.pdf import PageTexts, PdfDocument, extract, open_pdf, sha256
@@ -118,17 +119,9 @@ def scan_report(scanned: list[int], stored: bool) -> dict:
 
 
 def ocr_note(scanned: list[int]) -> str:
-    """E.g. "pages 1-3, 7 are scanned images without a text layer: OCR them to make them searchable"."""
-    runs: list[list[int]] = []
-    for n in scanned:
-        if runs and n == runs[-1][1] + 1:
-            runs[-1][1] = n
-        else:
-            runs.append([n, n])
-    named = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
-    what = "page" if len(scanned) == 1 else "pages"
+    """E.g. "pp. 1-3, 7 are scanned images without a text layer: OCR them to make them searchable"."""
     verb = "is a scanned image" if len(scanned) == 1 else "are scanned images"
-    return f"{what} {named} {verb} without a text layer: OCR them to make them searchable"
+    return f"{pages_named(scanned)} {verb} without a text layer: OCR them to make them searchable"
 
 
 def ingest_pdf(
