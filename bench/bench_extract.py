@@ -217,9 +217,11 @@ def summary(result: dict, names: list[str]) -> str:
         below = [f"{d['path']} {d[name]['f1']:.3f}" for d in docs if d[name]["f1"] < GOAL_F1]
         per_doc = [d["pages"] / d[name]["seconds"] for d in docs if d[name]["seconds"]]
         lines.append(
-            f"{name:<13} overall {pages / seconds:7.1f} pages/s, median per document {statistics.median(per_doc):7.1f};"
+            f"{name:<13} overall {pages / seconds:7.1f} pages/s,"
+            f" median per document {statistics.median(per_doc):7.1f};"
             f" F1 median {statistics.median(scores):.3f}, min {min(scores):.3f};"
-            f" {len(docs) - len(below)}/{len(docs)} documents >= {GOAL_F1}" + (f"; below: {', '.join(below)}" if below else "")
+            f" {len(docs) - len(below)}/{len(docs)} documents >= {GOAL_F1}"
+            + (f"; below: {', '.join(below)}" if below else "")
         )
     return "\n".join(lines)
 

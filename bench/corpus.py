@@ -41,7 +41,9 @@ class Source:
 
 
 SOURCES = (
-    Source("deb", "debian-reference-en", "2.100", ("usr/share/debian-reference/debian-reference.en.pdf",), "dblatex, XeTeX"),
+    Source(
+        "deb", "debian-reference-en", "2.100", ("usr/share/debian-reference/debian-reference.en.pdf",), "dblatex, XeTeX"
+    ),
     Source(
         "deb",
         "r-doc-pdf",
@@ -49,7 +51,13 @@ SOURCES = (
         tuple(f"usr/share/R/doc/manual/R-{m}.pdf" for m in ("intro", "exts", "admin", "lang", "data")),
         "texinfo, pdfTeX",
     ),
-    Source("deb", "octave-doc", "7.3.0-2", ("usr/share/doc/octave/liboctave.pdf", "usr/share/doc/octave/refcard-a4.pdf"), "texinfo, plain TeX"),
+    Source(
+        "deb",
+        "octave-doc",
+        "7.3.0-2",
+        ("usr/share/doc/octave/liboctave.pdf", "usr/share/doc/octave/refcard-a4.pdf"),
+        "texinfo, plain TeX",
+    ),
     Source(
         "deb",
         "pari-doc",
