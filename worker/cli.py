@@ -3,7 +3,7 @@
 Each command is a `cmd_*` function (see COMMANDS at the end) over functions that can be tested
 alone. Commands import Redis and RQ (a fifth of a second, which `healthcheck`, the container's
 HEALTHCHECK, does without), the model (onnxruntime, tokenizers), the stores (psycopg), numpy and
-pypdf inside the functions that need them; everything else is imported here.
+PDFium inside the functions that need them; everything else is imported here.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A document's pages to chunks and vectors, with reading and embedding overlapped.
 
-The calling thread reads pages with pypdf (pure Python, holding the GIL) and cuts them into
+The calling thread reads pages (PDFium's text, from its child process) and cuts them into
 chunks as they come (`ChunkStream`); a second thread embeds the chunks (onnxruntime, which
 releases the GIL), taking whatever has queued up to a token budget at a time. So the model
 runs while later pages are read, instead of after all of them.
