@@ -3,9 +3,10 @@
 Every stream that says /FlateDecode (images aside: text extraction never decodes them) and is
 long enough to inflate past MAX_STREAM_BYTES at deflate's best ratio is inflated once, chunk by
 chunk, its output counted and thrown away; one that does inflate past it is a bomb. Most
-streams are far too short to matter, so the scan costs little more than a search of the bytes. The scan reads the bytes as they are, so it also sees streams in
-objects a cross-reference table does not list; a stream it cannot inflate (encrypted, or not
-zlib) is left to the parser, whose memory the caller caps.
+streams are far too short to matter, so the scan costs little more than a search of the bytes.
+It reads the bytes as they are, so it also sees streams in objects a cross-reference table does
+not list; a stream it cannot inflate (encrypted, or not zlib) is left to the parser, whose
+memory the caller caps.
 """
 
 from __future__ import annotations
