@@ -10,7 +10,8 @@ XObjects included, rotated text read as lines), a parser written independently o
 text is cached per file sha256 in var/corpus/reference/ and timed once.
 
 Word-level F1: the text of the whole document, NFKC-normalized, soft hyphens dropped, cut into
-words (runs of letters and digits, `\\w+`), compared as multisets with the reference's (a word
+words (runs of letters and digits, `\\w+`; pdfminer's `(cid:N)` for a glyph without text is
+no word), compared as multisets with the reference's (a word
 in a right-to-left script counts in either order: pdfminer gives visual order, PDFium logical).
 A document whose reference has no words (a scan) scores 1 when the extractor finds none either.
 "glued" is the share of an extractor's words that are 20 letters or more (words run together).
@@ -48,12 +49,13 @@ WORD = re.compile(r"\w+")
 GOAL_F1 = 0.98
 
 
+CID = re.compile(r"\(cid:\d+\)")  # pdfminer's mark for a glyph it has no text for: no word
 RTL = re.compile("[\u0590-\u08ff\ufb1d-\ufdff\ufe70-\ufeff]")
 
 
 def words(pages: list[str]) -> Counter[str]:
     """Words of the text; a right-to-left word counts the same in visual (pdfminer) and logical order."""
-    text = unicodedata.normalize("NFKC", "\n".join(pages)).replace("\u00ad", "")
+    text = CID.sub(" ", unicodedata.normalize("NFKC", "\n".join(pages)).replace("\u00ad", ""))
     return Counter(min(w, w[::-1]) if RTL.search(w) else w for w in WORD.findall(text))
 
 

@@ -29,7 +29,7 @@ from worker.pdfium_child import Child, ChildDied, Failed
 from worker.pdfscan import check_streams
 
 HEADER_WINDOW = 1024  # readers accept junk before %PDF- within the first KiB
-EOF_WINDOW = 8192  # and after %%EOF within the last few KiB
+EOF_WINDOW = 8192  # and after %%EOF within the last few KiB (blank or NUL padding aside)
 _MEMORY_SIGNALS = ("SIGABRT", "SIGKILL", "SIGTRAP")  # how PDFium ends when an allocation fails
 
 
@@ -82,7 +82,7 @@ def open_pdf(
         if not data.strip():
             raise EmptyInputError("the input holds only whitespace")
         raise NotAPdfError(f"not a PDF: no %PDF- header (starts with {data[:16]!r})")
-    if b"%%EOF" not in data[-EOF_WINDOW:]:
+    if b"%%EOF" not in data[-EOF_WINDOW:] and b"%%EOF" not in data.rstrip(b"\x00\t\n\r\f ")[-EOF_WINDOW:]:
         raise TruncatedPdfError("the PDF is cut short: no %%EOF marker at its end")
     check_streams(data)
     if memory_mb is None:
