@@ -81,6 +81,14 @@ def test_padding_after_the_end_marker_is_not_truncation() -> None:
     assert "Mount Etna" in extract(pdfs.sample_pdf() + b"\x00" * 20_000).pages[0]
 
 
+def test_a_page_tree_that_loops_or_lies_about_its_count_gives_its_real_pages() -> None:
+    data = pdfs.make_pdf(["one", "two"])
+    kids = data.find(b"/Kids [")
+    loop = data[:kids] + b"/Kids [2 0 R " + data[kids + 7 :]  # the page tree (object 2) is its own kid
+    assert [p.strip() for p in extract(loop).pages] == ["one", "two"]
+    assert extract(data.replace(b"/Count 2", b"/Count 2000000000")).page_count == 2
+
+
 def test_broken_structure_is_truncated_error() -> None:
     data = b"%PDF-1.7\n1 0 obj\n<< garbage\nendobj\ntrailer\n<< /Root 9 0 R >>\n%%EOF\n"
     with pytest.raises(TruncatedPdfError):
