@@ -47,7 +47,8 @@ INT8_MEAN_COSINE = 0.997
 
 
 def settings_for(**changes) -> Settings:
-    return Settings.from_env({}).override(embed_model_dir=MODEL_DIR, **changes)
+    """Settings for the test model, fp32 (the golden vectors' precision) unless `changes` say otherwise."""
+    return Settings.from_env({}).override(**{"embed_model_dir": MODEL_DIR, "embed_precision": "fp32", **changes})
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +172,7 @@ def test_auto_precision_on_this_cpu(tmp_path: Path) -> None:
     assert (auto.requested_precision, auto.precision) == ("auto", expected)
     assert auto.precision_reason == f"auto: {int8_here()[1]}"
     assert auto.model_path.name == {"int8": "model-int8.onnx", "fp32": "model.onnx"}[expected]
-    assert get_embedder(settings_for()).precision == expected
+    assert get_embedder(settings_for(embed_precision="auto")).precision == expected
     # A model directory of one's own without an int8 graph: auto runs fp32 there, and says why.
     for name in ("model.onnx", "tokenizer.json"):
         (tmp_path / name).symlink_to(MODEL_DIR / name)
@@ -378,7 +379,7 @@ def test_job_through_real_worker_equals_in_process(redis_conn, start_worker) -> 
     wait_for(
         lambda: all(j.get_status(refresh=True) in ("finished", "failed") for j in jobs_ + bad), 60, message="embed jobs"
     )
-    same = get_embedder(settings_for())  # the worker's precision: EMBED_PRECISION's default, auto
+    same = get_embedder(settings_for(embed_precision="auto"))  # the worker's: EMBED_PRECISION's default
     for job, texts in zip(jobs_, (small, big, huge), strict=True):
         assert job.get_status() == "finished", worker.log()
         result = job.return_value()
@@ -452,10 +453,11 @@ def test_cli_embed(tmp_path: Path, fp32: Embedder) -> None:
     source = tmp_path / "texts.json"
     source.write_text(json.dumps(TEXTS[:6]), encoding="utf-8")
     env = dict(os.environ, EMBED_MODEL_DIR=str(MODEL_DIR))
+    env.pop("EMBED_PRECISION", None)
     out = tmp_path / "vectors.npy"
     run = subprocess.run(
         [sys.executable, "-m", "worker", "embed", str(source), "--out", str(out)],
-        env=env,
+        env=dict(env, EMBED_PRECISION="fp32"),
         capture_output=True,
         text=True,
         timeout=60,
@@ -466,6 +468,9 @@ def test_cli_embed(tmp_path: Path, fp32: Embedder) -> None:
         [sys.executable, "-m", "worker", "embed", str(source)], env=env, capture_output=True, text=True, timeout=60
     )
     assert run.returncode == 0 and len(json.loads(run.stdout)["vectors"]) == 6
+    cosine = (np.array(json.loads(run.stdout)["vectors"]) * GOLD[:6]).sum(axis=1)
+    assert cosine.min() >= INT8_MIN_COSINE, cosine
+    assert run.stderr.rstrip().endswith(f"all-MiniLM-L6-v2 {'int8' if int8_here()[0] else 'fp32'}"), run.stderr
     source.write_text('["fine", 7]', encoding="utf-8")
     run = subprocess.run(
         [sys.executable, "-m", "worker", "embed", str(source)], env=env, capture_output=True, text=True, timeout=60
