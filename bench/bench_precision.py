@@ -134,13 +134,13 @@ def main() -> None:
         "mixed store, int8 queries": doc_scores(int8[1], mixed, owner_ids, n),
     }
     base = ndcg(results["fp32 store, fp32 queries"], gains)
-    int8_even = (np.arange(n) % 2 == 1)  # doc index odd = document id even
+    int8_even = np.arange(n) % 2 == 1  # index 1, 3, ... = documents 2, 4, ...: int8 in the mixed store
     print(f"nDCG@{K} (mean over queries with a judged relevant document):")
     for name, scores in results.items():
         value = ndcg(scores, gains)
         top = np.argsort(-scores, axis=1)[:, :K]
         share = int8_even[top].mean()
-        print(f"  {name:<27} {value:.4f}  ({value - base:+.4f} vs fp32)  even-numbered documents in the top {K}: {share:.1%}")
+        print(f"  {name:<27} {value:.4f} ({value - base:+.4f} vs fp32); even documents in top {K}: {share:.1%}")
     ok, why = int8_here()
     print(f"  this CPU: int8 {'exact, auto runs it' if ok else 'not used by auto'} ({why})")
 
