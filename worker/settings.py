@@ -701,7 +701,7 @@ class EmbeddingSettings:
         help=(
             "`auto`, `fp32` or `int8`; `auto` runs int8 where the CPU computes it exactly and faster "
             "(x86-64 with VNNI, arm64 with `asimddp`), fp32 elsewhere; `int8` on another CPU runs fp32 "
-            "with a warning at start ([precision](embeddings.md#precision-auto-fp32-int8))"
+            "with a warning at start ([precision](embeddings.md#precision))"
         ),
     )
     embed_threads: int = setting(
