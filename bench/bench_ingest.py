@@ -422,12 +422,15 @@ def main() -> int:
     parser.add_argument("--st-python", help="an interpreter with torch, sentence-transformers and pypdf")
     parser.add_argument("--pdfs", type=int, default=0, help="only the first N PDFs of the corpus (a quick look)")
     parser.add_argument("--small", type=int, default=0, help="this many one-page PDFs through real workers")
+    parser.add_argument("--max-pages", type=int, default=0, help="only the PDFs of at most N pages (a loaded machine)")
     parser.add_argument("--search-sizes", default="10000,100000")
     args = parser.parse_args()
 
     paths = corpus()
     if args.pdfs:
         paths = paths[: args.pdfs]
+    if args.max_pages:
+        paths = [p for p in paths if len(PdfReader(p).pages) <= args.max_pages]
     if not paths:
         raise SystemExit("no PDFs found")
     workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))

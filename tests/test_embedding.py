@@ -17,15 +17,17 @@ import pytest
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from tests.conftest import MODEL_DIR, ROOT, queue, wait_for
+from tests.conftest import MODEL_DIR, ROOT, queue, wait_for, worker_env
 from worker import jobs
 from worker.embedding import (
     Embedder,
+    choose_precision,
     cpu_flags,
     get_embedder,
     int8_decision,
     int8_here,
     model_available,
+    precision_choice,
     preload,
 )
 from worker.errors import EmbeddingError, InputTooLargeError, InvalidArgumentsError, ModelUnavailableError
@@ -45,7 +47,8 @@ INT8_MEAN_COSINE = 0.997
 
 
 def settings_for(**changes) -> Settings:
-    return Settings.from_env({}).override(embed_model_dir=MODEL_DIR, **changes)
+    """Settings for the test model, fp32 (the golden vectors' precision) unless `changes` say otherwise."""
+    return Settings.from_env({}).override(**{"embed_model_dir": MODEL_DIR, "embed_precision": "fp32", **changes})
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +135,51 @@ def test_int8_decision_by_cpu(tmp_path: Path) -> None:
     assert cpu_flags(tmp_path / "missing") == frozenset()
     # This machine: the cached decision is the function's.
     assert int8_here() == int8_decision(cpu_flags(), platform.machine())
+
+
+def test_auto_precision_by_cpu() -> None:
+    """auto runs int8 where `int8_decision` says the CPU computes it exactly and faster, fp32
+    elsewhere; fp32 and int8 asked for explicitly are honoured as before."""
+    base = {"sse4_2", "avx", "avx2", "fma"}
+    cpus = {
+        "AMD EPYC, AVX-512 + VNNI": (base | {"avx512f", "avx512bw", "avx512_vnni"}, "x86_64", "int8"),
+        "Intel Xeon, AVX-512 + VNNI + AMX": (
+            base | {"avx512f", "avx512bw", "avx512_vnni", "amx_tile", "amx_int8", "amx_bf16"},
+            "x86_64",
+            "int8",
+        ),
+        "AMD EPYC, AVX2 only": (base, "x86_64", "fp32"),
+        "AVX-512BW without VNNI": (base | {"avx512f", "avx512bw"}, "x86_64", "fp32"),
+        "arm64 with dot product": ({"fp", "asimd", "asimddp"}, "aarch64", "int8"),
+        "arm64 without": ({"fp", "asimd"}, "aarch64", "fp32"),
+    }
+    for cpu, (flags, machine, expected) in cpus.items():
+        ok, why = int8_decision(flags, machine)
+        assert choose_precision("auto", ok, why) == (expected, f"auto: {why}"), cpu
+        assert choose_precision("fp32", ok, why) == ("fp32", "EMBED_PRECISION=fp32"), cpu
+        assert choose_precision("int8", ok, why)[0] == expected, cpu
+    with pytest.raises(ValueError, match="auto, fp32, int8"):
+        choose_precision("int4", True, "")
+    assert Settings.from_env({}).embed_precision == "auto"
+
+
+def test_auto_precision_on_this_cpu(tmp_path: Path) -> None:
+    """The real rule on the CPU the tests run on: a VNNI machine runs int8 with no setting."""
+    expected = "int8" if int8_here()[0] else "fp32"
+    if platform.machine() == "x86_64" and "avx512_vnni" in cpu_flags():
+        assert expected == "int8"
+    auto = Embedder(MODEL_DIR, "auto", threads=2)
+    assert (auto.requested_precision, auto.precision) == ("auto", expected)
+    assert auto.precision_reason == f"auto: {int8_here()[1]}"
+    assert auto.model_path.name == {"int8": "model-int8.onnx", "fp32": "model.onnx"}[expected]
+    assert get_embedder(settings_for(embed_precision="auto")).precision == expected
+    # A model directory of one's own without an int8 graph: auto runs fp32 there, and says why.
+    for name in ("model.onnx", "tokenizer.json"):
+        (tmp_path / name).symlink_to(MODEL_DIR / name)
+    no_int8 = "auto: no model-int8.onnx in the model directory"
+    assert precision_choice("auto", tmp_path) == ("fp32", no_int8 if expected == "int8" else auto.precision_reason)
+    assert Embedder(tmp_path, "auto").precision == "fp32"
+    assert model_available(Settings.from_env({}).override(embed_model_dir=tmp_path)) == (True, "ok")
 
 
 def test_order_preserved_under_length_sorting(fp32: Embedder) -> None:
@@ -331,20 +379,20 @@ def test_job_through_real_worker_equals_in_process(redis_conn, start_worker) -> 
     wait_for(
         lambda: all(j.get_status(refresh=True) in ("finished", "failed") for j in jobs_ + bad), 60, message="embed jobs"
     )
-    fp32 = get_embedder(settings_for())
+    same = get_embedder(settings_for(embed_precision="auto"))  # the worker's: EMBED_PRECISION's default
     for job, texts in zip(jobs_, (small, big, huge), strict=True):
         assert job.get_status() == "finished", worker.log()
         result = job.return_value()
         assert result["model"] == "sentence-transformers/all-MiniLM-L6-v2" and result["dim"] == 384
-        np.testing.assert_allclose(np.array(result["vectors"], np.float32), fp32.embed(texts), atol=1e-5)
+        np.testing.assert_allclose(np.array(result["vectors"], np.float32), same.embed(texts), atol=1e-5)
         counters = Job.fetch(job.id, connection=redis_conn, serializer=JSONSerializer).meta["counters"]
         assert counters["embedding_texts"] == len(texts)
-        assert counters["embedding_tokens"] == sum(fp32.count_tokens(texts))
+        assert counters["embedding_tokens"] == sum(same.count_tokens(texts))
     for job in bad:
         assert job.get_status() == "failed"
         assert "InvalidArgumentsError" in job.latest_result().exc_string
     # The horses' counts reach the daemon's /metrics.
-    tokens = sum(sum(fp32.count_tokens(texts)) for texts in (small, big, huge))
+    tokens = sum(sum(same.count_tokens(texts)) for texts in (small, big, huge))
 
     def metric_line() -> str | None:
         text = worker.get("/metrics")[1]
@@ -352,6 +400,45 @@ def test_job_through_real_worker_equals_in_process(redis_conn, start_worker) -> 
         return line if line.endswith(f" {tokens}") else None
 
     wait_for(metric_line, 10, message=f"worker_embedding_tokens_total {tokens}")
+
+
+def test_worker_says_which_precision_runs(start_worker, redis_url: str, tmp_path: Path) -> None:
+    """The precision that runs and why, in the start line, /healthz, /metrics and `status`: auto
+    (the default) as the CPU rule decides, fp32 when asked for."""
+    runs, why = ("int8" if int8_here()[0] else "fp32"), f"auto: {int8_here()[1]}"
+    auto = start_worker()
+    explicit = start_worker({"EMBED_PRECISION": "fp32"})
+    for worker, precision, asked, reason in (
+        (auto, runs, "auto", why),
+        (explicit, "fp32", "fp32", "EMBED_PRECISION=fp32"),
+    ):
+        body = worker.get("/healthz")[1]
+        assert body["embedding"] == {"precision": precision, "asked": asked, "reason": reason}, body
+        reason_label = reason.replace('"', '\\"')
+        sample = (
+            f'worker_embed_precision_info{{worker="{body["worker"]}",precision="{precision}",asked="{asked}",'
+            f'reason="{reason_label}"}} 1'
+        )
+        assert sample in worker.get("/metrics")[1].splitlines()
+        assert f"embeddings {precision} ({reason})" in worker.log()  # the start line
+    env = worker_env(redis_url, tmp_path, 0, "")
+    run = subprocess.run(
+        [sys.executable, "-m", "worker", "status"], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert run.returncode == 0, run.stderr
+    assert f"    embeddings {runs} ({why})" in run.stdout.splitlines(), run.stdout
+    assert "    embeddings fp32 (EMBED_PRECISION=fp32)" in run.stdout.splitlines(), run.stdout
+    run = subprocess.run(
+        [sys.executable, "-m", "worker", "status", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    workers = {w["name"]: w for w in json.loads(run.stdout)["workers"]}
+    assert workers[auto.get("/healthz")[1]["worker"]]["embed_precision"] == runs
+    assert workers[explicit.get("/healthz")[1]["worker"]]["embed_precision_reason"] == "EMBED_PRECISION=fp32"
 
 
 def test_readyz_reports_missing_model(start_worker, tmp_path: Path) -> None:
@@ -366,10 +453,11 @@ def test_cli_embed(tmp_path: Path, fp32: Embedder) -> None:
     source = tmp_path / "texts.json"
     source.write_text(json.dumps(TEXTS[:6]), encoding="utf-8")
     env = dict(os.environ, EMBED_MODEL_DIR=str(MODEL_DIR))
+    env.pop("EMBED_PRECISION", None)
     out = tmp_path / "vectors.npy"
     run = subprocess.run(
         [sys.executable, "-m", "worker", "embed", str(source), "--out", str(out)],
-        env=env,
+        env=dict(env, EMBED_PRECISION="fp32"),
         capture_output=True,
         text=True,
         timeout=60,
@@ -380,6 +468,9 @@ def test_cli_embed(tmp_path: Path, fp32: Embedder) -> None:
         [sys.executable, "-m", "worker", "embed", str(source)], env=env, capture_output=True, text=True, timeout=60
     )
     assert run.returncode == 0 and len(json.loads(run.stdout)["vectors"]) == 6
+    cosine = (np.array(json.loads(run.stdout)["vectors"]) * GOLD[:6]).sum(axis=1)
+    assert cosine.min() >= INT8_MIN_COSINE, cosine
+    assert run.stderr.rstrip().endswith(f"all-MiniLM-L6-v2 {'int8' if int8_here()[0] else 'fp32'}"), run.stderr
     source.write_text('["fine", 7]', encoding="utf-8")
     run = subprocess.run(
         [sys.executable, "-m", "worker", "embed", str(source)], env=env, capture_output=True, text=True, timeout=60

@@ -164,6 +164,14 @@ def _prepare_store(settings: Settings) -> None:
         log.warning("store %s not ready: %s: %s", settings.safe_store_url, type(exc).__name__, exc)
 
 
+def embedding_info(settings: Settings) -> dict[str, str]:
+    """The embedding precision this worker runs, what was asked for (EMBED_PRECISION) and why."""
+    from worker.embedding import precision_choice
+
+    precision, reason = precision_choice(settings.embed_precision, settings.embed_model_dir)
+    return {"precision": precision, "asked": settings.embed_precision, "reason": reason}
+
+
 def _preload_model(settings: Settings) -> None:
     """Load the embedding model before forking horses, so small embed jobs pay no load."""
     from worker.embedding import preload
@@ -186,6 +194,7 @@ def run_daemon(settings: Settings, burst: bool = False, max_jobs: int | None = N
     name = settings.worker_name or default_worker_name()
     setup_logging(settings.log_level, settings.log_format, name)
     state = LiveState(name, settings.liveness_timeout, settings.job_grace)
+    state.embedding = embedding_info(settings)
     if problems := import_registered():  # a typo in EXTRA_JOBS: say which name, before anything starts
         for problem in problems:
             log.error("registered job cannot be imported: %s", problem)
@@ -210,7 +219,7 @@ def run_daemon(settings: Settings, burst: bool = False, max_jobs: int | None = N
 
     _preload_model(settings)
     _prepare_store(settings)
-    _log_start(settings, name, health.port)
+    _log_start(settings, name, health.port, state.embedding)
     warn_unrunnable(redis_client(settings, timeout=3), list(settings.queues), serializer_for(settings))
     worker = _daemon_worker(settings, name, state)
     done = 0
@@ -277,7 +286,7 @@ def store_note(settings: Settings) -> str | None:
     )
 
 
-def _log_start(settings: Settings, name: str, port: int) -> None:
+def _log_start(settings: Settings, name: str, port: int, embedding: dict[str, str]) -> None:
     """What the worker relies on and cannot find, then the start line."""
     for missing in rqcompat.missing():
         log.error("this RQ lacks %s, which this worker relies on: install the pinned RQ (setup.cfg)", missing)
@@ -286,7 +295,7 @@ def _log_start(settings: Settings, name: str, port: int) -> None:
     if note := store_note(settings):
         log.info("%s", note)
     log.info(
-        "worker %s %s starting: queues %s, redis %s, store %s, health on http://%s:%d",
+        "worker %s %s starting: queues %s, redis %s, store %s, health on http://%s:%d, embeddings %s (%s)",
         name,
         __version__,
         ",".join(settings.queues),
@@ -294,6 +303,8 @@ def _log_start(settings: Settings, name: str, port: int) -> None:
         settings.safe_store_url,
         settings.health_host,
         port,
+        embedding["precision"],
+        embedding["reason"],
     )
 
 

@@ -446,6 +446,8 @@ def status_lines(report: dict) -> list[str]:
         age = w["heartbeat_age_seconds"]
         age = f"{age:.0f}s ago" if age is not None else "unknown"
         lines.append(f"  {w['name']:<30} {w['state']:<10} {w['current_job'] or '-'}  (heartbeat {age})")
+        if w.get("embed_precision"):
+            lines.append(f"    embeddings {w['embed_precision']} ({w['embed_precision_reason'] or 'no reason given'})")
     store = report["store"]
     lines.append("store: " + (", ".join(f"{k} {v}" for k, v in store.items()) if store else "none"))
     return lines
@@ -459,6 +461,8 @@ def _workers(client) -> list[dict]:
     from rq.executions import WORKER_EXECUTIONS_KEY_TEMPLATE
     from rq.worker import Worker
     from rq.worker_registration import REDIS_WORKER_KEYS
+
+    from worker.state import PRECISION_FIELD, PRECISION_REASON_FIELD
 
     prefix = Worker.redis_worker_namespace_prefix.encode()
     workers = []
@@ -481,9 +485,16 @@ def _workers(client) -> list[dict]:
                 "current_job": current_job,
                 "queues": [safe_text(q, 100) for q in queues.split(b",")[:20] if q],
                 **_heartbeat(data.get(b"last_heartbeat")),
+                "embed_precision": _field(data, PRECISION_FIELD, 20),
+                "embed_precision_reason": _field(data, PRECISION_REASON_FIELD, 300),
             }
         )
     return workers
+
+
+def _field(data: dict, name: str, limit: int) -> str | None:
+    value = data.get(name.encode())
+    return safe_text(value, limit) if value is not None else None
 
 
 def _current_job_id(client, template: str, name: bytes) -> str | None:

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MODEL_FILES = {"fp32": "model.onnx", "int8": "model-int8.onnx"}
+PRECISIONS = ("auto", *MODEL_FILES)  # what EMBED_PRECISION accepts
 TOKENIZER_FILE = "tokenizer.json"
 MANIFEST_FILE = "manifest.json"
 DEFAULT_MAX_LENGTH = MODEL_WINDOW  # when the model's manifest does not say
@@ -126,9 +127,30 @@ def int8_here() -> tuple[bool, str]:
     return int8_decision(cpu_flags(), platform.machine())
 
 
-def effective_precision(precision: str) -> str:
+def choose_precision(asked: str, int8_ok: bool, why: str) -> tuple[str, str]:
+    """(the precision that runs, and why) when `asked` (auto, fp32, int8) is asked for on a CPU
+    where `int8_decision` said (`int8_ok`, `why`). auto: int8 where it is exact and faster, else fp32."""
+    if asked == "fp32":
+        return "fp32", "EMBED_PRECISION=fp32"
+    if asked == "int8":
+        return ("int8", f"EMBED_PRECISION=int8, {why}") if int8_ok else ("fp32", f"EMBED_PRECISION=int8, but {why}")
+    if asked == "auto":
+        return ("int8" if int8_ok else "fp32"), f"auto: {why}"
+    raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {asked!r}")
+
+
+def precision_choice(asked: str, model_dir: Path | str | None = None) -> tuple[str, str]:
+    """`choose_precision` on this machine. auto runs fp32 when `model_dir` has no int8 graph (a
+    model of one's own exported in fp32 only)."""
+    precision, why = choose_precision(asked, *int8_here())
+    if asked == "auto" and precision == "int8" and model_dir is not None and _missing_files(Path(model_dir), "int8"):
+        return "fp32", f"auto: no {MODEL_FILES['int8']} in the model directory"
+    return precision, why
+
+
+def effective_precision(precision: str, model_dir: Path | str | None = None) -> str:
     """The precision that runs when `precision` is asked for on this machine."""
-    return "fp32" if precision == "int8" and not int8_here()[0] else precision
+    return precision_choice(precision, model_dir)[0]
 
 
 def _missing_files(model_dir: Path, precision: str) -> list[str]:
@@ -165,7 +187,7 @@ def model_available(settings: Settings | None = None) -> tuple[bool, str]:
     """Cheap readiness check (no I/O beyond stat): are the model files there?"""
     settings = settings or get_settings()
     model_dir = Path(settings.embed_model_dir)
-    missing = _missing_files(model_dir, effective_precision(settings.embed_precision))
+    missing = _missing_files(model_dir, effective_precision(settings.embed_precision, model_dir))
     if missing:
         return False, f"model files missing in {model_dir}: {', '.join(missing)} (run `make model`)"
     return True, "ok"
@@ -183,18 +205,20 @@ class Embedder:
         session_threads: int | None = None,
         check_cpu: bool = True,
     ) -> None:
-        """`precision` is what is asked for; `self.precision` is what runs. int8 asked for on a CPU
-        where it is inaccurate or slow (`int8_decision`) runs fp32, with a warning, unless
-        `check_cpu` is False (tests and benchmarks that measure the int8 graph itself)."""
+        """`precision` is what is asked for (auto, fp32, int8); `self.precision` is what runs, and
+        `self.precision_reason` why (`precision_choice`). int8 asked for on a CPU where it is
+        inaccurate or slow (`int8_decision`) runs fp32, with a warning, unless `check_cpu` is False
+        (tests and benchmarks that measure the int8 graph itself)."""
         self.model_dir = Path(model_dir)
-        if precision not in MODEL_FILES:
-            raise ValueError(f"precision must be one of {', '.join(MODEL_FILES)}, got {precision!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.requested_precision = precision
-        if precision == "int8" and check_cpu:
-            ok, why = int8_here()
-            if not ok:
-                log.warning("EMBED_PRECISION=int8 asked for, running fp32 instead: %s", why)
-                precision = "fp32"
+        if check_cpu or precision == "auto":
+            precision, self.precision_reason = precision_choice(precision, self.model_dir)
+        else:
+            self.precision_reason = f"{precision}, CPU not checked"
+        if self.requested_precision == "int8" and precision == "fp32":
+            log.warning("EMBED_PRECISION=int8 asked for, running fp32 instead: %s", int8_here()[1])
         missing = _missing_files(self.model_dir, precision)
         if missing:
             raise _unavailable(self.model_dir, f"missing {', '.join(missing)}")

@@ -116,6 +116,10 @@ def _worker(out: list[str], worker: str, snap: dict, redis_up: bool) -> None:
     _family(out, "worker_redis_up", "gauge", "1 when Redis answered the last PING")
     out.append(f"worker_redis_up{_labels(worker=worker)} {1 if redis_up else 0}")
 
+    if embedding := snap.get("embedding"):
+        _family(out, "worker_embed_precision_info", "gauge", "1: the embedding precision that runs, asked for, and why")
+        out.append(f"worker_embed_precision_info{_labels(worker=worker, **embedding)} 1")
+
 
 def _boundaries(out: list[str], worker: str, quarantined: int, caught: dict[str, int]) -> None:
     _family(out, "worker_quarantined_total", "counter", "Entries that were no job, moved to worker:quarantine")

@@ -704,13 +704,14 @@ class EmbeddingSettings:
     )
     embed_precision: str = setting(
         "EMBED_PRECISION",
-        choice("fp32", "int8"),
-        default="fp32",
-        shown="`fp32`",
+        choice("auto", "fp32", "int8"),
+        default="auto",
+        shown="`auto`",
         flag="--precision",
         help=(
-            "`fp32` or `int8`; int8 runs only on x86-64 with VNNI or arm64 with `asimddp`, elsewhere "
-            "fp32 with a warning at start ([int8 by CPU](embeddings.md#int8-by-cpu))"
+            "`auto`, `fp32` or `int8`; `auto` runs int8 where the CPU computes it exactly and faster "
+            "(x86-64 with VNNI, arm64 with `asimddp`), fp32 elsewhere; `int8` on another CPU runs fp32 "
+            "with a warning at start ([precision](embeddings.md#precision))"
         ),
     )
     embed_threads: int = setting(

@@ -26,6 +26,18 @@ DURATION_BUCKETS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10
 TEXT_LIMIT = 200
 
 
+# Fields a worker adds to its RQ worker hash: the embedding precision that runs, and why (`status`).
+PRECISION_FIELD = "embed_precision"
+PRECISION_REASON_FIELD = "embed_precision_reason"
+
+
+def embedding_fields(embedding: dict[str, str]) -> dict[str, str]:
+    """The worker hash's fields for `LiveState.embedding` (none when it is not known)."""
+    if not embedding:
+        return {}
+    return {PRECISION_FIELD: embedding["precision"], PRECISION_REASON_FIELD: embedding["reason"]}
+
+
 class State(StrEnum):
     """The daemon's state, as /healthz, /metrics and systemd's STATUS show it."""
 
@@ -81,6 +93,8 @@ class LiveState:
         self.durations: dict[str, Histogram] = defaultdict(Histogram)  # by queue
         self.counters: dict[str, float] = defaultdict(float)  # pages, chunks, tokens...
         self.redis_ok: bool | None = None
+        # The embedding precision that runs, what was asked for and why: set once at start.
+        self.embedding: dict[str, str] = {}
         # Called as listener(self, event) after each change, in the main loop's thread (event:
         # "beat", "state", "job_started", "job_ended"); e.g. systemd notification.
         self.listener: Callable[[LiveState, str], None] | None = None
@@ -167,6 +181,7 @@ class LiveState:
                 "jobs_failed": self.jobs_failed,
                 "heartbeat_age_seconds": round(now - self.last_beat, 3),
                 "uptime_seconds": round(now - self.born, 3),
+                **({"embedding": dict(self.embedding)} if self.embedding else {}),
             }
 
     def metrics_snapshot(self) -> dict:
@@ -176,4 +191,5 @@ class LiveState:
                 "outcomes": dict(self.outcomes),
                 "durations": {q: Histogram(list(h.buckets), h.count, h.total) for q, h in self.durations.items()},
                 "counters": dict(self.counters),
+                "embedding": dict(self.embedding),
             }

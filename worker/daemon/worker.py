@@ -41,7 +41,7 @@ from worker.dequeue import Dequeuer
 from worker.errors import BadInputError, redis_unusable
 from worker.safe import safe_text
 from worker.settings import Settings, get_settings
-from worker.state import LiveState, State
+from worker.state import LiveState, State, embedding_fields
 
 log = logging.getLogger("worker.daemon")
 
@@ -275,7 +275,8 @@ class DaemonWorker(Worker):
             self._tick()
             try:
                 self.bootstrap(self.settings.log_level)
-                self.connection.hset(self.key, recovery.OURS_FIELD, "1")
+                fields = {recovery.OURS_FIELD: "1", **embedding_fields(self.live.embedding)}
+                self.connection.hset(self.key, mapping=fields)
                 self._redis_back()
                 return True
             except ValueError as exc:  # RQ: "There exists an active worker named ... already"
