@@ -46,6 +46,8 @@ BUILTIN_JOBS: tuple[str, ...] = (
     "worker.jobs.ingest_pdf",
     "worker.jobs.extract_text",
     "worker.jobs.embed_texts",
+    "worker.jobs.ingest_text",
+    "worker.jobs.search",
 )
 
 

@@ -10,6 +10,12 @@ one transaction. Exactly once under concurrency comes from `INSERT ... ON CONFLI
 a second writer of the same key waits for the first one's transaction, then inserts nothing and
 reads the row the first one committed. Chunks go in with binary COPY.
 
+Keyword search is PostgreSQL's full text search: a generated `tsvector` column (`chunks.tsv`,
+English stemming) with a GIN index, ranked by `ts_rank(tsv, query, 1)` (divided by 1 + the log of
+the chunk's length). PostgreSQL's parser keeps `worker.store_pg.PgStore` or `config_v2.yaml` as one
+token, so the column also holds such tokens split on `.`, `_`, `-`, `/` (`worker_split_words`):
+`PgStore` and `config_v2` find them. Each query term is a phrase of its parts, terms ORed.
+
 Schema changes are numbered migrations applied under a transaction-scoped advisory lock, so
 workers starting together apply each one once. Vectors are `vector(dim)` with an HNSW index
 (cosine); the dimension is fixed when the schema is created (the model's, 384 by default).
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -40,7 +47,6 @@ from worker.store.base import (
     DOCUMENT_COLUMNS,
     EXPORT_CHUNKS_SQL,
     EXPORT_DOCUMENT_SQL,
-    HIT_COLUMNS,
     Chunk,
     DocumentRecord,
     DocumentRow,
@@ -61,7 +67,7 @@ try:
 except ImportError:  # the base install has no PostgreSQL driver; open() says how to get one
     psycopg = None  # type: ignore[assignment]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DEFAULT_DIM = 384  # all-MiniLM-L6-v2; a schema is created with the embedder's own dimension
 CONNECT_TIMEOUT_S = 5
 # Key of pg_advisory_xact_lock while migrating ("worker" in ASCII): one migrator at a time.
@@ -127,12 +133,30 @@ _HNSW_OPTIONS_MIGRATION = f"""DO $$ BEGIN
 END $$"""
 
 
+# Migration 4: the keyword index. The split words of compound tokens (letters and digits joined by
+# `.`, `_`, `-`, `/`) are added to the English tsvector, after its own positions.
+TS_CONFIG = "english"
+_KEYWORD_MIGRATION = [
+    r"""CREATE FUNCTION worker_split_words(t text) RETURNS text
+        LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+        SELECT coalesce(string_agg(regexp_replace(m[1], '[._/-]+', ' ', 'g'), ' '), '')
+        FROM regexp_matches(t, '([[:alnum:]]+(?:[._/-]+[[:alnum:]]+)+)', 'g') AS m
+    $$""",
+    f"""ALTER TABLE chunks ADD COLUMN tsv tsvector GENERATED ALWAYS AS (
+        to_tsvector('{TS_CONFIG}'::regconfig, text) || to_tsvector('{TS_CONFIG}'::regconfig, worker_split_words(text))
+    ) STORED""",
+    "CREATE INDEX chunks_tsv ON chunks USING gin (tsv)",
+]
+MIGRATION_NAMES = {4: "keyword index (tsvector column, GIN index)"}
+
+
 def _migrations(dim: int) -> list[tuple[int, list[str]]]:
     """(version, statements). Never edit one that has shipped: add the next."""
     return [
         (1, _schema(dim)),
         (2, ["CREATE INDEX documents_metadata ON documents USING gin (metadata jsonb_path_ops)"]),
         (3, [_HNSW_OPTIONS_MIGRATION]),
+        (4, _KEYWORD_MIGRATION),
     ]
 
 
@@ -303,26 +327,52 @@ class PgStore(DocumentStore):
             created_at=created.timestamp(),
         )
 
+    def _filters(
+        self, model: str | None, document_id: str | None, where: Mapping[str, str] | None
+    ) -> tuple[list[str], list[object]]:
+        conds, params = filter_conditions("%s", model, document_id)
+        if where:
+            conds.append("d.metadata @> %s")
+            params.append(Jsonb(dict(where)))
+        return conds, params
+
     def search_sql(
         self, model: str | None, document_id: str | None, where: Mapping[str, str] | None
     ) -> tuple[str, list[object]]:
         """The nearest-chunks query: ORDER BY the cosine distance operator, so the HNSW index
         serves it; filters join on documents (the iterative scan keeps looking past misses).
         The first parameter is the query vector, the last the limit."""
-        conds, params = filter_conditions("%s", model, document_id)
-        if where:
-            conds.append("d.metadata @> %s")
-            params.append(Jsonb(dict(where)))
+        conds, params = self._filters(model, document_id, where)
         sql = (
-            f"SELECT {HIT_COLUMNS}, c.embedding <=> %s AS distance {CHUNKS_OF_DOCUMENTS}"
+            f"SELECT c.id, c.embedding <=> %s AS distance {CHUNKS_OF_DOCUMENTS}"
             + (" WHERE " + " AND ".join(conds) if conds else "")
             + " ORDER BY distance LIMIT %s"
         )
         return sql, params
 
+    def _keyword(
+        self,
+        terms: Sequence[tuple[str, ...]],
+        k: int,
+        model: str | None,
+        document_id: str | None,
+        where: Mapping[str, str] | None,
+    ) -> list[tuple[int, float]]:
+        """Through the GIN index on chunks.tsv, ranked by ts_rank(tsv, query, 1)."""
+        conds, params = self._filters(model, document_id, where)
+        query = " || ".join([f"phraseto_tsquery('{TS_CONFIG}', %s)"] * len(terms))
+        sql = (
+            f"SELECT c.id, ts_rank(c.tsv, q.q, 1) AS score FROM (SELECT {query} AS q) q,"
+            f" chunks c JOIN documents d ON d.id = c.document WHERE c.tsv @@ q.q"
+            + "".join(f" AND {cond}" for cond in conds)
+            + " ORDER BY score DESC, c.id LIMIT %s"
+        )
+        rows = self._read(sql, [*(" ".join(parts) for parts in terms), *params, int(k)])
+        return [(r[0], float(r[1])) for r in rows]
+
     def _nearest(
         self, query: np.ndarray, k: int, model: str | None, document_id: str | None, where: Mapping[str, str] | None
-    ) -> list[tuple]:
+    ) -> list[tuple[int, float]]:
         """Through the HNSW index: hnsw.ef_search candidates, at least k."""
         if k <= 0 or query.shape[0] != self.dim:
             return []
@@ -333,7 +383,7 @@ class PgStore(DocumentStore):
             self.conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
             rows = self.conn.execute(sql, [query, *params, int(k)]).fetchall()
         rows.sort(key=lambda r: r[-1])  # relaxed_order may hand them back slightly out of order
-        return [(*r[:-1], 1.0 - float(r[-1])) for r in rows]
+        return [(r[0], 1.0 - float(r[1])) for r in rows]
 
     # -- writes --------------------------------------------------------------------------
     def _insert(self, row: DocumentRow, chunks: Sequence[Chunk], vectors: np.ndarray) -> tuple[StoredDocument, bool]:
@@ -418,6 +468,23 @@ def _log_notice(diagnostic) -> None:
         log.warning("PostgreSQL store: %s", diagnostic.message_primary)
 
 
+def _apply(conn, number: int, statements: list[str], existing: bool) -> None:
+    """Apply migration `number`; on an existing store, one INFO line says what it cost."""
+    started = time.perf_counter()
+    for statement in statements:
+        conn.execute(statement)
+    conn.execute("INSERT INTO worker_migrations (version) VALUES (%s)", (number,))
+    if existing and number in MIGRATION_NAMES:
+        chunks = conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
+        log.info(
+            "PostgreSQL store: migration %d, %s, applied over %d chunks in %.2fs",
+            number,
+            MIGRATION_NAMES[number],
+            chunks,
+            time.perf_counter() - started,
+        )
+
+
 def _migrate(conn, url: str, dim: int) -> int:
     """Apply the migrations this database lacks, one migrator at a time; returns the vector dim."""
     version, current_dim = _state(conn)
@@ -438,11 +505,8 @@ def _migrate(conn, url: str, dim: int) -> int:
         conn.add_notice_handler(_log_notice)  # what a migration says to the operator (not "already exists")
         try:
             for number, statements in _migrations(dim):
-                if number <= version:
-                    continue
-                for statement in statements:
-                    conn.execute(statement)
-                conn.execute("INSERT INTO worker_migrations (version) VALUES (%s)", (number,))
+                if number > version:
+                    _apply(conn, number, statements, existing=version > 0)
         finally:
             conn.remove_notice_handler(_log_notice)
     _, current_dim = _state(conn)
