@@ -24,6 +24,7 @@ SNIPPET_CHARS = 240
 MODES = ("hybrid", "dense", "keyword")
 
 _PART = re.compile(r"[^\W_]+")  # letters and digits: what both stores' tokenizers keep of a word
+_JOINER = re.compile(r"[._/-]+")  # what joins the parts of an identifier
 
 
 def query_terms(text: str | None) -> list[tuple[str, ...]]:
@@ -102,7 +103,13 @@ def snippet(text: str, terms: Sequence[tuple[str, ...]], width: int = SNIPPET_CH
     word that matches a term's part (or shares its stem) marked **like this**."""
     wanted = {_stem(p) for parts in terms for p in parts}
     flat = " ".join(text.split())
-    spans = [m.span() for m in _PART.finditer(flat) if _stem(m.group().lower()) in wanted]
+    spans: list[tuple[int, int]] = []
+    for m in _PART.finditer(flat):
+        if _stem(m.group().lower()) in wanted:
+            if spans and _JOINER.fullmatch(flat, spans[-1][1], m.start()):  # config_v2: one mark
+                spans[-1] = (spans[-1][0], m.end())
+            else:
+                spans.append(m.span())
     if not spans:
         return flat[:width] + ("…" if len(flat) > width else "")
     start = max(0, spans[0][0] - width // 4)
