@@ -426,18 +426,34 @@ class DocumentStore(ABC):
         if k <= 0:
             return []
         dense: list[tuple[int, float]] = []
-        if mode != "keyword":
-            query = np.asarray(vector, dtype=np.float32).reshape(-1)
-            dense = self._nearest(query, k if mode == "dense" else max(k, candidates), model, document_id, where)
         keyword: list[tuple[int, float]] = []
-        if terms:
-            keyword = self._keyword(terms, k if mode == "keyword" else max(k, candidates), model, document_id, where)
+        n = k if mode != "hybrid" else max(k, candidates)
+        query = None if mode == "keyword" else np.asarray(vector, dtype=np.float32).reshape(-1)
+        if mode == "hybrid" and terms:
+            dense, keyword = self._both(query, terms, n, model, document_id, where)
+        elif query is not None:
+            dense = self._nearest(query, n, model, document_id, where)
+        elif terms:
+            keyword = self._keyword(terms, n, model, document_id, where)
         if mode == "hybrid" and terms:
             ranked = fuse(dense, keyword, k)
         else:
             ranked = single(keyword, "keyword") if mode == "keyword" else single(dense[:k], "dense")
         rows = self._hit_rows([r.chunk for r in ranked])
         return [hit(rows[r.chunk], r, terms) for r in ranked]
+
+    def _both(
+        self,
+        query: np.ndarray,
+        terms: Sequence[tuple[str, ...]],
+        n: int,
+        model: str | None,
+        document_id: str | None,
+        where: Mapping[str, str] | None,
+    ) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+        """Both sides of a hybrid search: (dense, keyword), `n` chunks each. One after the other
+        here; a store may run them side by side."""
+        return self._nearest(query, n, model, document_id, where), self._keyword(terms, n, model, document_id, where)
 
     def _hit_rows(self, chunk_ids: Sequence[int]) -> dict[int, tuple]:
         """The rows of HIT_COLUMNS of these chunks, by chunk id."""

@@ -147,7 +147,6 @@ _KEYWORD_MIGRATION = [
     ) STORED""",
     "CREATE INDEX chunks_tsv ON chunks USING gin (tsv)",
 ]
-COMMON_SHARE = 0.01  # a word in more chunks than this share selects none to rank (PgStore._selector)
 RANKED_AT_MOST = 2_000  # chunks one keyword search ranks at most (PgStore._selector)
 MIGRATION_NAMES = {4: "keyword index (tsvector column, GIN index)"}
 
@@ -258,7 +257,7 @@ class PgStore(DocumentStore):
         self.url = url
         self.dim = dim
         self.ef_search = ef_search
-        self._common: dict[str, float] | None = None  # lexeme -> share of chunks, once read
+        self._common: dict[str, float] | None = None  # lexeme -> chunks holding it (estimated), once read
 
     @classmethod
     @contextlib.contextmanager
@@ -362,14 +361,14 @@ class PgStore(DocumentStore):
         where: Mapping[str, str] | None,
     ) -> list[tuple[int, float]]:
         """Through the GIN index on chunks.tsv, ranked by ts_rank(tsv, query, 1) over every term,
-        among the chunks `_selector` picks (at most RANKED_AT_MOST)."""
+        among the chunks holding the terms `_selector` picks (at most RANKED_AT_MOST)."""
         conds, params = self._filters(model, document_id, where)
         texts = [" ".join(parts) for parts in terms]
-        selector, chosen = self._selector(texts)
+        chosen = self._selector(texts)
         if not chosen:
             return []
         phrase = f"phraseto_tsquery('{TS_CONFIG}', %s)"
-        every, selected = " || ".join([phrase] * len(texts)), selector.join([phrase] * len(chosen))
+        every, selected = " || ".join([phrase] * len(texts)), " || ".join([phrase] * len(chosen))
         sql = (
             f"SELECT m.id, ts_rank(m.tsv, q.every, 1) AS score FROM (SELECT {every} AS every) q,"
             f" (SELECT c.id, c.tsv {CHUNKS_OF_DOCUMENTS} WHERE c.tsv @@ ({selected})"
@@ -379,16 +378,16 @@ class PgStore(DocumentStore):
         rows = self._read(sql, [*texts, *chosen, *params, int(k)])
         return [(r[0], float(r[1])) for r in rows]
 
-    def _selector(self, texts: list[str]) -> tuple[str, list[str]]:
-        """Which chunks a keyword search ranks: (" || " or " && ", the terms joined so).
+    def _selector(self, texts: list[str]) -> list[str]:
+        """The terms whose chunks a keyword search ranks: the rarest, as many as hold together about
+        RANKED_AT_MOST chunks (at least one), by the planner's statistics of chunks.tsv (which
+        ANALYZE, so autovacuum, keeps); terms of stop words only are none.
 
         Ranking is what a keyword search costs in PostgreSQL: every selected row is read and ranked,
         the GIN index gives no order. A common word (`flow` in a fluid-dynamics library) selects a
         large share of the store, and ts_rank, which has no notion of a word's rarity, learns
-        little from it. So the chunks that hold any uncommon term (one with a word in at most
-        COMMON_SHARE of the chunks, as the planner's statistics of chunks.tsv count them, which
-        ANALYZE and so autovacuum keep) are ranked; when every term is common, those that hold them
-        all; at most RANKED_AT_MOST in any case. Measured in docs/benchmarks.md."""
+        little from it: chunks that hold only common terms are not ranked (at 100,000 chunks), and
+        the ranking itself still counts every term. Measured in docs/benchmarks.md."""
         rows = self._read(
             f"SELECT tsvector_to_array(to_tsvector('{TS_CONFIG}', t))"
             " FROM unnest(%s::text[]) WITH ORDINALITY AS u(t, n) ORDER BY n",
@@ -397,12 +396,22 @@ class PgStore(DocumentStore):
         words = {text: row[0] for text, row in zip(texts, rows, strict=True) if row[0]}  # none: stop words only
         if self._common is None:
             stats = self._read(
-                "SELECT most_common_elems::text::text[], most_common_elem_freqs FROM pg_stats"
-                " WHERE schemaname = current_schema() AND tablename = 'chunks' AND attname = 'tsv'"
+                "SELECT s.most_common_elems::text::text[], s.most_common_elem_freqs, c.reltuples FROM pg_stats s"
+                " JOIN pg_class c ON c.oid = to_regclass('chunks') WHERE s.schemaname = current_schema()"
+                " AND s.tablename = 'chunks' AND s.attname = 'tsv'"
             )
-            self._common = dict(zip(stats[0][0], stats[0][1], strict=False)) if stats and stats[0][0] else {}
-        uncommon = [t for t, ws in words.items() if min(self._common.get(w, 0.0) for w in ws) <= COMMON_SHARE]
-        return (" || ", uncommon) if uncommon else (" && ", list(words))
+            self._common = {}
+            if stats and stats[0][0]:
+                rows_now = max(0.0, float(stats[0][2]))
+                self._common = {w: f * rows_now for w, f in zip(stats[0][0], stats[0][1], strict=False)}
+        held = {t: min(self._common.get(w, 0.0) for w in ws) for t, ws in words.items()}  # chunks, estimated
+        chosen, total = [], 0.0
+        for text in sorted(held, key=held.__getitem__):
+            if chosen and total + held[text] > RANKED_AT_MOST:
+                break
+            chosen.append(text)
+            total += held[text]
+        return chosen
 
     def _nearest(
         self, query: np.ndarray, k: int, model: str | None, document_id: str | None, where: Mapping[str, str] | None

@@ -16,6 +16,7 @@ BM25, with the Porter stemmer over unicode61 words.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
 import json
@@ -127,9 +128,11 @@ class SqliteStore(DocumentStore):
     dim = None  # each document has its own dimension; a search matches those of its query's
     mark = "?"
 
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: Path, busy_timeout: float = BUSY_TIMEOUT_S) -> None:
         self.conn = conn
         self.path = path
+        self.busy_timeout = busy_timeout
+        self._reader: sqlite3.Connection | None = None  # a hybrid search's keyword side, opened when first needed
 
     @classmethod
     @contextlib.contextmanager
@@ -144,16 +147,19 @@ class SqliteStore(DocumentStore):
             raise StoreConfigError(f"cannot create the folder of the SQLite store {path}: {exc}") from exc
         with _translate_errors(path):
             conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+        store = None
         try:
             with _translate_errors(path):
                 conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = NORMAL")
                 conn.execute("PRAGMA foreign_keys = ON")
-                store = cls(conn, path)
+                store = cls(conn, path, busy_timeout)
                 store._migrate()
             yield store
         finally:
+            if store is not None and store._reader is not None:
+                store._reader.close()
             conn.close()
 
     def _migrate(self) -> None:
@@ -285,8 +291,10 @@ class SqliteStore(DocumentStore):
         model: str | None,
         document_id: str | None,
         where: Mapping[str, str] | None,
+        conn: sqlite3.Connection | None = None,
     ) -> list[tuple[int, float]]:
-        """FTS5, ranked by BM25 (SQLite's bm25() is lower for better: its negation is the score)."""
+        """FTS5, ranked by BM25 (SQLite's bm25() is lower for better: its negation is the score);
+        on `conn` when given (another connection to the same file)."""
         conds, params = self._filters(model, document_id, where)
         sql = (
             "SELECT c.id, -bm25(chunks_fts) AS score FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.rowid"
@@ -294,7 +302,30 @@ class SqliteStore(DocumentStore):
             + "".join(f" AND {cond}" for cond in conds)
             + " ORDER BY score DESC, c.id LIMIT ?"
         )
-        return [(r[0], float(r[1])) for r in self._read(sql, [fts5_query(terms), *params, k])]
+        with _translate_errors(self.path):
+            rows = (conn or self.conn).execute(sql, [fts5_query(terms), *params, k]).fetchall()
+        return [(r[0], float(r[1])) for r in rows]
+
+    def _both(
+        self,
+        query: np.ndarray,
+        terms: Sequence[tuple[str, ...]],
+        n: int,
+        model: str | None,
+        document_id: str | None,
+        where: Mapping[str, str] | None,
+    ) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+        """Side by side: the keyword side in a thread on a second connection (SQLite runs a query
+        without Python's lock, numpy its product too), so a hybrid search takes about as long as
+        the longer side rather than both (measured in docs/benchmarks.md)."""
+        if self._reader is None:
+            with _translate_errors(self.path):
+                self._reader = sqlite3.connect(self.path, timeout=self.busy_timeout, check_same_thread=False)
+                self._reader.execute("PRAGMA query_only = ON")
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="keyword") as pool:
+            keyword = pool.submit(self._keyword, terms, n, model, document_id, where, self._reader)
+            dense = self._nearest(query, n, model, document_id, where)
+            return dense, keyword.result()
 
     # -- writes --------------------------------------------------------------------------
     def _insert(self, row: DocumentRow, chunks: Sequence[Chunk], vectors: np.ndarray) -> tuple[StoredDocument, bool]:
