@@ -84,6 +84,7 @@ TEST_JOBS = ",".join(
         "on_stopped",
         "Maths.double",
         "count_then_die_once",
+        "paced",
     )
 )
 

@@ -1,4 +1,4 @@
-"""A fuzzer for what a producer can write to Redis (issue 18).
+"""A fuzzer for what a producer can write to Redis.
 
 Whoever can write to Redis can write any field of a job hash, any queue or registry entry, a
 worker's hash and a command message. `matrix(seed)` builds cases from hostile values (JSON null,
@@ -249,7 +249,7 @@ def zlib_bomb(unpacked: int) -> bytes:
 
 
 def data_values(bomb: int, depth: int = 100_000) -> list[tuple[str, bytes, int | None]]:
-    """(label, data, issue item) for the `data` field: hostile inside the JSON payload too."""
+    """(label, data, known case) for the `data` field: hostile inside the JSON payload too."""
     deep_args = b'["worker.jobs.ping", null, ' + _deep(depth) + b", {}]"
     return [
         ("func_name a JSON list", _payload(["worker.jobs.ping"]), 6),
@@ -316,7 +316,7 @@ class Case:
     value: bytes | None = None
     func: str = PING
     score: float | None = None
-    issue: int | None = None
+    known: int | None = None
 
     def __str__(self) -> str:
         parts = [f"seed={self.seed} case={self.n} {self.kind}:{self.target} = {self.label} [{preview(self.value)}]"]
@@ -324,13 +324,13 @@ class Case:
             parts.append(f"func={self.func}")
         if self.score is not None:
             parts.append(f"score={self.score!r}")
-        if self.issue is not None:
-            parts.append(f"(issue 18 item {self.issue})")
+        if self.known is not None:
+            parts.append(f"(known case {self.known})")
         return " ".join(parts)
 
 
-# issue 18 items a field value reproduces directly
-_FIELD_ISSUES = {("meta", "JSON null"): 1, ("meta", "JSON list"): 1, ("meta", "number 3"): 1}
+# known cases (numbered) a field value reproduces directly
+_FIELD_KNOWN = {("meta", "JSON null"): 1, ("meta", "JSON list"): 1, ("meta", "number 3"): 1}
 CLIENT_CASES = [
     ("Retry(max=3, interval=10**12) on a job that times out", 4),
     ("Repeat(times=2, interval=10**12)", 4),
@@ -406,20 +406,20 @@ def matrix(seed: int, *, bomb: int = 1 << 30, randoms: int = 2) -> list[Case]:
         for func in [PING, FAIL] if name in FAILURE_FIELDS else [PING]:
             for label, raw in values + extra:
                 add(
-                    kind="field", target=name, label=label, value=raw, func=func, issue=_FIELD_ISSUES.get((name, label))
+                    kind="field", target=name, label=label, value=raw, func=func, known=_FIELD_KNOWN.get((name, label))
                 )
-    for label, raw, issue in data_values(bomb):
-        add(kind="data", target="data", label=label, value=raw, issue=issue)
-    for label, issue in CLIENT_CASES:
-        add(kind="client", target="rq-client", label=label, issue=issue)
-    for variant, issue in QUEUE_VARIANTS.items():
+    for label, raw, known in data_values(bomb):
+        add(kind="data", target="data", label=label, value=raw, known=known)
+    for label, known in CLIENT_CASES:
+        add(kind="client", target="rq-client", label=label, known=known)
+    for variant, known in QUEUE_VARIANTS.items():
         for label, raw in ODD_IDS:
             add(
                 kind="queue",
                 target=f"default, {variant}",
                 label=label,
                 value=raw,
-                issue=issue if raw == b"bad id!" else None,
+                known=known if raw == b"bad id!" else None,
             )
     for reg in REGISTRIES:
         for label, raw in [
@@ -428,37 +428,37 @@ def matrix(seed: int, *, bomb: int = 1 << 30, randoms: int = 2) -> list[Case]:
             ("job:execution with garbage execution hash", b"<job>:<exec>"),
         ]:
             for score_label, score in SCORES:
-                issue = None
+                known = None
                 if score_label == "expired" and (reg, raw) in (("started", b"a:b:c"), ("scheduled", b"bad id!")):
-                    issue = 10 if reg == "started" else 2
-                add(kind="registry", target=f"{reg} ({score_label})", label=label, value=raw, score=score, issue=issue)
+                    known = 10 if reg == "started" else 2
+                add(kind="registry", target=f"{reg} ({score_label})", label=label, value=raw, score=score, known=known)
     for name in WORKER_FIELDS:
         extra = [random_value(rng) for _ in range(randoms)]
         for label, raw in values + extra:
-            issue = 10 if name == "last_heartbeat" and raw == b"yesterday" else None
-            add(kind="worker", target=name, label=label, value=raw, issue=issue)
+            known = 10 if name == "last_heartbeat" and raw == b"yesterday" else None
+            add(kind="worker", target=name, label=label, value=raw, known=known)
     for label, raw in ODD_IDS:
         add(kind="worker", target="name", label=label, value=raw)
     for label, raw in ODD_IDS:
         add(kind="worker", target="inflight", label=label, value=raw)
-    for label, raw, issue in COMMANDS:
-        add(kind="command", target="rq:pubsub:<worker>", label=label, value=raw, issue=issue)
+    for label, raw, known in COMMANDS:
+        add(kind="command", target="rq:pubsub:<worker>", label=label, value=raw, known=known)
     for _ in range(8):
         label, raw = random_value(rng)
         add(kind="command", target="rq:pubsub:<worker>", label=label, value=raw)
-    for label, raw, issue in MIDRUN_STATUS:
-        add(kind="midrun", target="status", label=label, value=raw, func=SLEEP, issue=issue)
-    for label, raw, issue in WARMSTOP_META:
-        add(kind="warmstop", target="meta", label=label, value=raw, func=SLEEP, issue=issue)
+    for label, raw, known in MIDRUN_STATUS:
+        add(kind="midrun", target="status", label=label, value=raw, func=SLEEP, known=known)
+    for label, raw, known in WARMSTOP_META:
+        add(kind="warmstop", target="meta", label=label, value=raw, func=SLEEP, known=known)
     return cases
 
 
 def sample(seed: int, per_kind: int = 3) -> list[Case]:
-    """A few dozen cases for `make test`: every case the issue names and `per_kind` random ones
+    """A few dozen cases for `make test`: every known case and `per_kind` random ones
     of each kind (seeded), with a 64 MB zlib bomb instead of 1 GB and only one warm stop."""
     every = matrix(seed, bomb=64 << 20)
     rng = random.Random(seed)
-    picked = {c.n for c in every if c.issue is not None and c.kind not in ("warmstop", "midrun")}
+    picked = {c.n for c in every if c.known is not None and c.kind not in ("warmstop", "midrun")}
     picked.add(next(c.n for c in every if c.kind == "warmstop"))
     for kind in ("field", "data", "client", "queue", "registry", "worker", "command", "midrun"):
         of_kind = [c.n for c in every if c.kind == kind and c.n not in picked]
@@ -1010,7 +1010,7 @@ def table(findings: list[Finding]) -> str:
     rows = ["| case | kind:target = value | problem |", "|---|---|---|"]
     for f in findings:
         c = f.case
-        what = f"{c.kind}:{c.target} = {c.label}" + (f" (item {c.issue})" if c and c.issue else "") if c else "(round)"
+        what = f"{c.kind}:{c.target} = {c.label}" + (f" (known {c.known})" if c and c.known else "") if c else "(round)"
         rows.append(f"| {c.n if c else '-'} | {what.replace('|', '/')} | {f.problem.replace('|', '/')[:300]} |")
     return "\n".join(rows)
 

@@ -42,6 +42,17 @@ def spin(seconds: float) -> int:
     return n
 
 
+def paced(source: object, pages: int = 24, seconds_per_page: float = 0.25) -> dict:
+    """Report reading `pages` pages at a steady pace, as ingest_pdf's extract stage does: a job
+    whose progress does not depend on the machine's speed (for `enqueue --wait`'s time left)."""
+    from worker.progress import report
+
+    for done in range(pages + 1):
+        report("extract", done=done, total=pages)
+        time.sleep(seconds_per_page)
+    return {"pages": pages, "chunks": 0}
+
+
 def counted(pages: int = 0, chunks: int = 0) -> dict:
     """Report ingestion counters from inside the horse, as ingest_pdf does."""
     from worker.progress import count

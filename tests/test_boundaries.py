@@ -1,4 +1,4 @@
-"""Error boundaries (issue 18): one job, one entry, one Redis reply, one command message or one
+"""Error boundaries: one job, one entry, one Redis reply, one command message or one
 signal may fail that job or be set aside; it never ends the daemon nor stalls it.
 
 Every test goes through a real worker process (`python -m worker run`), real Redis and real

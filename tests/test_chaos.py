@@ -1,4 +1,4 @@
-"""Zero lost jobs under restarts, crashes and Redis outages (issue: reliability).
+"""Zero lost jobs under restarts, crashes and Redis outages.
 
 `make chaos` runs these and prints their tables (a few minutes); `make test` has the single
 faults, one test each, in test_recovery.py and test_daemon.py.

@@ -162,8 +162,11 @@ def test_a_command_that_cannot_reach_redis_says_so_in_one_line(tmp_path) -> None
     from worker.devredis import free_port
 
     (tmp_path / "a.pdf").write_bytes(b"%PDF-1.7")
-    env = dict(os.environ, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "worker", "enqueue", str(tmp_path / "a.pdf")]
-    out = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 3
-    assert out.stderr.count("\n") == 1 and "unavailable (ConnectionError): start it" in out.stderr
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    env = dict(os.environ, REDIS_URL=url, PYTHONPATH=str(ROOT))
+    for args in (["enqueue", "a.pdf"], ["enqueue", "a.pdf", "--wait"], ["status"], ["status", "--failed"]):
+        out = subprocess.run(
+            [sys.executable, "-m", "worker", *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode == 3, (args, out.stderr)
+        assert out.stderr.count("\n") == 1 and f"Redis at {url} unavailable (ConnectionError): start it" in out.stderr

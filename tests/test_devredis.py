@@ -73,7 +73,8 @@ def test_a_second_terminal_and_a_second_run_find_the_private_redis(tmp_path):
     assert not (tmp_path / "var" / "redis.url").exists()  # gone with the server
 
 
-def test_joining_a_redis_that_answers_says_so(redis_url, tmp_path):
+def test_joining_a_redis_that_answers_says_so_with_the_queues(redis_url, tmp_path):
     port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
     out = run(["--probe-port", str(port), "--", sys.executable, "-c", "pass"], tmp_path)
     assert out.returncode == 0 and f"using the Redis that answers on 127.0.0.1:{port}" in out.stderr
+    assert "did not start" in out.stderr and "queues high,default,low (WORKER_QUEUES)" in out.stderr, out.stderr

@@ -210,12 +210,15 @@ def test_documents_commands_list_show_and_delete_on_both_stores(store_url: str, 
 
 
 def test_documents_on_a_sqlite_store_not_created_yet_creates_nothing(tmp_path: Path, monkeypatch, capsys) -> None:
-    url = f"sqlite:///{tmp_path}/none/store.db"
+    url = f"sqlite:///{tmp_path}/store.db"  # its folder exists: an empty store, not an error
     code, out, err = _cli(monkeypatch, capsys, url, "documents", "list")
     assert code == 0 and out == "" and "no store at" in err
     code, _, err = _cli(monkeypatch, capsys, url, "documents", "delete", "x")
     assert code == 1 and "no document 'x'" in err
-    assert not (tmp_path / "none").exists()
+    url = f"sqlite:///{tmp_path}/none/store.db"  # a folder that does not exist: a typo, most likely
+    code, out, err = _cli(monkeypatch, capsys, url, "documents", "list")
+    assert code == 1 and out == "" and f"its folder {tmp_path}/none does not exist (check STORE_URL" in err
+    assert not (tmp_path / "none").exists() and not (tmp_path / "store.db").exists()
 
 
 # -- the CLI: enqueue --document-id --metadata, status --failed ------------------------------------

@@ -1,8 +1,8 @@
-"""Whatever a producer writes to Redis, the worker goes on (issue 18: a fuzzer for what a producer
+"""Whatever a producer writes to Redis, the worker goes on (a fuzzer for what a producer
 can write). The generator and runner are in tests/fuzz.py; a failure prints the seed and each
 case, and `.venv/bin/python -m tests.fuzz --seed S --case N` runs one case alone.
 
-The sample (every case the issue names, plus a few seeded random ones of each kind) runs in
+The sample (every known case, plus a few seeded random ones of each kind) runs in
 `make test`; the full matrix (about 2,700 cases) runs in `make chaos`.
 """
 

@@ -199,7 +199,7 @@ def test_an_unreadable_scheduled_job_fails_alone(start_worker, redis_conn):
     assert w.proc.poll() is None and w.get("/healthz")[0] == 200
 
 
-# -- retry and repeat intervals (issue 18 item 4) ------------------------------------------------
+# -- retry and repeat intervals -------------------------------------------------------------------
 
 DAY = 86400
 
@@ -246,7 +246,7 @@ def test_intervals_are_clamped_when_a_job_is_read(redis_conn):
     assert read.retry_intervals == [DAY, 3] and read.repeat_intervals == [0, DAY]
 
 
-# -- the size of a job hash (issue 18 item 7) -------------------------------------------------
+# -- the size of a job hash ---------------------------------------------------------------------
 
 
 def zlib_bomb(head: bytes, filler: bytes, count: int, tail: bytes) -> bytes:

@@ -1,5 +1,5 @@
 """The package stays small and clear: no class over 300 lines, no function over 60, no import
-cycle in worker/ (issue 22's measures, kept)."""
+cycle in worker/."""
 
 from __future__ import annotations
 

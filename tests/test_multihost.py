@@ -239,7 +239,7 @@ class Cluster:
         assert self.pg is not None
         return self.pg.url(self.database, self.hosts.db_address_for(host))
 
-    def start_worker(self, host: str, docs: Path) -> str:
+    def start_worker(self, host: str, docs: Path, extra: dict | None = None) -> str:
         self.generation[host] += 1
         name = f"{host}-{self.hosts.token}-{self.generation[host]}"
         env = worker_env(self.redis_url(host), self.tmp, free_port(), "")
@@ -257,6 +257,7 @@ class Cluster:
             STORE_BUSY_TIMEOUT="30",
             LOG_LEVEL="INFO",
         )
+        env.update(extra or {})
         log = open(self.tmp / "logs" / f"{name}.log", "wb")  # noqa: SIM115 (owned by the process)
         proc = subprocess.Popen(
             ["ip", "netns", "exec", self.hosts.ns[host], sys.executable, "-m", "worker", "run"],
@@ -425,5 +426,47 @@ def test_two_worker_hosts_one_store_survive_a_cut_link_and_a_killed_worker(hosts
             f" {cluster.count_in_logs('abandoned by dead worker')}, runs whose outcome was dropped:"
             f" {cluster.count_in_logs('outcome=taken_over')}"
         )
+    finally:
+        cluster.stop()
+
+
+def test_bulk_embedding_across_two_hosts_stores_each_id_once(hosts: Hosts, tmp_path: Path) -> None:
+    """One embed_bulk job, shards taken by workers on two hosts, one of them SIGKILLed mid-run and
+    restarted: the collection holds each id of the file exactly once, and both hosts did shards."""
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = random.Random(7)
+    texts = {f"id-{i}": f"bulk {i} " + " ".join(rng.sample(WORDS, 6)) for i in range(1500)}
+    (data / "in.jsonl").write_text("".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in texts.items()))
+    cluster = Cluster(hosts, tmp_path)
+    extra = {"BULK_SHARD_RECORDS": "50"}
+    try:
+        cluster.start_db()
+        conn = Redis.from_url(cluster.redis_url("root"))
+        for host in WORKER_HOSTS:
+            cluster.start_worker(host, data, extra)
+        q = Queue("default", connection=conn, serializer=JSONSerializer)
+        parent = q.enqueue("worker.jobs.embed_bulk", str(data / "in.jsonl"), "hosts", job_timeout=600)
+        wait_for(lambda: parent.get_status(refresh=True) == "finished", 120, message="shards enqueued")
+        wait_for(lambda: len(parent.get_meta(refresh=True)["bulk"]["done"]) >= 4, 120, message="shards done")
+        wait_for(lambda: _current_job(conn, cluster.workers["w2"][1]) is not None, 60, 0.02, "w2 busy")
+        cluster.kill_worker_tree("w2")
+        cluster.start_worker("w2", data, extra)
+        final = Job.fetch(parent.return_value()["final_job_id"], connection=conn, serializer=JSONSerializer)
+        wait_for(lambda: final.get_status(refresh=True) in ("finished", "failed"), 300, 0.5, "the run's end")
+        assert final.get_status() == "finished", f"{final.latest_result().exc_string}\n{cluster.logs()}"
+        shards = Job.fetch_many(
+            [f"{parent.id}-shard-{n}" for n in range(30)], connection=conn, serializer=JSONSerializer
+        )
+        hosts_used = {job.worker_name.split("-")[0] for job in shards}
+        assert hosts_used == set(WORKER_HOSTS)
+        import psycopg
+
+        with psycopg.connect(cluster.store_url("root")) as db:
+            rows, distinct = db.execute(
+                "SELECT count(*), count(DISTINCT id) FROM collection_vectors WHERE collection = 'hosts'"
+            ).fetchone()
+            ids = {r[0] for r in db.execute("SELECT id FROM collection_vectors").fetchall()}
+        assert rows == distinct == len(texts) and ids == set(texts)
     finally:
         cluster.stop()

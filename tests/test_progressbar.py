@@ -96,8 +96,9 @@ def test_the_pipelines_reports_become_its_two_stages() -> None:
 
 
 def test_rate_and_time_left_sequential() -> None:
-    """Extraction at 196 pages in 4 s, then embedding: the time left follows the work done."""
-    tracker = pb.Tracker()
+    """Extraction at 196 pages in 4 s, then embedding: the time left follows the work done (the
+    estimate taken as settled here; when it is shown: the tests after the next)."""
+    tracker = pb.Tracker(settled=True)
     assert tracker.observe({}, 100.0).left is None  # started, nothing reported: no guess
     est = tracker.observe({"extract": _stage("extract", 196, 196)}, 104.0)
     assert abs(est.fraction - 0.17) < 1e-9
@@ -115,13 +116,50 @@ def test_rate_and_time_left_sequential() -> None:
 def test_time_left_when_stages_overlap_follows_the_slowest_stage() -> None:
     """Extraction runs ahead while embedding is the bottleneck: the weighted share alone would
     promise an early end; embedding's own rate gives the time left."""
-    tracker = pb.Tracker()
+    tracker = pb.Tracker(settled=True)
     tracker.observe({"extract": _stage("extract", 0, 200)}, 0.0)
     tracker.observe({"extract": _stage("extract", 20, 200), "embed": _stage("embed", 0, 50)}, 1.0)
     est = tracker.observe({"extract": _stage("extract", 200, 200), "embed": _stage("embed", 150, 750)}, 11.0)
     # embedding: 20% of the pages' chunks in 10 s -> 40 s more; the weighted share (0.326) says 22.7 s
     assert abs(est.left - 40.0) < 1e-6
     assert est.left > 11.0 * (1 - est.fraction) / est.fraction
+
+
+def _extracting(tracker: pb.Tracker, pages_per_s: float, until: float, step: float = 0.2) -> list:
+    """A job reading 100 pages at a steady rate, polled every `step` s from t=0 to `until`:
+    (t, time left shown) at each poll."""
+    shown = []
+    for i in range(int(until / step) + 1):
+        t = i * step
+        done = min(100, int(pages_per_s * t))
+        shown.append((t, tracker.observe({"extract": _stage("extract", done, 100)}, t).left))
+    return shown
+
+
+def test_no_time_left_before_the_rate_is_known_then_it_is_shown() -> None:
+    """A steady job: nothing before MIN_ELAPSED and MIN_PROGRESS, nothing until two estimates
+    RECHECK_SECONDS apart agree; then an estimate near the truth, shown at every later poll."""
+    shown = _extracting(pb.Tracker(), pages_per_s=2.0, until=12.0)  # 100 pages: 50 s of extraction
+    first = next(t for t, left in shown if left is not None)
+    known = max(pb.MIN_ELAPSED, pb.MIN_PROGRESS * 100 / 2.0)  # the first rate: 2 s, and 5 pages at 2 a second
+    assert all(left is None for t, left in shown if t < known + pb.RECHECK_SECONDS)
+    assert first <= known + pb.RECHECK_SECONDS + 0.2 + 1e-9  # a steady rate settles at the next check
+    assert all(left is not None for t, left in shown if t >= first)  # it stays
+    for t, left in shown:
+        if left is not None:  # extraction alone says 50 - t; the job's weights add the stages after it
+            assert 50 - t - 5 <= left, (t, left)
+
+
+def test_a_swinging_rate_shows_no_time_left_until_it_settles() -> None:
+    """The first seconds of a job: one slow page, then a burst, then slow again (the estimates
+    of the end disagree): no time left is shown while they swing, and one is once they agree."""
+    tracker = pb.Tracker()
+    pattern = [(0.0, 0), (1.0, 0), (2.2, 1), (2.4, 30), (3.0, 31), (3.5, 32), (4.0, 60), (4.5, 61)]
+    swinging = [tracker.observe({"extract": _stage("extract", done, 100)}, t).left for t, done in pattern]
+    assert swinging == [None] * len(pattern), swinging
+    steady = [tracker.observe({"extract": _stage("extract", 61 + int(2 * (t - 4.5)), 100)}, t).left
+              for t in (5.0, 5.5, 6.0, 6.5, 7.0)]  # fmt: skip
+    assert steady[-1] is not None and None not in steady[steady.index(next(x for x in steady if x)) :]
 
 
 def test_live_line_has_stage_counts_rate_times_and_never_exceeds_the_width() -> None:
@@ -234,8 +272,11 @@ def test_tty_shows_live_lines_in_place_then_readable_summaries(start_worker, red
     live = [line for line in _drawn_lines(out) if line.startswith(f"{name}  ")]
     assert f"{bad_name}  queued" in _drawn_lines(out), out  # one line each
     assert len(set(live)) >= 2, live  # updated in place, not drawn once
-    # the stage with its counts, the share done, pages/s, elapsed and time left
-    pattern = r"█*░* +\d+%  extract \d/4 pages(, embed \d+/\d+ chunks)?  \d+\.\d pages/s  0:0\d elapsed, \d+:\d\d left"
+    # the stage with its counts, the share done, elapsed (the time left: the next test)
+    pattern = (
+        r"█*░* +\d+%  extract \d/4 pages(, embed \d+/\d+ chunks)?"
+        r"(  \d+\.\d pages/s)?  \d+:\d\d elapsed(, \d+:\d\d left)?"
+    )
     assert any(re.fullmatch(f"{re.escape(name)}  +{pattern}", line) for line in live), live
     text = ESC.sub("", out).replace("\r", "")
     assert re.search(
@@ -251,6 +292,23 @@ def test_tty_shows_live_lines_in_place_then_readable_summaries(start_worker, red
     assert code == 0 and "\x1b" not in out, out
     (obj,) = [json.loads(line) for line in out.splitlines() if line.strip()]
     assert obj["status"] == "finished" and obj["result"]["already_stored"] is True
+
+
+def test_tty_shows_the_time_left_once_the_rate_is_known(start_worker, redis_url, tmp_path) -> None:
+    """A job that reads 24 pages at a steady 4 a second, whatever the machine's speed: its
+    first lines show no time left, later ones do, with the rate."""
+    _worker(start_worker)
+    path = tmp_path / "paced.pdf"
+    path.write_bytes(pdfs.make_pdf(["one page"]))
+    args = ["enqueue", str(path), "--function", "tests.jobs_for_tests.paced", "--wait", "--timeout", "60"]
+    code, out = _on_pty(args, redis_url, columns=200)
+    assert code == 0, out
+    live = [line for line in _drawn_lines(out) if "extract" in line]
+    eta = re.compile(r"\d+\.\d pages/s  \d+:\d\d elapsed, \d+:\d\d left$")
+    with_eta = [n for n, line in enumerate(live) if eta.search(line)]
+    assert with_eta, live  # shown once known
+    assert with_eta[0] > 0 and all(" left" not in line for line in live[: with_eta[0]]), live  # not before
+    assert re.search(r"extract (\d+)/24 pages", live[with_eta[0]]), live
 
 
 def test_tty_narrow_and_short_terminal_truncates_and_never_wraps(start_worker, redis_url, tmp_path) -> None:

@@ -1,5 +1,5 @@
 """Redis Sentinel: the primary comes from the sentinels, a failover mid-run loses no job and ends
-no worker, and readiness notices a primary that stopped taking writes (issue 18, "Redis failover").
+no worker, and readiness notices a primary that stopped taking writes (docs/behaviour.md, "Redis failover").
 
 Real servers throughout: a primary, a replica and a sentinel (`worker.devredis.SentinelGroup`),
 and a real worker process.

@@ -3,6 +3,7 @@ docs' table all come from those declarations."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from dataclasses import fields
@@ -64,7 +65,7 @@ def test_a_flag_goes_through_the_same_parser_as_its_variable():
 
 
 def test_setup_mistakes_are_said_at_start(tmp_path):
-    from worker.app import setup_problems
+    from worker.app import setup_problems, store_error, store_note
 
     (tmp_path / "in").mkdir()
     (tmp_path / "store.db").write_bytes(b"")
@@ -72,5 +73,22 @@ def test_setup_mistakes_are_said_at_start(tmp_path):
     assert setup_problems(Settings.from_env(env)) == [
         f"INPUT_ROOTS: {tmp_path}/typo is not a directory: no path input can be read from it"
     ]
-    problems = setup_problems(Settings.from_env({**env, "STORE_URL": f"sqlite:///{tmp_path}/stroe.db"}))
-    assert len(problems) == 2 and "stroe.db, which does not exist yet" in problems[1]
+    typo = Settings.from_env({**env, "STORE_URL": f"sqlite:///{tmp_path}/stroe.db"})
+    assert store_note(typo) == (
+        f"store {tmp_path}/stroe.db does not exist yet: the first job creates it"
+        " (if you meant an existing store, check STORE_URL)"
+    )
+    assert store_error(typo) is None  # its folder exists: a new store, said at INFO
+    assert store_error(Settings.from_env({})) is None  # the default's folder is made as needed
+
+
+def test_a_store_url_whose_folder_does_not_exist_stops_the_worker(tmp_path):
+    url = f"sqlite:///{tmp_path}/tpyo/store.db"
+    env = dict(os.environ, STORE_URL=url, REDIS_URL="redis://127.0.0.1:1/0", PYTHONPATH=str(ROOT))
+    result = subprocess.run(
+        [sys.executable, "-m", "worker", "run"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert f"STORE_URL names {tmp_path}/tpyo/store.db, whose folder {tmp_path}/tpyo does not exist" in line
+    assert "mkdir -p" in line and not (tmp_path / "tpyo").exists()

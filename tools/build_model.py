@@ -268,7 +268,7 @@ def build_graph(
     )
 
     # Attention stays spelled out (MatMul, Softmax, Transpose). Measured on chunk-length texts
-    # (issue 13: 150-256 word pieces, mean 230; fp32, 2 threads, AVX2 Zen 3, shared machine;
+    # (150-256 word pieces, mean 230; fp32, 2 threads, AVX2 Zen 3, shared machine;
     # interleaved in one process, median of 8-12 paired rounds, against this graph):
     # - onnxruntime's com.microsoft Attention (packed QKV weights + bias, 2-D mask_index) with
     #   SkipLayerNormalization (residual + bias + LayerNorm) and BiasGelu: 1.00x, 1.04x and 1.00x
@@ -279,7 +279,7 @@ def build_graph(
     #   BiasGelu here (its attention patterns do not match this graph), 0.99x; it also needs sympy.
     # Vectors were the same (cosine >= 0.9999999) in each. ORT_ENABLE_ALL already fuses BiasGelu and
     # the score scale into the Q K^T MatMul; about 69% of the time is the linear layers' GEMMs, at
-    # the rate MLAS reaches on any shape on this CPU (75-86 GFLOP/s a core). docs/embeddings.md has
+    # the rate MLAS reaches on any shape on this CPU (75-86 GFLOP/s a core). docs/design/embeddings.md has
     # the figures ("Chunk-length texts").
     split_heads = g.const("split_heads", np.array([0, 0, heads, head_dim], i64))  # [b, s, h, d]
     merge_heads = g.const("merge_heads", np.array([0, 0, hidden], i64))

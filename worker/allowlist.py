@@ -46,6 +46,9 @@ BUILTIN_JOBS: tuple[str, ...] = (
     "worker.jobs.ingest_pdf",
     "worker.jobs.extract_text",
     "worker.jobs.embed_texts",
+    "worker.jobs.embed_bulk",
+    "worker.jobs.embed_shard",
+    "worker.jobs.finish_bulk",
     "worker.jobs.ingest_text",
     "worker.jobs.search",
 )

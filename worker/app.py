@@ -25,6 +25,7 @@ from worker.logs import setup_logging
 from worker.metrics import queue_figures, render
 from worker.sdnotify import from_environment
 from worker.settings import Settings
+from worker.sharing import warn_unrunnable
 from worker.state import LiveState
 
 log = logging.getLogger("worker")
@@ -189,6 +190,9 @@ def run_daemon(settings: Settings, burst: bool = False, max_jobs: int | None = N
         for problem in problems:
             log.error("registered job cannot be imported: %s", problem)
         return EXIT_USAGE
+    if problem := store_error(settings):
+        log.error("configuration error: %s", problem)
+        return EXIT_USAGE
     # READY=1 waits for the same model check as /readyz.
     systemd = from_environment(readiness_checks(settings), tick=settings.poll_interval)
     if systemd.enabled:
@@ -196,12 +200,18 @@ def run_daemon(settings: Settings, burst: bool = False, max_jobs: int | None = N
     try:
         health = _health_server(settings, state)
     except OSError as exc:
-        log.error("cannot serve health on %s:%s: %s", settings.health_host, settings.health_port, exc)
+        log.error(
+            "cannot serve health on %s:%s: %s: is another worker using it? set HEALTH_PORT (0: any free port)",
+            settings.health_host,
+            settings.health_port,
+            exc,
+        )
         return EXIT_UNAVAILABLE
 
     _preload_model(settings)
     _prepare_store(settings)
     _log_start(settings, name, health.port)
+    warn_unrunnable(redis_client(settings, timeout=3), list(settings.queues), serializer_for(settings))
     worker = _daemon_worker(settings, name, state)
     done = 0
     try:
@@ -234,20 +244,37 @@ def _health_server(settings: Settings, state: LiveState) -> HealthServer:
 
 
 def setup_problems(settings: Settings) -> list[str]:
-    """What looks like a mistake in the settings, said at start: an input root that is no
-    directory, and a SQLite store that does not exist yet (a typo in STORE_URL would otherwise
-    quietly start a new, empty store; the first job creates it)."""
-    problems = [
+    """What looks like a mistake in the settings, said at start: an input root that is no directory."""
+    return [
         f"INPUT_ROOTS: {root} is not a directory: no path input can be read from it"
         for root in settings.input_roots
         if not root.is_dir()
     ]
-    if settings.store_kind == "sqlite" and not settings.store_path.exists():
-        problems.append(
-            f"STORE_URL names {settings.store_path}, which does not exist yet: the first job creates it"
-            " (if you meant an existing store, check STORE_URL for a typo)"
-        )
-    return problems
+
+
+def store_error(settings: Settings) -> str | None:
+    """A STORE_URL set to a SQLite file whose folder does not exist: a typo, most likely, that
+    would otherwise quietly start a new, empty store (folders included). The default's folder
+    (var/ under the working directory) is created as needed."""
+    if settings.store_kind != "sqlite" or settings.store_url == Settings.store_url:
+        return None
+    path = settings.store_path.absolute()
+    if path.exists() or path.parent.is_dir():
+        return None
+    return (
+        f"STORE_URL names {path}, whose folder {path.parent} does not exist: fix STORE_URL,"
+        f" or create the folder (mkdir -p {path.parent})"
+    )
+
+
+def store_note(settings: Settings) -> str | None:
+    """A SQLite store that does not exist yet: where the first job creates it."""
+    if settings.store_kind != "sqlite" or settings.store_path.exists():
+        return None
+    return (
+        f"store {settings.store_path.absolute()} does not exist yet: the first job creates it"
+        " (if you meant an existing store, check STORE_URL)"
+    )
 
 
 def _log_start(settings: Settings, name: str, port: int) -> None:
@@ -256,6 +283,8 @@ def _log_start(settings: Settings, name: str, port: int) -> None:
         log.error("this RQ lacks %s, which this worker relies on: install the pinned RQ (setup.cfg)", missing)
     for problem in setup_problems(settings):
         log.warning("%s", problem)
+    if note := store_note(settings):
+        log.info("%s", note)
     log.info(
         "worker %s %s starting: queues %s, redis %s, store %s, health on http://%s:%d",
         name,

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from worker import display
+from worker import cli_vectors, display
 from worker.exitcodes import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 from worker.safe import safe_text
 from worker.settings import Settings, SettingsError, check_store_url, flagged, redact_url, set_settings
@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--function", default=INGEST, help=argparse.SUPPRESS)  # smoke checks: worker.jobs.ping
     p.add_argument("--document-id", metavar="ID", help="the document's id (one file only; default: its sha256)")
     p.add_argument("--metadata", metavar="JSON", help="a JSON object stored with each file (search --where)")
+    cli_vectors.add_enqueue_flags(p)
 
     p = sub.add_parser("search", help="the stored chunks that best match a query")
     p.add_argument("query")
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--failed", action="store_true", help="the recent failed jobs instead, newest first")
     p.add_argument("-n", type=int, default=FAILED_SHOWN, help=f"with --failed: how many (default {FAILED_SHOWN})")
     _documents_parser(sub)
+    cli_vectors.add_parser(sub)
 
     sub.add_parser("healthcheck", help="exit 0 when the local /healthz says ok")
 
@@ -181,6 +183,8 @@ def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
         print(f"worker: enqueue: {exc}", file=sys.stderr)
         return EXIT_USAGE
     queue = _queue(settings, args.queue)
+    if args.collection:
+        return _enqueue_bulk(settings, args, queue)
     jobs = []
     for path in args.paths:
         source, note = source_for(path, settings)
@@ -196,6 +200,30 @@ def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
     if not args.wait:
         return EXIT_OK
     return _wait(jobs, args.json, time.monotonic() + args.timeout if args.timeout else None)
+
+
+def _enqueue_bulk(settings: Settings, args: argparse.Namespace, queue) -> int:
+    """`enqueue FILE --collection NAME`: one embed_bulk job; every worker reads the file, so it
+    must lie under INPUT_ROOTS (no inline bytes)."""
+    if len(args.paths) != 1 or args.document_id or args.metadata:
+        print("worker: enqueue --collection takes one file, without --document-id or --metadata", file=sys.stderr)
+        return EXIT_USAGE
+    path = args.paths[0]
+    resolved = path.expanduser().resolve()
+    if not any(resolved.is_relative_to(root.resolve()) for root in settings.input_roots):
+        roots = ":".join(str(r) for r in settings.input_roots)
+        print(
+            f"worker: {path} is outside INPUT_ROOTS={roots}: every worker reads a bulk file itself,"
+            " so put it under an input root (or set INPUT_ROOTS, for the workers too)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    kwargs = {"collection": args.collection, "id_field": args.id_field, "text_field": args.text_field}
+    job = queue.enqueue(cli_vectors.BULK, args=(str(resolved),), kwargs=kwargs, job_timeout=settings.job_timeout)
+    if not args.wait:
+        _emit(args.json, *queued(path, job.id, args.queue))
+        return EXIT_OK
+    return _wait([(path, job)], args.json, time.monotonic() + args.timeout if args.timeout else None)
 
 
 def source_for(path: Path, settings: Settings) -> tuple[object, str | None]:
@@ -267,15 +295,27 @@ def _poll(pending: dict, view: display.Lines, as_json: bool) -> int:
     for job_id, (path, job) in list(pending.items()):
         status = job.get_status(refresh=True)
         status = getattr(status, "value", status)
+        if status == "finished" and (bulk := cli_vectors.follow(job)) is not None:
+            pending[job_id] = (path, bulk)  # its shards run on: follow them
+            status = getattr(bulk.get_status(), "value", "started")
         if status in ENDED:
             del pending[job_id]
             failed += status != "finished"
             view.clear()
             _emit_summary(as_json, path, job, status)
+        elif status == "scheduled":  # a retry: say after what (not the last attempt's progress)
+            view.add(job_id, str(path), retry_text(job.get_meta(refresh=True)), {})
         else:
             view.add(job_id, str(path), status, job.get_meta(refresh=True))
     view.show()
     return failed
+
+
+def retry_text(meta: object) -> str:
+    """A job scheduled for a retry, as `enqueue --wait` shows it: "scheduled (retry after
+    StoreUnavailableError: ...)" from what the worker left in its meta, else "scheduled"."""
+    error = meta.get("retried_after") if isinstance(meta, dict) else None
+    return f"scheduled (retry after {safe_text(error, 300)})" if error else "scheduled"
 
 
 def gave_up(deadline: float | None, now: float) -> bool:
@@ -327,22 +367,20 @@ def _emit(as_json: bool, obj: dict, text: str) -> None:
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    from redis.exceptions import RedisError
-
+    """Queues, workers and store counts; an unreachable Redis is main()'s one line, exit 3."""
     from worker.app import redis_client
     from worker.metrics import queue_figures
 
     client = redis_client(settings, timeout=3)
     if args.failed:
         return _status_failed(settings, client, args)
-    try:
-        queues = queue_figures(client, settings.queues)
-        workers = _workers(client)
-    except RedisError as exc:
-        print(f"worker: Redis at {settings.safe_redis_url} unavailable: {type(exc).__name__}", file=sys.stderr)
-        return EXIT_ERROR
+    queues = queue_figures(client, settings.queues)
+    workers = _workers(client)
     report = {"queues": queues, "workers": workers, "store": _store_counts(settings)}
     print(json.dumps(report) if args.json else "\n".join(status_lines(report)))
+    if "error" in report["store"]:
+        print(f"worker: store: {report['store']['error']}", file=sys.stderr)
+        return EXIT_ERROR
     return EXIT_OK
 
 
@@ -350,18 +388,12 @@ FAILED_SHOWN = 20  # `status --failed` shows this many jobs unless -n says other
 
 
 def _status_failed(settings: Settings, client, args: argparse.Namespace) -> int:
-    from redis.exceptions import RedisError
-
     from worker.app import serializer_for
 
     if args.n < 1:
         print("worker: status: -n must be at least 1", file=sys.stderr)
         return EXIT_USAGE
-    try:
-        jobs = failed_jobs(client, settings.queues, args.n, serializer_for(settings))
-    except RedisError as exc:
-        print(f"worker: Redis at {settings.safe_redis_url} unavailable: {type(exc).__name__}", file=sys.stderr)
-        return EXIT_ERROR
+    jobs = failed_jobs(client, settings.queues, args.n, serializer_for(settings))
     if not jobs and not args.json:
         print(f"no failed jobs on {', '.join(settings.queues)}")
     for job in jobs:
@@ -498,12 +530,25 @@ def _store_counts(settings: Settings) -> dict:
     from worker.store import open_store
 
     if settings.store_kind == "sqlite" and not settings.store_path.exists():
+        if problem := missing_store_folder(settings):
+            return {"error": problem}
         return {"documents": 0, "chunks": 0}
     try:
         with open_store(settings.store_url, settings.store_busy_timeout) as store:
             return store.counts()
     except WorkerError as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def missing_store_folder(settings: Settings) -> str | None:
+    """What to say when STORE_URL names a SQLite file in a folder that does not exist (a typo,
+    most likely: the worker would create both at its first job); None otherwise."""
+    if settings.store_kind != "sqlite":
+        return None
+    path = settings.store_path.absolute()
+    if path.exists() or path.parent.is_dir():
+        return None
+    return f"no store at {path}: its folder {path.parent} does not exist (check STORE_URL for a typo)"
 
 
 # -- documents -------------------------------------------------------------------------------------
@@ -516,6 +561,9 @@ def cmd_documents(settings: Settings, args: argparse.Namespace) -> int:
     from worker.store import open_store
 
     command, wanted = args.documents_command, getattr(args, "document_id", None)
+    if problem := missing_store_folder(settings):
+        print(f"worker: {problem}", file=sys.stderr)
+        return EXIT_ERROR
     if settings.store_kind == "sqlite" and not settings.store_path.exists():
         if command == "list":
             print(f"no documents: no store at {settings.store_path} yet", file=sys.stderr)
@@ -649,7 +697,8 @@ def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
         print(f"worker: search: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if settings.store_kind == "sqlite" and not settings.store_path.exists():
-        print(f"worker: no store at {settings.store_path} (nothing ingested yet)", file=sys.stderr)
+        problem = missing_store_folder(settings) or f"no store at {settings.store_path} (nothing ingested yet)"
+        print(f"worker: {problem}", file=sys.stderr)
         return EXIT_ERROR
     try:
         hits = search(
@@ -812,4 +861,5 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "embed": cmd_embed,
     "store": cmd_store,
     "documents": cmd_documents,
+    "vectors": cli_vectors.cmd_vectors,
 }

@@ -304,6 +304,16 @@ def _say(text: str) -> None:
     print(f"worker: {text}", file=sys.stderr, flush=True)
 
 
+def _queues(env: dict[str, str]) -> str:
+    """The queues the worker will take jobs from, as its settings read them."""
+    from worker.settings import Settings, SettingsError
+
+    try:
+        return ",".join(Settings.from_env(env).queues)
+    except SettingsError:
+        return "(its settings do not parse: the worker will say why)"
+
+
 def _running_private_url(url_file: Path) -> str | None:
     """The URL in `url_file` when the private Redis it names still answers."""
     try:
@@ -333,11 +343,16 @@ def main(argv: list[str]) -> int:
         pass
     elif shared:  # another `make run-worker` in this checkout started it: one system, not two
         env["REDIS_URL"] = shared
-        _say(f"joining the private redis-server another run started at {shared} ({url_file})")
+        port_note = ""
+        if not env.get("HEALTH_PORT"):  # the first run's worker holds the default port
+            env["HEALTH_PORT"] = "0"
+            port_note = "; health on a free port (HEALTH_PORT=0: the start line names it)"
+        _say(f"joining the private redis-server another run started at {shared} ({url_file}){port_note}")
     elif answers("127.0.0.1", probe_port):
         _say(
-            f"using the Redis that answers on 127.0.0.1:{probe_port}: this worker takes the jobs on its queues"
-            " (WORKER_QUEUES), whoever put them there; set REDIS_URL to use another one"
+            f"using the Redis that answers on 127.0.0.1:{probe_port}, which this command did not start: the worker"
+            f" takes every job on its queues {_queues(env)} (WORKER_QUEUES), whoever put them there, and fails"
+            " those it cannot run; give it queues of its own, or set REDIS_URL to use another Redis"
         )
     else:
         port = private_port if not answers("127.0.0.1", private_port) else None

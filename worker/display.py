@@ -24,7 +24,15 @@ from dataclasses import dataclass, field
 WEIGHTS = {"extract": 0.17, "chunk": 0.02, "embed": 0.78, "store": 0.03}
 UNITS = {"extract": "pages", "embed": "chunks"}
 ORDER = ("read", "extract", "chunk", "embed", "store")
-MIN_ELAPSED = 1.0  # seconds of a stage before its rate, and the time left, are estimated
+# When the time left is shown. A rate taken too early swings (a stage's first second may hold one
+# slow page, or none): 10 minutes left was once shown for a 27 s job. So a rate is estimated only
+# from MIN_ELAPSED seconds and MIN_PROGRESS of the work (of the job, or of a stage since it was
+# first seen), and the time left is shown once two such estimates of the end, at least
+# RECHECK_SECONDS apart, agree within AGREEMENT of the time left; from then on it stays shown.
+MIN_ELAPSED = 2.0
+MIN_PROGRESS = 0.05
+RECHECK_SECONDS = 1.0
+AGREEMENT = 0.25
 NAME_CELLS = 40  # a longer file name is shortened in its middle on the live line (less when narrow)
 ERASE_LINE, ERASE_BELOW = "\x1b[2K", "\x1b[J"
 
@@ -182,10 +190,13 @@ class Estimate:
 @dataclass
 class Tracker:
     """One file's job across polls: when it was first seen started, and when each stage was first
-    seen (with its share then), to estimate the time left from the slowest stage's own rate."""
+    seen (with its share then), to estimate the time left from the slowest stage's own rate; and
+    whether that estimate has settled (see MIN_ELAPSED), before which no time left is shown."""
 
     started: float | None = None
     first: dict[str, tuple[float, float]] = field(default_factory=dict)
+    candidate: tuple[float, float] | None = None  # (when, the end it predicted), not yet confirmed
+    settled: bool = False
 
     def observe(self, stages: dict[str, dict], now: float) -> Estimate:
         if self.started is None:
@@ -194,6 +205,13 @@ class Tracker:
         fraction = fraction_done(stages)
         if fraction is None:
             return Estimate(None, elapsed, None, None)
+        left = self._shown(self._raw_left(stages, fraction, elapsed, now), now)
+        total = pages_total(stages)
+        rate = total / (elapsed + left) if total and left is not None and elapsed + left > 0 else None
+        return Estimate(fraction, elapsed, left, rate)
+
+    def _raw_left(self, stages: dict[str, dict], fraction: float, elapsed: float, now: float) -> float | None:
+        """The time left by the work done so far, or by the slowest stage's own rate if longer."""
         left = _left(fraction, elapsed)
         pages = stage_fraction(stages, "extract") or 0.0
         for name in WEIGHTS:
@@ -205,16 +223,29 @@ class Tracker:
             stage_left = _stage_left(first, share, now)
             if stage_left is not None and (left is None or stage_left > left):
                 left = stage_left
-        total = pages_total(stages)
-        rate = total / (elapsed + left) if total and left is not None and elapsed + left > 0 else None
-        return Estimate(fraction, elapsed, left, rate)
+        return left
+
+    def _shown(self, left: float | None, now: float) -> float | None:
+        """`left` once two estimates RECHECK_SECONDS apart have agreed, else None."""
+        if left is None or self.settled or left == 0.0:
+            self.settled = self.settled or left == 0.0
+            return left if self.settled else None
+        end = now + left
+        if self.candidate is None:
+            self.candidate = (now, end)
+        elif now - self.candidate[0] >= RECHECK_SECONDS:
+            if abs(end - self.candidate[1]) <= AGREEMENT * left:
+                self.settled = True
+                return left
+            self.candidate = (now, end)
+        return None
 
 
 def _left(fraction: float, elapsed: float) -> float | None:
     """Time left if the rest goes as fast as the work done so far went."""
     if fraction >= 1.0:
         return 0.0
-    if elapsed < MIN_ELAPSED or fraction < 0.005:
+    if elapsed < MIN_ELAPSED or fraction < MIN_PROGRESS:
         return None
     return elapsed * (1.0 - fraction) / fraction
 
@@ -223,7 +254,7 @@ def _stage_left(first: tuple[float, float], share: float, now: float) -> float |
     """Time one stage needs at the rate it has kept since it was first seen: when stages overlap,
     the slowest one (embedding) sets the end, which the overall share alone underestimates."""
     t0, share0 = first
-    if share >= 1.0 or now - t0 < MIN_ELAPSED or share <= share0:
+    if share >= 1.0 or now - t0 < MIN_ELAPSED or share - share0 < MIN_PROGRESS:
         return None
     return (1.0 - share) * (now - t0) / (share - share0)
 
@@ -327,6 +358,8 @@ def summary_line(name: str, status: str, result: object = None, exc_string: str 
         kind, message = error_of(exc_string)
         what = ": ".join(part for part in (kind, message) if part)
         return f"{name}: {status}" + (f": {what}" if what else "")
+    if isinstance(result, dict) and "collection" in result and "records" in result:
+        return f"{name}: " + bulk_summary(result)
     if not (isinstance(result, dict) and _number(result.get("pages")) is not None and "chunks" in result):
         return f"{name}: done {json.dumps(result)}"
     parts = [_plural(int(result["pages"]), "page"), _plural(int(result.get("chunks") or 0), "chunk")]
@@ -344,6 +377,24 @@ def summary_line(name: str, status: str, result: object = None, exc_string: str 
     if result.get("already_stored"):
         parts.append("already stored")
     return f"{name}: " + ", ".join(parts)
+
+
+def bulk_summary(result: dict) -> str:
+    """E.g. "200000 vectors in products, 3 records without text (lines 5, 9, 12), 100 shards (40 done before)"."""
+    final = result.get("result") if isinstance(result.get("result"), dict) else {}
+    vectors = _number(final.get("vectors"))
+    texts = int(_number(result.get("texts")) or 0)
+    count = _plural(int(vectors), "vector") if vectors is not None else _plural(texts, "text")
+    parts = [f"{count} in {clean(str(result.get('collection')))}"]
+    without = result.get("without_text")
+    if isinstance(without, dict) and _number(without.get("count")):
+        lines = ", ".join(str(int(n)) for n in without.get("lines", []) if _number(n) is not None)
+        more = " ..." if int(_number(without["count"]) or 0) > len(without.get("lines", [])) else ""
+        parts.append(f"{_plural(int(without['count']), 'record')} without text (lines {lines}{more})")
+    shards, skipped = _number(result.get("shards")), _number(result.get("shards_skipped"))
+    if shards is not None:
+        parts.append(_plural(int(shards), "shard") + (f" ({int(skipped)} done before)" if skipped else ""))
+    return ", ".join(parts)
 
 
 # -- drawing ---------------------------------------------------------------------------------------

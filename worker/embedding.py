@@ -57,7 +57,7 @@ TOKENIZER_FILE = "tokenizer.json"
 MANIFEST_FILE = "manifest.json"
 DEFAULT_MAX_LENGTH = MODEL_WINDOW  # when the model's manifest does not say
 # EMBED_BATCH_TOKENS's default, as its setting declares it (a dataclass field's default is the
-# class attribute). Why that size: docs/embeddings.md ("Chunk-length texts").
+# class attribute). Why that size: docs/design/embeddings.md ("Chunk-length texts").
 DEFAULT_BATCH_TOKENS: int = Settings.embed_batch_tokens
 # onnxruntime's intra-op threads spin between parallel sections by default. Spinning makes
 # embedding alone a little faster, but ingest_pdf slower: the spinning threads take the core pypdf
@@ -84,7 +84,7 @@ MAX_HEAD_CHARS = 262_144
 # AVX-512BW without VNNI) its u8 x s8 kernel (vpmaddubsw) adds pairs of products in saturating
 # 16-bit lanes: the vectors drift below the stated accuracy, and it is not reliably faster than
 # fp32 there. So on such CPUs EMBED_PRECISION=int8 runs fp32, with a warning when the model loads.
-# The figures per CPU are in docs/embeddings.md, "int8 by CPU".
+# The figures per CPU are in docs/design/embeddings.md, "int8 by CPU".
 X86_INT8_FLAGS = frozenset({"avx512_vnni", "avx_vnni"})
 ARM_INT8_FLAGS = frozenset({"asimddp"})  # SDOT/UDOT (ARMv8.2 dot product)
 

@@ -51,6 +51,14 @@ class InputTooLargeError(BadInputError):
     """The input is over a byte, page or count limit."""
 
 
+class RecordError(BadInputError):
+    """A record of a bulk input file cannot be used (not JSON, no id, not UTF-8...): names its line."""
+
+
+class DuplicateIdError(RecordError):
+    """An id appears twice in a bulk input file: names the id and both lines."""
+
+
 class TextTooLargeError(InputTooLargeError):
     """The PDF expands to more text than MAX_PAGE_CHARS or MAX_DOCUMENT_CHARS allow."""
 
@@ -104,6 +112,10 @@ class StoreDiskError(TransientError):
 class StoreConfigError(WorkerError):
     """The store cannot be used as configured (a missing extra, pgvector not installed in the
     database, a dimension the schema does not hold); retrying will not help until someone fixes it."""
+
+
+class BulkIncompleteError(WorkerError):
+    """Shards of a bulk job did not all finish: names them; running the job again does only those."""
 
 
 class ModelUnavailableError(WorkerError):

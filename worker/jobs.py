@@ -13,6 +13,7 @@ import time
 from dataclasses import replace
 
 from worker import progress
+from worker.bulk import embed_bulk, embed_shard, finish_bulk
 from worker.chunking import Chunker
 from worker.embedding import Embedder, get_embedder
 from worker.errors import InputTooLargeError, InvalidArgumentsError
@@ -24,6 +25,8 @@ from worker.settings import Settings, get_settings
 from worker.sources import load_source
 from worker.store import DocumentStore, StoredDocument, check_encodable, check_storable, open_store, storable
 from worker.textdoc import decode_text
+
+__all__ = ["embed_bulk", "embed_shard", "embed_texts", "extract_text", "finish_bulk", "ingest_pdf", "ping"]
 
 MAX_STR_CHARS = 1000  # characters of a string argument at most (ping's message, a password...)
 

@@ -731,6 +731,23 @@ class EmbeddingSettings:
         shown="`4096`",
         help="most texts one `embed_texts` job may carry",
     )
+    bulk_shard_records: int = setting(
+        "BULK_SHARD_RECORDS",
+        integer(1),
+        default=2000,
+        shown="`2000`",
+        help=(
+            "records of a bulk input file per shard job of `embed_bulk` (each shard is one RQ job any "
+            "worker takes); see [bulk.md](bulk.md)"
+        ),
+    )
+    max_bulk_records: int = setting(
+        "MAX_BULK_RECORDS",
+        integer(1),
+        default=10_000_000,
+        shown="`10000000`",
+        help="most records one `embed_bulk` input file may hold",
+    )
 
 
 # The settings in groups, each declared once; `Settings` is all of them. (Dataclass fields come

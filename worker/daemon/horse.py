@@ -25,6 +25,7 @@ from worker import progress
 from worker.allowlist import mark_work_horse
 from worker.errors import BadInputError, is_transient, redis_unusable
 from worker.lifecycle import claim_ending
+from worker.safe import safe_text
 
 if TYPE_CHECKING:
     from worker.daemon.worker import DaemonWorker
@@ -114,9 +115,12 @@ def may_end_job(worker: DaemonWorker, job: Job, execution) -> None:
 
 def retry_policy(job: Job, exc: BaseException | None, retry_intervals: tuple[float, ...]) -> None:
     """Bad input is final, whatever Retry the client asked for; a transient failure of a job
-    that asked for no retry gets RETRY_INTERVALS."""
+    that asked for no retry gets RETRY_INTERVALS. A job that will be retried keeps the error in
+    `meta["retried_after"]` (RQ records no result for a retried attempt), for whoever waits on it."""
     if isinstance(exc, BadInputError):
         job.retries_left = 0
     elif is_transient(exc) and job.retries_left is None and retry_intervals:
         job.retries_left = len(retry_intervals)
         job.retry_intervals = list(retry_intervals)
+    if exc is not None and job.retries_left and isinstance(job.meta, dict):  # saved with the job by its retry
+        job.meta["retried_after"] = f"{type(exc).__name__}: {safe_text(' '.join(str(exc).split()), 300)}"

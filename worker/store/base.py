@@ -330,6 +330,10 @@ class DocumentStore(ABC):
     def _transaction(self) -> contextlib.AbstractContextManager[None]:
         """A write transaction, committed unless the block raises, its errors typed as errors() types them."""
 
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
+        """A write transaction on the store's connection, for modules that keep tables beside it."""
+        return self._transaction()
+
     @abstractmethod
     def _nearest(
         self, query: np.ndarray, k: int, model: str | None, document_id: str | None, where: Mapping[str, str] | None

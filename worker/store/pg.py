@@ -222,7 +222,9 @@ def connect(url: str, lock_timeout: float | None = None, connect_timeout: float 
     try:
         conn = psycopg.connect(url, **kwargs)
     except psycopg.OperationalError as exc:
-        raise StoreUnavailableError(f"PostgreSQL at {redact_url(url)} unreachable ({_describe(exc, url)})") from None
+        raise StoreUnavailableError(
+            f"PostgreSQL at {redact_url(url)} unreachable ({_describe(exc, url)}): start it, or fix STORE_URL"
+        ) from None
     except psycopg.Error as exc:  # a conninfo libpq cannot parse: its message may quote the URL
         raise StoreConfigError(f"STORE_URL {redact_url(url)} refused by libpq ({_describe(exc, url)})") from None
     if lock_timeout:
