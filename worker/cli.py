@@ -62,12 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="the stored chunks that best match a query")
     p.add_argument("query")
     p.add_argument("-k", type=int, default=5)
-    p.add_argument(
-        "--mode",
-        choices=("hybrid", "dense", "keyword"),
-        default="hybrid",
-        help="hybrid (default): keyword and embedding ranks fused; dense: embeddings only; keyword: words only",
-    )
+    modes = "hybrid (default): keyword and embedding ranks fused; dense: embeddings only; keyword: words only"
+    p.add_argument("--mode", choices=("hybrid", "dense", "keyword"), default="hybrid", help=modes)
     p.add_argument("--document", dest="document_id", metavar="ID", help="only chunks of this document id")
     p.add_argument(
         "--where",
