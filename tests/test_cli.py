@@ -79,8 +79,14 @@ def test_parse_where() -> None:
 
 
 def test_hit_text() -> None:
-    hit = {"score": 0.5, "name": None, "document": "d1", "page_start": 2, "page_end": 3, "text": "a\n b"}
-    assert cli.hit_text(hit) == "0.5000  d1  p. 2-3\n    a b"
+    hit = {"score": 0.5, "name": None, "document": "d1", "pages": "pp. 2-3", "text": "a\n b", "snippet": "a **b**"}
+    hit |= {"dense_rank": 4, "dense_score": 0.61, "keyword_rank": 1, "keyword_score": 7.25}
+    assert cli.hit_text(hit, 2) == " 2. 0.5000  d1  pp. 2-3  [dense #4 (0.610), keyword #1 (7.250)]\n    a **b**"
+    assert cli.hit_text(hit, 2, bold=True).endswith("a \033[1mb\033[0m")
+    text = {"score": 0.03, "name": "notes.md", "document": "d2", "pages": None, "text": "x", "snippet": "x"}
+    assert cli.hit_text(text | {"dense_rank": None, "keyword_rank": 3, "keyword_score": 1.0}) == (
+        " 1. 0.0300  notes.md  [keyword #3 (1.000)]\n    x"
+    )
 
 
 def test_health_url_reaches_a_wildcard_address_on_loopback() -> None:

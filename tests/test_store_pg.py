@@ -87,8 +87,10 @@ def test_search_nearest_by_cosine_with_filters(store_url: str) -> None:
         assert hits[0]["document"] == "doc-b" and hits[0]["page_start"] == 4 and hits[0]["page_end"] == 4
         assert hits[0]["text"] == "chunk 3" and hits[0]["name"] == "doc-b.pdf" and hits[0]["title"] == "T"
         assert set(hits[0]) == {
-            "document", "name", "title", "page_start", "page_end", "char_start", "char_end", "score", "text"
+            "document", "name", "title", "page_start", "page_end", "pages", "char_start", "char_end", "score",
+            "dense_rank", "dense_score", "keyword_rank", "keyword_score", "fused_score", "snippet", "text",
         }  # fmt: skip
+        assert hits[0]["pages"] == "p. 4" and hits[0]["dense_rank"] == 1 and hits[0]["keyword_rank"] is None
         expected = np.sort(np.concatenate([a, b]) @ query)[::-1][:3]
         assert np.allclose([h["score"] for h in hits], expected, atol=1e-5)
         assert len(store.search(query, k=100, model="m")) == 9
@@ -251,7 +253,9 @@ def test_hnsw_build_options_come_with_migration_3(pg_url: str, caplog: pytest.Lo
     def as_before_migration_3(store) -> int:
         store.conn.execute("DROP INDEX chunks_embedding_hnsw")
         store.conn.execute("CREATE INDEX chunks_embedding_hnsw ON chunks USING hnsw (embedding vector_cosine_ops)")
-        store.conn.execute("DELETE FROM worker_migrations WHERE version = 3")
+        store.conn.execute("ALTER TABLE chunks DROP COLUMN tsv")  # and migration 4 undone, which follows it
+        store.conn.execute("DROP FUNCTION worker_split_words")
+        store.conn.execute("DELETE FROM worker_migrations WHERE version >= 3")
         return index(store)[0]
 
     options = [o.split(" = ") for o in HNSW_OPTIONS.split(", ")]

@@ -49,6 +49,8 @@ BUILTIN_JOBS: tuple[str, ...] = (
     "worker.jobs.embed_bulk",
     "worker.jobs.embed_shard",
     "worker.jobs.finish_bulk",
+    "worker.jobs.ingest_text",
+    "worker.jobs.search",
 )
 
 

@@ -12,6 +12,7 @@ import argparse
 import base64
 import json
 import os
+import re
 import sqlite3
 import sys
 import time
@@ -25,11 +26,13 @@ from worker import cli_vectors, display
 from worker.exitcodes import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 from worker.safe import safe_text
 from worker.settings import Settings, SettingsError, check_store_url, flagged, redact_url, set_settings
+from worker.textdoc import TEXT_SUFFIXES
 
 if TYPE_CHECKING:
     from worker.store.copy import CopyReport
 
 INGEST = "worker.jobs.ingest_pdf"
+INGEST_TEXT = "worker.jobs.ingest_text"  # what `enqueue` runs for a file named *.txt or *.md
 
 
 def _run_flags(p: argparse.ArgumentParser) -> None:
@@ -45,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     _run_flags(sub.add_parser("run", help="run the worker daemon (default)"))
 
-    p = sub.add_parser("enqueue", help="enqueue ingest_pdf for each file")
+    p = sub.add_parser("enqueue", help="enqueue ingest_pdf for each file (ingest_text for .txt and .md)")
     p.add_argument("paths", nargs="+", type=Path)
     p.add_argument("--queue", default="default")
     p.add_argument("--wait", action="store_true", help="show progress, then a summary per file")
@@ -56,9 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metadata", metavar="JSON", help="a JSON object stored with each file (search --where)")
     cli_vectors.add_enqueue_flags(p)
 
-    p = sub.add_parser("search", help="nearest stored chunks to a query")
+    p = sub.add_parser("search", help="the stored chunks that best match a query")
     p.add_argument("query")
     p.add_argument("-k", type=int, default=5)
+    modes = "hybrid (default): keyword and embedding ranks fused; dense: embeddings only; keyword: words only"
+    p.add_argument("--mode", choices=("hybrid", "dense", "keyword"), default="hybrid", help=modes)
     p.add_argument("--document", dest="document_id", metavar="ID", help="only chunks of this document id")
     p.add_argument(
         "--where",
@@ -181,7 +186,10 @@ def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
         source, note = source_for(path, settings)
         if note and not args.json:  # --json: one JSON object a line, nothing else
             print(f"worker: {note}", file=sys.stderr)
-        job = queue.enqueue(args.function, args=(source,), kwargs=kwargs, job_timeout=settings.job_timeout)
+        function = args.function
+        if function == INGEST and path.suffix.lower() in TEXT_SUFFIXES:  # plain text or Markdown
+            function = INGEST_TEXT
+        job = queue.enqueue(function, args=(source,), kwargs=kwargs, job_timeout=settings.job_timeout)
         jobs.append((path, job))
         if not args.wait:
             _emit(args.json, *queued(path, job.id, args.queue))
@@ -677,9 +685,9 @@ def cmd_healthcheck(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
-    from worker.embedding import get_embedder
     from worker.errors import BadInputError, WorkerError
-    from worker.store import MAX_SEARCH_K, check_encodable, check_filters, open_store
+    from worker.search import check_query, search
+    from worker.store import MAX_SEARCH_K, check_filters
 
     if not 1 <= args.k <= MAX_SEARCH_K:  # the same bound on both stores
         print(f"worker: -k must be between 1 and {MAX_SEARCH_K}", file=sys.stderr)
@@ -690,7 +698,7 @@ def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
         print(f"worker: --where wants KEY=VALUE, got {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:  # e.g. bytes that are not UTF-8 in an argument: no store holds them, no metadata can match
-        check_encodable("the query", args.query)
+        check_query(args.query, args.k, args.mode)
         check_filters(args.document_id, where)
     except BadInputError as exc:
         print(f"worker: search: {exc}", file=sys.stderr)
@@ -700,19 +708,17 @@ def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
         print(f"worker: {problem}", file=sys.stderr)
         return EXIT_ERROR
     try:
-        embedder = get_embedder(settings)
-        vector = embedder.embed([args.query])[0]
-        with open_store(
-            settings.store_url, settings.store_busy_timeout, ef_search=settings.hnsw_ef_search, dim=embedder.dim
-        ) as store:
-            hits = store.search(
-                vector, args.k, model=embedder.model_name, document_id=args.document_id, where=where or None
-            )
+        hits = search(
+            args.query, args.k, args.mode, document_id=args.document_id, where=where or None, settings=settings
+        )
     except WorkerError as exc:
         print(f"worker: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    for hit in hits:
-        _emit(args.json, hit, hit_text(hit))
+    if not hits and not args.json:
+        print("no match", file=sys.stderr)
+    bold = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    for rank, hit in enumerate(hits, 1):
+        _emit(args.json, hit, hit_text(hit, rank, bold))
     return EXIT_OK
 
 
@@ -727,11 +733,19 @@ def parse_where(items: list[str]) -> dict[str, str]:
     return where
 
 
-def hit_text(hit: dict) -> str:
-    """A search hit as `search` prints it: score, document, pages, then the text on one line (300 characters)."""
-    pages = f"p. {hit['page_start']}" + (f"-{hit['page_end']}" if hit["page_end"] != hit["page_start"] else "")
-    text = " ".join(hit["text"].split())
-    return f"{hit['score']:.4f}  {hit['name'] or hit['document']}  {pages}\n    {text[:300]}"
+def hit_text(hit: dict, rank: int = 1, bold: bool = False) -> str:
+    """A search hit as `search` prints it: rank, score, document, pages and what each side ranked
+    it, then the snippet (matched words in bold on a terminal, else **marked**)."""
+    where = "  ".join(x for x in (hit["name"] or hit["document"], hit.get("pages")) if x)
+    sides = [
+        f"{side} #{hit[f'{side}_rank']} ({hit[f'{side}_score']:.3f})"
+        for side in ("dense", "keyword")
+        if hit.get(f"{side}_rank") is not None
+    ]
+    snippet = hit.get("snippet") or " ".join(hit["text"].split())[:300]
+    if bold:
+        snippet = re.sub(r"\*\*(.+?)\*\*", "\033[1m\\1\033[0m", snippet)
+    return f"{rank:>2}. {hit['score']:.4f}  {where}  [{', '.join(sides)}]\n    {snippet}"
 
 
 def cmd_embed(settings: Settings, args: argparse.Namespace) -> int:

@@ -378,6 +378,8 @@ def summary_line(name: str, status: str, result: object = None, exc_string: str 
     parts = [_plural(int(result["pages"]), "page"), _plural(int(result.get("chunks") or 0), "chunk")]
     errors = result.get("page_errors")
     parts.append(_plural(len(errors) if isinstance(errors, list) else int(_number(errors) or 0), "page error"))
+    if not result["pages"]:  # a text (ingest_text) has no pages
+        parts = parts[1:2]
     blank = _number(result.get("pages_without_text"))
     if blank:
         parts.append(f"{int(blank)} without text")

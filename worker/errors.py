@@ -67,6 +67,10 @@ class NotAPdfError(BadInputError):
     """The bytes are not a PDF."""
 
 
+class NotTextError(BadInputError):
+    """The bytes given as plain text or Markdown are not UTF-8 text (binary, or another encoding)."""
+
+
 class EmptyInputError(BadInputError):
     """The input has no bytes."""
 

@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import time
+from dataclasses import replace
 
 from worker import progress
 from worker.bulk import embed_bulk, embed_shard, finish_bulk
@@ -20,9 +21,11 @@ from worker.errors import InputTooLargeError, InvalidArgumentsError
 from worker.pdf import PageTexts, PdfDocument, extract, open_pdf, sha256
 from worker.pdf import metadata as pdf_metadata
 from worker.pipeline import Embedded, WorkDone, embed_pages
+from worker.search import search as run_search
 from worker.settings import Settings, get_settings
 from worker.sources import load_source
 from worker.store import DocumentStore, StoredDocument, check_encodable, check_storable, open_store, storable
+from worker.textdoc import decode_text
 
 __all__ = ["embed_bulk", "embed_shard", "embed_texts", "extract_text", "finish_bulk", "ingest_pdf", "ping"]
 
@@ -259,6 +262,73 @@ def _report_pipeline(p: WorkDone) -> None:
         progress.report("extract", p.pages, p.pages_total, chunks=p.chunks, embedded=p.embedded)
     else:
         progress.report("embed", p.embedded, p.chunks, pages=p.pages, chunks=p.chunks)
+
+
+# -- plain text and Markdown ---------------------------------------------------------------
+
+
+def ingest_text(source: object, document_id: str | None = None, metadata: dict | None = None) -> dict:
+    """Chunk, embed and store a plain text or Markdown file (UTF-8), as a PDF's text is from chunking
+    on; idempotent per (bytes, model). Its chunks have no page numbers (None); the answer is
+    ingest_pdf's, with pages 0."""
+    caller_metadata = _check_ingest_arguments(document_id, metadata, None)
+    settings = get_settings()
+    t_start = time.perf_counter()
+    progress.report("read")
+    src = load_source(source, settings)
+    name = "inline.txt" if isinstance(source, dict) and not source.get("filename") else src.name
+    text = decode_text(src.data, name, settings.max_document_chars)
+    digest = sha256(src.data)
+    timings = {"extract": time.perf_counter() - t_start, "chunk": 0.0, "embed": 0.0, "store": 0.0}
+
+    embedder = get_embedder(settings)
+    summary = {"document_id": document_id or digest, "name": name, "sha256": digest, "model": embedder.model_name}
+    with open_store(
+        settings.store_url, settings.store_busy_timeout, ef_search=settings.hnsw_ef_search, dim=embedder.dim
+    ) as store:
+        existing = store.find(digest, embedder.model_name)
+        if existing is not None:
+            return _ingest_answer(summary, existing, True, timings, t_start)
+        chunker = Chunker(embedder.tokenizer, settings.chunk_tokens, settings.chunk_overlap)
+        done = embed_pages(
+            [text], chunker.stream(), embedder.embed_ids, embedder.dim, settings.embed_batch_tokens, pages_total=1
+        )
+        timings["chunk"], timings["embed"] = done.timings["chunk"], done.timings["embed"]
+        progress.count(embedding_tokens=done.tokens, embedding_texts=len(done.chunks))
+        t = time.perf_counter()
+        progress.report("store", 0, 1)
+        row, already = store.add_document(
+            document_id=document_id or digest,
+            sha256=digest,
+            model=embedder.model_name,
+            name=name,
+            meta={},
+            pages=0,
+            pages_without_text=0,
+            page_errors=[],
+            chunks=[replace(c, page_start=None, page_end=None) for c in done.chunks],  # a text has no pages
+            vectors=done.vectors,
+            caller_metadata=caller_metadata,
+        )
+        progress.report("store", 1, 1)
+        timings["store"] = time.perf_counter() - t
+    if not already:
+        progress.count(chunks=len(done.chunks))
+    return _ingest_answer(summary, row, already, timings, t_start)
+
+
+# -- search ---------------------------------------------------------------------------------
+
+
+def search(
+    query: str, k: int = 5, mode: str = "hybrid", document_id: str | None = None, where: dict | None = None
+) -> dict:
+    """Search the store (worker/search.py) for a program that does not load the model: enqueue it
+    on `high`, read {"query", "mode", "k", "hits"} from the job's result."""
+    if where is not None and not isinstance(where, dict):
+        raise InvalidArgumentsError("where must be a JSON object of string keys and values")
+    hits = run_search(query, k, mode, document_id=document_id, where=where)
+    return {"query": query, "mode": mode, "k": k, "hits": hits}
 
 
 def _rounded(timings: dict[str, float], t_start: float) -> dict[str, float]:

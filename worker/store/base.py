@@ -21,6 +21,7 @@ import numpy as np
 
 from worker.errors import InvalidArgumentsError, WorkerError
 from worker.settings import Settings
+from worker.store.hybrid import CANDIDATES, MODES, Ranked, fuse, pages_label, query_terms, single, snippet
 from worker.store.storable import check_storable
 
 DEFAULT_EF_SEARCH = Settings.hnsw_ef_search  # PostgreSQL search: hnsw.ef_search (HNSW_EF_SEARCH)
@@ -39,8 +40,8 @@ class Chunk:
 
     seq: int
     text: str
-    page_start: int
-    page_end: int
+    page_start: int | None  # None: a text without pages (ingest_text); stored as 0 (NO_PAGE)
+    page_end: int | None
     char_start: int
     char_end: int
     n_tokens: int  # word pieces including the special tokens, as the model sees it
@@ -96,7 +97,7 @@ class DocumentRecord:
             meta={"title": title, "author": author, "producer": producer},
             pages=pages,
             pages_without_text=pages_without_text,
-            chunks=[Chunk(*r[:-1]) for r in chunk_rows],
+            chunks=[Chunk(r[0], r[1], page(r[2]), page(r[3]), *r[4:-1]) for r in chunk_rows],
             vectors=vectors,
             **decoded,
         )
@@ -196,26 +197,46 @@ INFO_SQL = (
 )
 HIT_COLUMNS = "d.document_id, d.name, d.title, c.page_start, c.page_end, c.char_start, c.char_end, c.text"
 CHUNKS_OF_DOCUMENTS = "FROM chunks c JOIN documents d ON d.id = c.document"
+NO_PAGE = 0  # page_start and page_end of a chunk of a text without pages, as stored (pages count from 1)
+
+
+def page(stored: int) -> int | None:
+    """A stored page number as a chunk or hit has it: None for NO_PAGE."""
+    return None if stored == NO_PAGE else stored
 
 
 def chunk_rows(doc: int, chunks: Sequence[Chunk], vectors: Sequence) -> Iterator[tuple]:
     """The rows of `chunks` (CHUNK_COLUMNS, then the vector as given) of document `doc`."""
     for c, vec in zip(chunks, vectors, strict=True):
-        yield (doc, c.seq, c.page_start, c.page_end, c.char_start, c.char_end, c.n_tokens, c.text, vec)
+        p0 = NO_PAGE if c.page_start is None else c.page_start
+        p1 = NO_PAGE if c.page_end is None else c.page_end
+        yield (doc, c.seq, p0, p1, c.char_start, c.char_end, c.n_tokens, c.text, vec)
 
 
-def hit(document: str, name: str | None, title: str | None, *span_text: Any, score: float) -> dict:
-    """One search hit (a row of HIT_COLUMNS and its cosine score), the same on both stores."""
-    p0, p1, c0, c1, text = span_text
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 6)
+
+
+def hit(row: Sequence[Any], ranked: Ranked, terms: Sequence[tuple[str, ...]]) -> dict:
+    """One search hit (a row of HIT_COLUMNS and what the search said of it), the same on both stores."""
+    document, name, title, p0, p1, c0, c1, text = row
+    p0, p1 = page(p0), page(p1)
     return {
         "document": document,
         "name": name,
         "title": title,
         "page_start": p0,
         "page_end": p1,
+        "pages": pages_label(p0, p1),
         "char_start": c0,
         "char_end": c1,
-        "score": round(float(score), 6),
+        "score": _rounded(ranked.score),
+        "dense_rank": ranked.dense_rank,
+        "dense_score": _rounded(ranked.dense_score),
+        "keyword_rank": ranked.keyword_rank,
+        "keyword_score": _rounded(ranked.keyword_score),
+        "fused_score": _rounded(ranked.fused_score),
+        "snippet": snippet(text, terms),
         "text": text,
     }
 
@@ -316,8 +337,20 @@ class DocumentStore(ABC):
     @abstractmethod
     def _nearest(
         self, query: np.ndarray, k: int, model: str | None, document_id: str | None, where: Mapping[str, str] | None
-    ) -> list[tuple]:
-        """The k nearest chunks: rows of HIT_COLUMNS then the cosine score, best first."""
+    ) -> list[tuple[int, float]]:
+        """The k nearest chunks: (chunk id, cosine score), best first."""
+
+    @abstractmethod
+    def _keyword(
+        self,
+        terms: Sequence[tuple[str, ...]],
+        k: int,
+        model: str | None,
+        document_id: str | None,
+        where: Mapping[str, str] | None,
+    ) -> list[tuple[int, float]]:
+        """The k chunks best matching any of `terms` (worker/store/hybrid.py): (chunk id, keyword
+        score, higher is better), best first."""
 
     @abstractmethod
     def _insert(self, row: DocumentRow, chunks: Sequence[Chunk], vectors: np.ndarray) -> tuple[StoredDocument, bool]:
@@ -370,20 +403,69 @@ class DocumentStore(ABC):
 
     def search(
         self,
-        vector: np.ndarray,
+        vector: np.ndarray | None = None,
         k: int = 5,
         model: str | None = None,
         document_id: str | None = None,
         where: Mapping[str, str] | None = None,
+        *,
+        text: str | None = None,
+        mode: str = "dense",
+        candidates: int = CANDIDATES,
     ) -> list[dict]:
-        """The k chunks nearest to `vector` by cosine, best first (vectors stored normalized),
-        optionally only of one document id and of documents whose metadata has key == value.
-        At most MAX_SEARCH_K hits, whatever `k` asks. SQLite: exact; PostgreSQL: through the HNSW
-        index (approximate: hnsw.ef_search candidates, at least k)."""
+        """The k best chunks, best first, optionally only of one document id and of documents whose
+        metadata has key == value (the same filters on both sides). At most MAX_SEARCH_K hits.
+
+        `mode`: "dense" ranks by cosine to `vector` (vectors stored normalized; SQLite exact,
+        PostgreSQL through the HNSW index); "keyword" by the keyword index's score for the terms
+        of `text`; "hybrid" fuses the `candidates` best of each (worker/store/hybrid.py), and is
+        dense alone when `text` has no terms."""
+        if mode not in MODES:
+            raise InvalidArgumentsError(f"search mode must be one of {', '.join(MODES)}, got {mode!r}")
         check_filters(document_id, where)
-        query = np.asarray(vector, dtype=np.float32).reshape(-1)
-        rows = self._nearest(query, min(k, MAX_SEARCH_K), model, document_id, where)
-        return [hit(*row[:-1], score=row[-1]) for row in rows]
+        k = min(k, MAX_SEARCH_K)
+        terms = query_terms(text) if mode != "dense" else []
+        if mode != "keyword" and vector is None:
+            raise InvalidArgumentsError(f"a {mode} search needs the query's vector")
+        if k <= 0:
+            return []
+        dense: list[tuple[int, float]] = []
+        keyword: list[tuple[int, float]] = []
+        n = k if mode != "hybrid" else max(k, candidates)
+        query = None if mode == "keyword" else np.asarray(vector, dtype=np.float32).reshape(-1)
+        if mode == "hybrid" and terms:
+            dense, keyword = self._both(query, terms, n, model, document_id, where)
+        elif query is not None:
+            dense = self._nearest(query, n, model, document_id, where)
+        elif terms:
+            keyword = self._keyword(terms, n, model, document_id, where)
+        if mode == "hybrid" and terms:
+            ranked = fuse(dense, keyword, k)
+        else:
+            ranked = single(keyword, "keyword") if mode == "keyword" else single(dense[:k], "dense")
+        rows = self._hit_rows([r.chunk for r in ranked])
+        return [hit(rows[r.chunk], r, terms) for r in ranked]
+
+    def _both(
+        self,
+        query: np.ndarray,
+        terms: Sequence[tuple[str, ...]],
+        n: int,
+        model: str | None,
+        document_id: str | None,
+        where: Mapping[str, str] | None,
+    ) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+        """Both sides of a hybrid search: (dense, keyword), `n` chunks each. One after the other
+        here; a store may run them side by side."""
+        return self._nearest(query, n, model, document_id, where), self._keyword(terms, n, model, document_id, where)
+
+    def _hit_rows(self, chunk_ids: Sequence[int]) -> dict[int, tuple]:
+        """The rows of HIT_COLUMNS of these chunks, by chunk id."""
+        if not chunk_ids:
+            return {}
+        marks = ", ".join([self.mark] * len(chunk_ids))
+        sql = f"SELECT c.id, {HIT_COLUMNS} {CHUNKS_OF_DOCUMENTS} WHERE c.id IN ({marks})"
+        return {r[0]: tuple(r[1:]) for r in self._read(sql, list(chunk_ids))}
 
     def add_document(
         self,

@@ -10,6 +10,13 @@ one transaction. Exactly once under concurrency comes from `INSERT ... ON CONFLI
 a second writer of the same key waits for the first one's transaction, then inserts nothing and
 reads the row the first one committed. Chunks go in with binary COPY.
 
+Keyword search is PostgreSQL's full text search: a generated `tsvector` column (`chunks.tsv`,
+English stemming) with a GIN index, ranked by `ts_rank(tsv, term, 1)` (divided by 1 + the log of
+the chunk's length) of each term, weighted by its rarity (PgStore._keyword). PostgreSQL's parser
+keeps `worker.store_pg.PgStore` or `config_v2.yaml` as one token, so the column also holds such
+tokens split on `.`, `_`, `-`, `/` (`worker_split_words`): `PgStore` and `config_v2` find them.
+Each query term is a phrase of its parts, terms ORed.
+
 Schema changes are numbered migrations applied under a transaction-scoped advisory lock, so
 workers starting together apply each one once. Vectors are `vector(dim)` with an HNSW index
 (cosine); the dimension is fixed when the schema is created (the model's, 384 by default).
@@ -24,6 +31,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -40,7 +49,6 @@ from worker.store.base import (
     DOCUMENT_COLUMNS,
     EXPORT_CHUNKS_SQL,
     EXPORT_DOCUMENT_SQL,
-    HIT_COLUMNS,
     Chunk,
     DocumentRecord,
     DocumentRow,
@@ -61,7 +69,7 @@ try:
 except ImportError:  # the base install has no PostgreSQL driver; open() says how to get one
     psycopg = None  # type: ignore[assignment]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DEFAULT_DIM = 384  # all-MiniLM-L6-v2; a schema is created with the embedder's own dimension
 CONNECT_TIMEOUT_S = 5
 # Key of pg_advisory_xact_lock while migrating ("worker" in ASCII): one migrator at a time.
@@ -127,12 +135,31 @@ _HNSW_OPTIONS_MIGRATION = f"""DO $$ BEGIN
 END $$"""
 
 
+# Migration 4: the keyword index. The split words of compound tokens (letters and digits joined by
+# `.`, `_`, `-`, `/`) are added to the English tsvector, after its own positions.
+TS_CONFIG = "english"
+_KEYWORD_MIGRATION = [
+    r"""CREATE FUNCTION worker_split_words(t text) RETURNS text
+        LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+        SELECT coalesce(string_agg(regexp_replace(m[1], '[._/-]+', ' ', 'g'), ' '), '')
+        FROM regexp_matches(t, '([[:alnum:]]+(?:[._/-]+[[:alnum:]]+)+)', 'g') AS m
+    $$""",
+    f"""ALTER TABLE chunks ADD COLUMN tsv tsvector GENERATED ALWAYS AS (
+        to_tsvector('{TS_CONFIG}'::regconfig, text) || to_tsvector('{TS_CONFIG}'::regconfig, worker_split_words(text))
+    ) STORED""",
+    "CREATE INDEX chunks_tsv ON chunks USING gin (tsv)",
+]
+RANKED_AT_MOST = 2_000  # chunks one keyword search ranks at most (PgStore._selector)
+MIGRATION_NAMES = {4: "keyword index (tsvector column, GIN index)"}
+
+
 def _migrations(dim: int) -> list[tuple[int, list[str]]]:
     """(version, statements). Never edit one that has shipped: add the next."""
     return [
         (1, _schema(dim)),
         (2, ["CREATE INDEX documents_metadata ON documents USING gin (metadata jsonb_path_ops)"]),
         (3, [_HNSW_OPTIONS_MIGRATION]),
+        (4, _KEYWORD_MIGRATION),
     ]
 
 
@@ -234,6 +261,8 @@ class PgStore(DocumentStore):
         self.url = url
         self.dim = dim
         self.ef_search = ef_search
+        self._common: dict[str, float] | None = None  # lexeme -> chunks holding it (estimated), once read
+        self._rows = 0.0  # chunks, as the statistics count them
 
     @classmethod
     @contextlib.contextmanager
@@ -305,26 +334,100 @@ class PgStore(DocumentStore):
             created_at=created.timestamp(),
         )
 
+    def _filters(
+        self, model: str | None, document_id: str | None, where: Mapping[str, str] | None
+    ) -> tuple[list[str], list[object]]:
+        conds, params = filter_conditions("%s", model, document_id)
+        if where:
+            conds.append("d.metadata @> %s")
+            params.append(Jsonb(dict(where)))
+        return conds, params
+
     def search_sql(
         self, model: str | None, document_id: str | None, where: Mapping[str, str] | None
     ) -> tuple[str, list[object]]:
         """The nearest-chunks query: ORDER BY the cosine distance operator, so the HNSW index
         serves it; filters join on documents (the iterative scan keeps looking past misses).
         The first parameter is the query vector, the last the limit."""
-        conds, params = filter_conditions("%s", model, document_id)
-        if where:
-            conds.append("d.metadata @> %s")
-            params.append(Jsonb(dict(where)))
+        conds, params = self._filters(model, document_id, where)
         sql = (
-            f"SELECT {HIT_COLUMNS}, c.embedding <=> %s AS distance {CHUNKS_OF_DOCUMENTS}"
+            f"SELECT c.id, c.embedding <=> %s AS distance {CHUNKS_OF_DOCUMENTS}"
             + (" WHERE " + " AND ".join(conds) if conds else "")
             + " ORDER BY distance LIMIT %s"
         )
         return sql, params
 
+    def _keyword(
+        self,
+        terms: Sequence[tuple[str, ...]],
+        k: int,
+        model: str | None,
+        document_id: str | None,
+        where: Mapping[str, str] | None,
+    ) -> list[tuple[int, float]]:
+        """Through the GIN index on chunks.tsv, among the chunks holding the terms `_selector` picks
+        (at most RANKED_AT_MOST), ranked by the sum over every term of ts_rank(tsv, term, 1) weighted
+        by the term's inverse document frequency as BM25 has it (ts_rank has none: on Cranfield the
+        weights take keyword nDCG@10 from 0.316 to 0.320 and hybrid from 0.388 to 0.399)."""
+        conds, params = self._filters(model, document_id, where)
+        texts = [" ".join(parts) for parts in terms]
+        chosen, weights = self._selector(texts)
+        if not chosen:
+            return []
+        phrase = f"phraseto_tsquery('{TS_CONFIG}', %s)"
+        selected = " || ".join([phrase] * len(chosen))
+        rank = " + ".join([f"%s * ts_rank(m.tsv, {phrase}, 1)"] * len(weights))
+        rank_params = [x for text, weight in weights.items() for x in (weight, text)]
+        sql = (
+            f"SELECT m.id, {rank} AS score FROM"
+            f" (SELECT c.id, c.tsv {CHUNKS_OF_DOCUMENTS} WHERE c.tsv @@ ({selected})"
+            + "".join(f" AND {cond}" for cond in conds)
+            + f" LIMIT {RANKED_AT_MOST}) m ORDER BY score DESC, m.id LIMIT %s"
+        )
+        rows = self._read(sql, [*rank_params, *chosen, *params, int(k)])
+        return [(r[0], float(r[1])) for r in rows]
+
+    def _selector(self, texts: list[str]) -> tuple[list[str], dict[str, float]]:
+        """The terms whose chunks a keyword search ranks: the rarest, as many as hold together about
+        RANKED_AT_MOST chunks (at least one), by the planner's statistics of chunks.tsv (which
+        ANALYZE, so autovacuum, keeps); terms of stop words only are none.
+
+        Ranking is what a keyword search costs in PostgreSQL: every selected row is read and ranked,
+        the GIN index gives no order. A common word (`flow` in a fluid-dynamics library) selects a
+        large share of the store, and ts_rank, which has no notion of a word's rarity, learns
+        little from it: chunks that hold only common terms are not ranked (at 100,000 chunks), and
+        the ranking itself still counts every term. Measured in docs/benchmarks.md."""
+        rows = self._read(
+            f"SELECT tsvector_to_array(to_tsvector('{TS_CONFIG}', t))"
+            " FROM unnest(%s::text[]) WITH ORDINALITY AS u(t, n) ORDER BY n",
+            [texts],
+        )
+        words = {text: row[0] for text, row in zip(texts, rows, strict=True) if row[0]}  # none: stop words only
+        if self._common is None:
+            stats = self._read(
+                "SELECT s.most_common_elems::text::text[], s.most_common_elem_freqs, c.reltuples FROM pg_stats s"
+                " JOIN pg_class c ON c.oid = to_regclass('chunks') WHERE s.schemaname = current_schema()"
+                " AND s.tablename = 'chunks' AND s.attname = 'tsv'"
+            )
+            self._common, self._rows = {}, 0.0
+            if stats and stats[0][0]:
+                self._rows = max(0.0, float(stats[0][2]))
+                self._common = {w: f * self._rows for w, f in zip(stats[0][0], stats[0][1], strict=False)}
+        held = {t: min(self._common.get(w, 0.0) for w in ws) for t, ws in words.items()}  # chunks, estimated
+        chosen, total = [], 0.0
+        for text in sorted(held, key=held.__getitem__):
+            if chosen and total + held[text] > RANKED_AT_MOST:
+                break
+            chosen.append(text)
+            total += held[text]
+        # BM25's inverse document frequency of each term (1 for all without statistics)
+        n = self._rows
+        weights = {t: math.log(1 + (n - h + 0.5) / (h + 0.5)) if n else 1.0 for t, h in held.items()}
+        return chosen, weights
+
     def _nearest(
         self, query: np.ndarray, k: int, model: str | None, document_id: str | None, where: Mapping[str, str] | None
-    ) -> list[tuple]:
+    ) -> list[tuple[int, float]]:
         """Through the HNSW index: hnsw.ef_search candidates, at least k."""
         if k <= 0 or query.shape[0] != self.dim:
             return []
@@ -335,7 +438,7 @@ class PgStore(DocumentStore):
             self.conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
             rows = self.conn.execute(sql, [query, *params, int(k)]).fetchall()
         rows.sort(key=lambda r: r[-1])  # relaxed_order may hand them back slightly out of order
-        return [(*r[:-1], 1.0 - float(r[-1])) for r in rows]
+        return [(r[0], 1.0 - float(r[1])) for r in rows]
 
     # -- writes --------------------------------------------------------------------------
     def _insert(self, row: DocumentRow, chunks: Sequence[Chunk], vectors: np.ndarray) -> tuple[StoredDocument, bool]:
@@ -420,6 +523,23 @@ def _log_notice(diagnostic) -> None:
         log.warning("PostgreSQL store: %s", diagnostic.message_primary)
 
 
+def _apply(conn, number: int, statements: list[str], existing: bool) -> None:
+    """Apply migration `number`; on an existing store, one INFO line says what it cost."""
+    started = time.perf_counter()
+    for statement in statements:
+        conn.execute(statement)
+    conn.execute("INSERT INTO worker_migrations (version) VALUES (%s)", (number,))
+    if existing and number in MIGRATION_NAMES:
+        chunks = conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
+        log.info(
+            "PostgreSQL store: migration %d, %s, applied over %d chunks in %.2fs",
+            number,
+            MIGRATION_NAMES[number],
+            chunks,
+            time.perf_counter() - started,
+        )
+
+
 def _migrate(conn, url: str, dim: int) -> int:
     """Apply the migrations this database lacks, one migrator at a time; returns the vector dim."""
     version, current_dim = _state(conn)
@@ -440,11 +560,8 @@ def _migrate(conn, url: str, dim: int) -> int:
         conn.add_notice_handler(_log_notice)  # what a migration says to the operator (not "already exists")
         try:
             for number, statements in _migrations(dim):
-                if number <= version:
-                    continue
-                for statement in statements:
-                    conn.execute(statement)
-                conn.execute("INSERT INTO worker_migrations (version) VALUES (%s)", (number,))
+                if number > version:
+                    _apply(conn, number, statements, existing=version > 0)
         finally:
             conn.remove_notice_handler(_log_notice)
     _, current_dim = _state(conn)

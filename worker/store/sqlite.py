@@ -7,13 +7,20 @@ Search is exact cosine (vectors are L2-normalized, so a dot product) with numpy 
 whole stored matrix. That is fine up to a few hundred thousand chunks (384 float32 each:
 about 150 MB and well under a second per 100,000 chunks, see docs/benchmarks.md); past that, use an
 approximate index or a shared store with pgvector.
+
+Keyword search is FTS5 (in the sqlite3 every Python ships) over the chunks' text, an
+external-content table (`chunks_fts`: the index alone, the text stays in `chunks`) kept exact
+by triggers on every insert, update and delete of a chunk, cascaded deletes included; ranked by
+BM25, with the Porter stemmer over unicode61 words.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -30,7 +37,6 @@ from worker.store.base import (
     DOCUMENT_COLUMNS,
     EXPORT_CHUNKS_SQL,
     EXPORT_DOCUMENT_SQL,
-    HIT_COLUMNS,
     Chunk,
     DocumentRecord,
     DocumentRow,
@@ -40,8 +46,11 @@ from worker.store.base import (
     chunk_rows,
     filter_conditions,
 )
+from worker.store.hybrid import fts5_query
 
-SCHEMA_VERSION = 1
+log = logging.getLogger("worker.store")
+
+SCHEMA_VERSION = 2
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 
 SCHEMA = """
@@ -79,6 +88,37 @@ CREATE TABLE chunks (
     UNIQUE (document, seq)
 );
 """
+# page_start and page_end are 0 (NO_PAGE) for a text without pages.
+
+# Version 2: the keyword index. Never edit a version that has shipped: add the next.
+KEYWORD_INDEX = """
+CREATE VIRTUAL TABLE chunks_fts USING fts5(
+    text, content = 'chunks', content_rowid = 'id', tokenize = 'porter unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER chunks_fts_insert AFTER INSERT ON chunks BEGIN
+    INSERT INTO chunks_fts (rowid, text) VALUES (new.id, new.text);
+END;
+CREATE TRIGGER chunks_fts_delete AFTER DELETE ON chunks BEGIN
+    INSERT INTO chunks_fts (chunks_fts, rowid, text) VALUES ('delete', old.id, old.text);
+END;
+CREATE TRIGGER chunks_fts_update AFTER UPDATE OF id, text ON chunks BEGIN
+    INSERT INTO chunks_fts (chunks_fts, rowid, text) VALUES ('delete', old.id, old.text);
+    INSERT INTO chunks_fts (rowid, text) VALUES (new.id, new.text);
+END;
+INSERT INTO chunks_fts (chunks_fts) VALUES ('rebuild');
+"""
+MIGRATIONS = {1: SCHEMA, 2: KEYWORD_INDEX}  # version -> the statements that bring the one before to it
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of `script`, split on the `;` that end them (trigger bodies kept whole)."""
+    out, current = [], ""
+    for line in script.strip().splitlines(keepends=True):
+        current += line
+        if current.rstrip().endswith(";") and sqlite3.complete_statement(current):
+            out.append(current.strip())
+            current = ""
+    return out
 
 
 class SqliteStore(DocumentStore):
@@ -88,9 +128,11 @@ class SqliteStore(DocumentStore):
     dim = None  # each document has its own dimension; a search matches those of its query's
     mark = "?"
 
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: Path, busy_timeout: float = BUSY_TIMEOUT_S) -> None:
         self.conn = conn
         self.path = path
+        self.busy_timeout = busy_timeout
+        self._reader: sqlite3.Connection | None = None  # a hybrid search's keyword side, opened when first needed
 
     @classmethod
     @contextlib.contextmanager
@@ -105,16 +147,19 @@ class SqliteStore(DocumentStore):
             raise StoreConfigError(f"cannot create the folder of the SQLite store {path}: {exc}") from exc
         with _translate_errors(path):
             conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+        store = None
         try:
             with _translate_errors(path):
                 conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = NORMAL")
                 conn.execute("PRAGMA foreign_keys = ON")
-                store = cls(conn, path)
+                store = cls(conn, path, busy_timeout)
                 store._migrate()
             yield store
         finally:
+            if store is not None and store._reader is not None:
+                store._reader.close()
             conn.close()
 
     def _migrate(self) -> None:
@@ -124,13 +169,23 @@ class SqliteStore(DocumentStore):
         if version > SCHEMA_VERSION:
             raise StoreSchemaError(f"{self.path} has schema {version}; this version knows up to {SCHEMA_VERSION}")
         with self._write():
-            # Another process may have created it while we waited for the lock.
+            # Another process may have migrated it while we waited for the lock.
             version = self.conn.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                for statement in SCHEMA.split(";"):
-                    if statement.strip():
-                        self.conn.execute(statement)
-                self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            for number in range(version + 1, SCHEMA_VERSION + 1):
+                started = time.perf_counter()
+                for statement in _statements(MIGRATIONS[number]):
+                    self.conn.execute(statement)
+                if number == 2 and version > 0:  # an existing store: its keyword index was built now
+                    chunks = self.conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
+                    log.info(
+                        "SQLite store %s: keyword index built over %d chunks in %.2fs (schema %d -> %d)",
+                        self.path,
+                        chunks,
+                        time.perf_counter() - started,
+                        version,
+                        SCHEMA_VERSION,
+                    )
+            self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[None]:
@@ -199,10 +254,9 @@ class SqliteStore(DocumentStore):
             created_at=created,
         )
 
-    def _nearest(
-        self, query: np.ndarray, k: int, model: str | None, document_id: str | None, where: Mapping[str, str] | None
-    ) -> list[tuple]:
-        """Exact: every candidate's vector scored with numpy, then the k best read in full."""
+    def _filters(
+        self, model: str | None, document_id: str | None, where: Mapping[str, str] | None
+    ) -> tuple[list[str], list[object]]:
         conds, params = filter_conditions("?", model, document_id)
         for key, value in (where or {}).items():
             # A top-level key with a string value, as PostgreSQL's `metadata @> {"key": "value"}`
@@ -211,6 +265,13 @@ class SqliteStore(DocumentStore):
                 "EXISTS (SELECT 1 FROM json_each(d.metadata) m WHERE m.key = ? AND m.type = 'text' AND m.value = ?)"
             )
             params += [key, value]
+        return conds, params
+
+    def _nearest(
+        self, query: np.ndarray, k: int, model: str | None, document_id: str | None, where: Mapping[str, str] | None
+    ) -> list[tuple[int, float]]:
+        """Exact: every candidate's vector scored with numpy."""
+        conds, params = self._filters(model, document_id, where)
         sql = f"SELECT c.id, c.vector {CHUNKS_OF_DOCUMENTS} WHERE " + " AND ".join(["d.dim = ?", *conds])
         rows = self._read(sql, [query.shape[0], *params])
         if not rows or k <= 0:
@@ -221,13 +282,50 @@ class SqliteStore(DocumentStore):
         k = min(k, len(rows))
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.argsort(-scores[top], kind="stable")]
-        wanted = [int(ids[i]) for i in top]
-        marks = ",".join("?" * len(wanted))
-        found = {
-            r[0]: r[1:]
-            for r in self._read(f"SELECT c.id, {HIT_COLUMNS} {CHUNKS_OF_DOCUMENTS} WHERE c.id IN ({marks})", wanted)
-        }
-        return [(*found[cid], scores[i]) for i, cid in zip(top, wanted, strict=True)]
+        return [(int(ids[i]), float(scores[i])) for i in top]
+
+    def _keyword(
+        self,
+        terms: Sequence[tuple[str, ...]],
+        k: int,
+        model: str | None,
+        document_id: str | None,
+        where: Mapping[str, str] | None,
+        conn: sqlite3.Connection | None = None,
+    ) -> list[tuple[int, float]]:
+        """FTS5, ranked by BM25 (SQLite's bm25() is lower for better: its negation is the score);
+        on `conn` when given (another connection to the same file)."""
+        conds, params = self._filters(model, document_id, where)
+        sql = (
+            "SELECT c.id, -bm25(chunks_fts) AS score FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.rowid"
+            " JOIN documents d ON d.id = c.document WHERE chunks_fts MATCH ?"
+            + "".join(f" AND {cond}" for cond in conds)
+            + " ORDER BY score DESC, c.id LIMIT ?"
+        )
+        with _translate_errors(self.path):
+            rows = (conn or self.conn).execute(sql, [fts5_query(terms), *params, k]).fetchall()
+        return [(r[0], float(r[1])) for r in rows]
+
+    def _both(
+        self,
+        query: np.ndarray,
+        terms: Sequence[tuple[str, ...]],
+        n: int,
+        model: str | None,
+        document_id: str | None,
+        where: Mapping[str, str] | None,
+    ) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+        """Side by side: the keyword side in a thread on a second connection (SQLite runs a query
+        without Python's lock, numpy its product too), so a hybrid search takes about as long as
+        the longer side rather than both (measured in docs/benchmarks.md)."""
+        if self._reader is None:
+            with _translate_errors(self.path):
+                self._reader = sqlite3.connect(self.path, timeout=self.busy_timeout, check_same_thread=False)
+                self._reader.execute("PRAGMA query_only = ON")
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="keyword") as pool:
+            keyword = pool.submit(self._keyword, terms, n, model, document_id, where, self._reader)
+            dense = self._nearest(query, n, model, document_id, where)
+            return dense, keyword.result()
 
     # -- writes --------------------------------------------------------------------------
     def _insert(self, row: DocumentRow, chunks: Sequence[Chunk], vectors: np.ndarray) -> tuple[StoredDocument, bool]:
