@@ -66,9 +66,10 @@ def test_embed_does_not_need_the_store(tmp_path: Path) -> None:
 
 
 def test_enqueue_wait_says_why_a_job_is_retried_and_why_it_failed(start_worker, redis_url, tmp_path) -> None:
-    """A worker whose store is down: the job is retried once (RETRY_INTERVALS=1), then fails; the
+    """A worker whose store is down: the job is retried once (RETRY_INTERVALS=3), then fails; the
     waiting command says after what it is retried, then the failure in one summary line."""
-    start_worker({"STORE_URL": NOTHING_LISTENS, "RETRY_INTERVALS": "1"}, ready=False).wait_ready(60)
+    # 3 s in the scheduled state: a waiting command on a loaded machine still sees it
+    start_worker({"STORE_URL": NOTHING_LISTENS, "RETRY_INTERVALS": "3"}, ready=False).wait_ready(60)
     pdf = tmp_path / "report.pdf"
     pdf.write_bytes(pdfs.make_pdf([pdfs.BREAD]))
     out = cli(

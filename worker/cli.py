@@ -293,6 +293,7 @@ def _poll(pending: dict, view: display.Lines, as_json: bool) -> int:
         status = getattr(status, "value", status)
         if status == "finished" and (bulk := cli_vectors.follow(job)) is not None:
             pending[job_id] = (path, bulk)  # its shards run on: follow them
+            job = bulk
             status = getattr(bulk.get_status(), "value", "started")
         if status in ENDED:
             del pending[job_id]

@@ -166,7 +166,7 @@ class FollowBulk:
         return self.parent.get_meta(refresh=refresh)
 
     def return_value(self) -> dict:
-        return {**(self.parent.return_value() or {}), "result": self.final.return_value()}
+        return {**(self.parent.return_value(refresh=True) or {}), "result": self.final.return_value(refresh=True)}
 
     def latest_result(self):
         return self.final.latest_result()
