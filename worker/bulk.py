@@ -37,7 +37,7 @@ from worker.errors import BulkIncompleteError, InputNotFoundError, InvalidArgume
 from worker.records import Reader, Shard, check_field_name, file_format, read, scan
 from worker.settings import Settings, get_settings
 from worker.sources import _typed, open_beneath
-from worker.store import open_store
+from worker.store import open_configured_store
 from worker.store.vectors import Collections
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from worker.pipeline import Embedded, WorkDone, embed_pages
 from worker.search import search as run_search
 from worker.settings import Settings, get_settings
 from worker.sources import load_source
-from worker.store import DocumentStore, StoredDocument, check_encodable, check_storable, open_store, storable
+from worker.store import DocumentStore, StoredDocument, check_encodable, check_storable, open_configured_store, storable
 from worker.textdoc import decode_text
 
 __all__ = ["embed_bulk", "embed_shard", "embed_texts", "extract_text", "finish_bulk", "ingest_pdf", "ping"]
@@ -161,9 +161,7 @@ def _ingest(
     settings = get_settings()
     embedder = get_embedder(settings)
     summary = {"document_id": document_id or digest, "name": name, "sha256": digest, "model": embedder.model_name}
-    with open_store(
-        settings.store_url, settings.store_busy_timeout, ef_search=settings.hnsw_ef_search, dim=embedder.dim
-    ) as store:
+    with open_configured_store(settings, embedder.dim) as store:
         existing = store.find(digest, embedder.model_name)
         if existing is not None:  # what was stored, page errors included, on every later answer too
             return _ingest_answer(summary, existing, True, timings, t_start)
@@ -283,9 +281,7 @@ def ingest_text(source: object, document_id: str | None = None, metadata: dict |
 
     embedder = get_embedder(settings)
     summary = {"document_id": document_id or digest, "name": name, "sha256": digest, "model": embedder.model_name}
-    with open_store(
-        settings.store_url, settings.store_busy_timeout, ef_search=settings.hnsw_ef_search, dim=embedder.dim
-    ) as store:
+    with open_configured_store(settings, embedder.dim) as store:
         existing = store.find(digest, embedder.model_name)
         if existing is not None:
             return _ingest_answer(summary, existing, True, timings, t_start)

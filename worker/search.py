@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from worker.embedding import get_embedder
 from worker.errors import InvalidArgumentsError
 from worker.settings import Settings, get_settings
-from worker.store import MAX_SEARCH_K, check_encodable, check_filters, open_store
+from worker.store import MAX_SEARCH_K, check_encodable, check_filters, open_configured_store
 from worker.store.hybrid import MODES
 
 MAX_QUERY_CHARS = 2000  # a query longer than this is refused (the model reads 256 word pieces of it anyway)
@@ -54,9 +54,7 @@ def search(
     settings = settings or get_settings()
     embedder = get_embedder(settings)
     vector = embedder.embed([query])[0] if mode != "keyword" else None
-    with open_store(
-        settings.store_url, settings.store_busy_timeout, ef_search=settings.hnsw_ef_search, dim=embedder.dim
-    ) as store:
+    with open_configured_store(settings, embedder.dim) as store:
         return store.search(
             vector, k, model=embedder.model_name, document_id=document_id, where=where, text=query, mode=mode
         )

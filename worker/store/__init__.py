@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from worker.settings import store_kind
+from worker.settings import Settings, store_kind
 from worker.store.base import (
     BUSY_TIMEOUT_S,
     DEFAULT_EF_SEARCH,
@@ -49,6 +49,7 @@ __all__ = [
     "check_filters",
     "check_storable",
     "open_store",
+    "open_configured_store",
     "sqlite_problem",
     "storable",
     "storable_text",
@@ -75,3 +76,10 @@ def open_store(
     else:
         with SqliteStore.open(store_url, busy_timeout) as store:
             yield store
+
+
+def open_configured_store(
+    settings: Settings, dim: int | None = None
+) -> contextlib.AbstractContextManager[DocumentStore]:
+    """`open_store` with the settings' URL, busy timeout and HNSW ef_search: what jobs open."""
+    return open_store(settings.store_url, settings.store_busy_timeout, ef_search=settings.hnsw_ef_search, dim=dim)
