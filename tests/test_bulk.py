@@ -283,3 +283,26 @@ def test_a_failed_shard_is_named_and_a_second_run_does_only_it(start_worker, red
     assert again.return_value()["shards_skipped"] == 2
     final = q.fetch_job(again.return_value()["final_job_id"])
     assert final.return_value() == {"collection": "c4", "complete": True, "vectors": 90, "records": 90}
+
+
+@pytest.mark.parametrize(
+    ("shard", "fields"),
+    [
+        (None, None),
+        ({"x": 1}, ["jsonl", "id", "text", None]),
+        (
+            {"shard": 0, "start": "0", "end": 9, "line": 1, "seq": 0, "records": 1, "texts": 1, "sha256": "x"},
+            ["jsonl", "id", "text", None],
+        ),
+        (
+            {"shard": 0, "start": 0, "end": 9, "line": 1, "seq": 0, "records": 1, "texts": 1, "sha256": "x"},
+            ["pdf", "id", "text", None],
+        ),
+        ({"shard": 0, "start": 0, "end": 9, "line": 1, "seq": 0, "records": 1, "texts": 1, "sha256": "x"}, "jsonl"),
+    ],
+)
+def test_a_shard_job_written_by_hand_with_garbage_is_a_typed_error(shard, fields):
+    from worker.jobs import embed_shard
+
+    with pytest.raises(InvalidArgumentsError, match="as embed_bulk enqueues them"):
+        embed_shard("/tmp/in.jsonl", "c", fields, shard)

@@ -130,9 +130,7 @@ def open_input(path: str, settings: Settings) -> Iterator[BinaryIO]:
 
 @contextlib.contextmanager
 def collections(settings: Settings, dim: int) -> Iterator[Collections]:
-    with open_store(
-        settings.store_url, settings.store_busy_timeout, ef_search=settings.hnsw_ef_search, dim=dim
-    ) as store:
+    with open_configured_store(settings, dim) as store:
         yield Collections(store)
 
 
@@ -164,8 +162,7 @@ def enqueue_shards(job: Job, todo: list[Shard], common: dict, finish: dict) -> s
 
 def embed_shard(source: str, collection: str, fields: list, shard: dict, parent: str | None = None) -> dict:
     """Embed one shard's records and store them with the shard's done mark (one transaction)."""
-    fmt, id_field, text_field, columns = fields
-    part = Shard(**shard)
+    part, (fmt, id_field, text_field, columns) = _shard_arguments(shard, fields)
     settings = get_settings()
     t0 = time.perf_counter()
     with open_input(_path_of(source), settings) as f:
@@ -195,6 +192,25 @@ def embed_shard(source: str, collection: str, fields: list, shard: dict, parent:
         "tokens": tokens,
         "timings": {k: round(v, 4) for k, v in timings.items()},
     }
+
+
+def _shard_arguments(shard: object, fields: object) -> tuple[Shard, list]:
+    """A shard job's `shard` and `fields` as embed_bulk writes them, else InvalidArgumentsError
+    (whoever can write to Redis can write a shard job)."""
+    try:
+        part = Shard(**shard)  # type: ignore[arg-type]
+        ok = all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for k, v in vars(part).items() if k != "sha256"
+        )
+        ok = ok and isinstance(part.sha256, str) and isinstance(fields, list) and len(fields) == 4
+        fmt, id_field, text_field, columns = fields  # type: ignore[misc]
+        ok = ok and fmt in ("jsonl", "csv") and all(isinstance(f, str) for f in (id_field, text_field))
+        ok = ok and (columns is None or (isinstance(columns, list) and all(isinstance(c, str) for c in columns)))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise InvalidArgumentsError("embed_shard: shard and fields must be as embed_bulk enqueues them")
+    return part, fields  # type: ignore[return-value]
 
 
 def finish_bulk(collection: str, sha256: str, shard_hashes: list[str], parent: str | None = None) -> dict:
