@@ -13,7 +13,10 @@ index so that no two are equal). Each configuration in one run, interleaved by r
   parent's start to the end of the job that checks the totals (RQ's timestamps: process start-up
   left out); the share of job time spent outside the model (scanning, reading, storing, RQ);
 - `embed_texts` in parts of 1,000 with N processes: the vectors come back in Redis, as JSON;
-- sentence-transformers (`--st-python`, an interpreter with it): `model.encode(texts)`, one process.
+- sentence-transformers (`--st-python`, an interpreter with it): `model.encode(texts)`, one process,
+  on the first `--st-texts` texts when given (its rate is slow enough to take longer than the rest).
+Each `embed_bulk` run is checked: `vectors export` gives every id once, in record order, and a
+sample of 200 vectors equals what `embed_texts` gives for the same texts (least cosine printed).
 Ratios are texts/s over the model alone; medians over rounds.
 """
 
@@ -144,7 +147,43 @@ def bulk_run(redis_url: str, texts_file: Path, n: int, workdir: Path, run: str) 
         "outside": 1 - embed / busy,
         "workers": len(workers),
         "vectors": final.return_value()["vectors"],
+        **verify(f"sqlite:///{workdir}/store-{run}.db", texts_file, workdir),
     }
+
+
+def verify(store_url: str, texts_file: Path, workdir: Path, sample: int = 200) -> dict:
+    """Export the collection; every id once in record order; a sample's vectors against embed_texts."""
+    out = workdir / "export.npy"
+    env = dict(os.environ, STORE_URL=store_url, EMBED_MODEL_DIR=str(MODEL_DIR), PYTHONPATH=str(ROOT))
+    subprocess.run(
+        [sys.executable, "-m", "worker", "vectors", "export", "bench", "--out", str(out)],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    code = (
+        "import json, sys, random, numpy as np; sys.path.insert(0, sys.argv[1]);"
+        "from worker.jobs import embed_texts;"
+        "records = [json.loads(l) for l in open(sys.argv[2])];"
+        "ids = open(sys.argv[3] + '.ids.txt').read().split(chr(10))[:-1];"
+        "assert ids == [r['id'] for r in records], 'ids differ from the records, in number or order';"
+        "m = np.load(sys.argv[3] + '.npy', mmap_mode='r');"
+        "pick = sorted(random.Random(7).sample(range(len(records)), int(sys.argv[4])));"
+        "v = np.array(embed_texts([records[i]['text'] for i in pick])['vectors'], dtype=np.float32);"
+        "cos = (v * m[pick]).sum(1) / np.linalg.norm(v, axis=1) / np.linalg.norm(m[pick], axis=1);"
+        "print(json.dumps({'ids_once': len(set(ids)) == len(ids) == len(records), 'min_cosine': float(cos.min())}))"
+    )
+    got = subprocess.run(
+        [sys.executable, "-c", code, str(ROOT), str(texts_file), str(out.with_suffix("")), str(sample)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if got.returncode:
+        raise SystemExit(f"the check of the collection failed: {got.stderr[-2000:]}")
+    for f in (out, workdir / "export.ids.txt"):
+        f.unlink(missing_ok=True)
+    return json.loads(got.stdout.strip().splitlines()[-1])
 
 
 def parts_run(redis_url: str, texts: list[str], n: int, workdir: Path, run: str) -> dict:
@@ -169,8 +208,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--shard-records", type=int, default=2000, help="BULK_SHARD_RECORDS of the workers")
     ap.add_argument("--st-python", default=None, help="an interpreter with sentence-transformers")
+    ap.add_argument("--st-texts", type=int, default=None, help="sentence-transformers on the first N texts only")
+    ap.add_argument("--parts-workers", default=None, help="embed_texts parts with these counts (default: --workers)")
     args = ap.parse_args()
     counts = [int(n) for n in args.workers.split(",")]
+    parts_counts = counts if args.parts_workers is None else [int(n) for n in args.parts_workers.split(",") if n]
     os.environ["BULK_SHARD_RECORDS"] = str(args.shard_records)
     texts = make_texts(args.texts)
     runs: dict[str, list[float]] = {}
@@ -199,17 +241,28 @@ def main() -> int:
                     print(
                         f"round {r + 1}: embed_bulk N={n} {args.texts / b['seconds']:.0f} texts/s"
                         f" ({b['workers']} took shards,"
-                        f" {100 * b['outside']:.1f}% outside the model)",
+                        f" {100 * b['outside']:.1f}% outside the model; every id once: {b['ids_once']},"
+                        f" least cosine to embed_texts {b['min_cosine']:.6f})",
                         flush=True,
                     )
+                    if n not in parts_counts:
+                        continue
                     p = parts_run(redis.url, texts, n, workdir, f"p{r}{n}")
                     runs.setdefault(f"embed_texts x {PART}, {n} process{'es' * (n > 1)}", []).append(
                         args.texts / p["seconds"]
                     )
                     print(f"round {r + 1}: embed_texts parts N={n} {args.texts / p['seconds']:.0f} texts/s", flush=True)
                 if args.st_python:
-                    s = st_alone(args.st_python, texts_file)
-                    runs.setdefault("sentence-transformers script", []).append(args.texts / s["seconds"])
+                    st_file = texts_file
+                    if args.st_texts:
+                        st_file = workdir / "st.jsonl"
+                        with open(texts_file) as src, open(st_file, "w") as dst:
+                            dst.writelines(line for _, line in zip(range(args.st_texts), src, strict=False))
+                    s = st_alone(args.st_python, st_file)
+                    done = min(args.texts, args.st_texts or args.texts)
+                    runs.setdefault("sentence-transformers script", []).append(done / s["seconds"])
+                    rate = done / s["seconds"]
+                    print(f"round {r + 1}: sentence-transformers {rate:.0f} texts/s ({done})", flush=True)
         finally:
             redis.stop()
     base = statistics.median(runs["model alone"])
