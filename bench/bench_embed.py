@@ -275,7 +275,7 @@ def fork_choice(threads: int, rounds: int = 5) -> dict:
             parent.embed(texts)
             out["inherited_big"] = time.perf_counter() - t
             t = time.perf_counter()
-            own = Embedder(MODEL_DIR, "fp32", threads=threads)
+            own = Embedder(MODEL_DIR, "fp32", threads=threads, session_threads=threads)  # with a thread pool
             out["load"] = time.perf_counter() - t
             t = time.perf_counter()
             own.embed(sentence)
@@ -303,8 +303,8 @@ def print_fork(threads: int) -> None:
         f"fork, in a child of a process holding a 1-thread session (median of 5 children): one sentence "
         f"{fork['inherited_small'] * 1000:.1f} ms on the inherited session vs {fork['load'] * 1000:.0f} ms to load "
         f"an own {threads}-thread session + {fork['own_small'] * 1000:.1f} ms; {fork['big_tokens']} tokens "
-        f"{fork['inherited_big'] * 1000:.0f} ms through the inherited embedder (it loads its own session past"
-        f" FORK_RELOAD_TOKENS) vs {fork['own_big'] * 1000:.0f} ms on an own session loaded before; a page's 4 chunks"
+        f"{fork['inherited_big'] * 1000:.0f} ms on the inherited session, batches shared among {threads} threads,"
+        f" vs {fork['own_big'] * 1000:.0f} ms on an own {threads}-thread session loaded before; a page's 4 chunks"
         f" ({fork['page_tokens']} tokens) on the inherited session {fork['page_one_thread'] * 1000:.0f} ms on one"
         f" thread vs {fork['page_shared'] * 1000:.0f} ms shared among {threads}:"
         f" {fork['page_one_thread'] / fork['page_shared']:.2f}x"

@@ -278,25 +278,20 @@ def _in_child(work) -> np.ndarray:
 def test_forked_child_computes_correctly() -> None:
     # As the daemon does: a single-threaded session loaded before the fork.
     parent = preload(settings_for(embed_threads=2))
-    assert parent._session_threads == 1
-    small = _in_child(lambda: np.concatenate([parent.embed(TEXTS[:3]), [[parent._session_threads]] * 3], axis=1))
+    assert parent._session_threads == 1 and parent.threads == 2
+
+    def embed_and_note(texts: list[str]) -> np.ndarray:
+        loaded = parent._session
+        vectors = parent.embed(texts)
+        same = parent._session is loaded and parent._session_threads == 1
+        return np.concatenate([vectors, [[float(same)]] * len(texts)], axis=1)
+
+    small = _in_child(lambda: embed_and_note(TEXTS[:3]))
     np.testing.assert_allclose(small[:, :384], GOLD[:3], atol=1e-4)
-    assert (small[:, 384] == 1).all()  # small input: the inherited session, no model load
-    big_texts = TEXTS * 2  # 2,240 > FORK_RELOAD_TOKENS tokens: the child loads its own 2-thread session
-    big = _in_child(lambda: np.concatenate([parent.embed(big_texts), [[parent._session_threads]] * len(big_texts)], 1))
+    assert (small[:, 384] == 1).all()  # the inherited session, no model load
+    big = _in_child(lambda: embed_and_note(TEXTS * 2))  # 2,240 tokens: still the inherited session, batches shared
     np.testing.assert_allclose(big[:, :384], np.concatenate([GOLD] * 2), atol=1e-4)
-    assert (big[:, 384] == 2).all()
-
-    # Many small calls add up the same way.
-    def one_by_one() -> np.ndarray:
-        threads = []
-        for text in TEXTS * 2:
-            parent.embed([text])
-            threads.append(parent._session_threads)
-        return np.array(threads)
-
-    threads = _in_child(one_by_one)
-    assert threads[0] == 1 and threads[-1] == 2, threads
+    assert (big[:, 384] == 1).all()
     assert parent._session_threads == 1 and parent._session_pid == os.getpid()  # the parent's is untouched
     # An embedder with a thread pool, forked: the child replaces its session and still computes right.
     pooled = Embedder(MODEL_DIR, "fp32", threads=2)

@@ -13,13 +13,17 @@ What `embed` does, and why:
 - The graph returns the last hidden state; mean pooling over the attention mask and L2
   normalization happen here in numpy. Results come back in input order.
 
+Threads: one session with ONE intra-op thread, and the batches of a call shared among
+`threads` Python threads (`_share`; onnxruntime releases the GIL and Run is thread-safe). Each
+batch runs whole on one core, so no core waits for another at every operator: the int8 graph runs
+1.3x (chunk-length texts) to 1.6x (short ones) as fast as on one session with two intra-op
+threads, fp32 as fast, and a thread the job takes for reading pages slows one batch, not all.
+
 Fork: RQ forks a work-horse per job. An onnxruntime session created in the parent keeps
-working in a forked child, but single-threaded whatever it was configured with. So the daemon
-`preload`s one session with ONE intra-op thread before forking (no thread pool to lose); a
-horse uses that inherited session for small inputs (a query, a few sentences: no model load),
-and creates its own session with `threads_per_process()` threads once `FORK_RELOAD_TOKENS`
-tokens are asked for, where loading a session pays for itself. Until then, the inherited session
-runs the batches of one call on `threads` Python threads at once (`_share`). An inherited session is
+working in a forked child, but single-threaded whatever it was configured with; a single-threaded
+session loses nothing. So the daemon `preload`s the session before forking, and every horse runs
+on it, whatever the size of its input: no model load in a horse. A session with a thread pool
+(only when asked for, `session_threads`) is replaced in a child, and an inherited session is
 never destroyed in the child (see `_abandon`). The horse leaves with os._exit, as
 multiprocessing's children do; that matters: a forked child that runs a normal interpreter exit
 hangs or aborts in onnxruntime's static destructors (onnxruntime 1.32), whatever is done here.
@@ -65,10 +69,6 @@ DEFAULT_BATCH_TOKENS: int = Settings.embed_batch_tokens
 # reads pages on while the model runs. CPU spent spinning also counts against a container's CPU
 # limit. So it is off (figures: docs/benchmarks.md, "Ingestion and search").
 ALLOW_SPINNING = "0"
-# In a forked horse, once this many tokens are asked for (in one call or several), it gets a
-# session of its own with all the process's threads; until then it uses the single-threaded
-# session inherited from the parent. About where the load pays for itself: docs/benchmarks.md ("Fork").
-FORK_RELOAD_TOKENS = 2048
 # Texts longer than this are tokenized from a prefix when it holds enough word pieces: the model
 # keeps only its window's worth, and tokenizing a huge text in full takes seconds, deaf to the job
 # timeout while in Rust (docs/benchmarks.md, "Embeddings"). The prefix grows 4x at a time up to
@@ -208,7 +208,9 @@ class Embedder:
         """`precision` is what is asked for (auto, fp32, int8); `self.precision` is what runs, and
         `self.precision_reason` why (`precision_choice`). int8 asked for on a CPU where it is
         inaccurate or slow (`int8_decision`) runs fp32, with a warning, unless `check_cpu` is False
-        (tests and benchmarks that measure the int8 graph itself)."""
+        (tests and benchmarks that measure the int8 graph itself). `threads` batches run at once,
+        each on one core; `session_threads` > 1 gives a session a thread pool instead (benchmarks
+        compare the two)."""
         self.model_dir = Path(model_dir)
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -235,8 +237,7 @@ class Embedder:
         self._encoder = load_tokenizer(self.model_dir, self.max_length)
         self._session_threads = 0
         self._session_pid = 0
-        self._forked_tokens = (0, 0)  # (pid, tokens embedded there on an inherited session)
-        self._session = self._new_session(session_threads or self.threads)
+        self._session = self._new_session(session_threads or 1)
         _instances.add(self)
         inputs = {i.name for i in self._session.get_inputs()}
         if not {"input_ids", "attention_mask"} <= inputs:
@@ -273,20 +274,12 @@ class Embedder:
         log.debug("loaded %s, %d threads, in %.3fs", self.model_path.name, threads, time.perf_counter() - started)
         return session
 
-    def _session_for(self, tokens: int):
-        """This process's session: the inherited one after a fork, unless the input is large."""
-        # In a forked child, a session inherited with a thread pool lost its threads: replace it.
-        # A single-threaded one is fine for small inputs; large ones (counted over the calls made
-        # in this process, so that many small calls count too) deserve every thread.
-        pid = os.getpid()
-        if self._session_pid == pid:
-            return self._session
-        seen_pid, seen = self._forked_tokens
-        seen = (seen if seen_pid == pid else 0) + tokens
-        self._forked_tokens = (pid, seen)
-        if self._session_threads > 1 or (seen >= FORK_RELOAD_TOKENS and self.threads > 1):
+    def _session_for(self):
+        """This process's session. One inherited across fork with a thread pool lost its threads:
+        it is replaced by a single-threaded one (a single-threaded session works as it did)."""
+        if self._session_pid != os.getpid() and self._session_threads > 1:
             _abandon(self._session)
-            self._session = self._new_session(self.threads)
+            self._session = self._new_session(1)
         return self._session
 
     # -- public --------------------------------------------------------------------------
@@ -352,10 +345,9 @@ class Embedder:
         id_lists = [ids if len(ids) <= self.max_length else [*ids[: self.max_length - 1], ids[-1]] for ids in id_lists]
         lengths = np.fromiter((len(ids) for ids in id_lists), dtype=np.int64, count=len(id_lists))
         total = int(lengths.sum())
-        session = self._session_for(total)
-        # A single-threaded session (the one a horse inherits) can run batches on several threads at
-        # once: onnxruntime releases the GIL, and Run is thread-safe. Cut the input so that each
-        # thread gets a batch: a one-page document uses every core without loading a session.
+        session = self._session_for()
+        # The single-threaded session runs batches on several threads at once (module docstring).
+        # Cut the input so that each thread gets a batch: a one-page document uses every core.
         workers = self.threads if self._session_threads == 1 and len(id_lists) > 1 else 1
         budget = min(self.batch_tokens, -(-total // workers))
         batches = list(token_batches(lengths, budget))
@@ -490,14 +482,14 @@ def get_embedder(settings: Settings | None = None) -> Embedder:
 
 
 def preload(settings: Settings | None = None) -> Embedder:
-    """Load the model in a process that will fork (the daemon), with a single-threaded session.
+    """Load the model in a process that will fork (the daemon), warmed up.
 
-    The parent itself never embeds; its horses inherit this session for small inputs.
+    The parent itself never embeds; its horses inherit this embedder and its session.
     """
-    return _cached(settings or get_settings(), session_threads=1, warm=True)
+    return _cached(settings or get_settings(), warm=True)
 
 
-def _cached(settings: Settings, session_threads: int | None = None, warm: bool = False) -> Embedder:
+def _cached(settings: Settings, warm: bool = False) -> Embedder:
     key = _key(settings)
     with _lock:
         embedder = _cache.get(key)
@@ -507,7 +499,6 @@ def _cached(settings: Settings, session_threads: int | None = None, warm: bool =
                 settings.embed_precision,
                 settings.threads_per_process(),
                 settings.embed_batch_tokens,
-                session_threads=session_threads,
             )
             if warm:
                 embedder.embed(["warm up"])  # first run allocates; do it once here, not in every horse

@@ -719,7 +719,7 @@ class EmbeddingSettings:
         integer(0),
         default=0,
         shown="`0`",
-        help="onnxruntime threads per process; `0`: the cores divided by `WORKERS_PER_HOST`",
+        help="threads embedding at once per process (a batch each); `0`: the cores divided by `WORKERS_PER_HOST`",
     )
     workers_per_host: int = setting(
         "WORKERS_PER_HOST",
@@ -870,7 +870,7 @@ class Settings(EmbeddingSettings, InputSettings, JobSettings, HealthSettings, Re
         return f"{redact_url(self.redis_url)} (primary {self.redis_sentinel_master!r} from sentinels {sentinels})"
 
     def threads_per_process(self) -> int:
-        """onnxruntime intra-op threads: EMBED_THREADS, or the cores shared among the host's workers."""
+        """Batches embedded at once (each on one core): EMBED_THREADS, or the cores shared among the host's workers."""
         if self.embed_threads > 0:
             return self.embed_threads
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
