@@ -115,3 +115,44 @@ def test_short_pages_get_a_chunk_each_without_overlap(tokenizer) -> None:
     chunks = Chunker(tokenizer, chunk_tokens=256, overlap=32).chunk_pages(pages)
     assert [(c.page_start, c.page_end) for c in chunks] == [(1, 1), (2, 2), (4, 4)]
     assert [c.text for c in chunks] == [p.strip() for p in pages if p]
+
+
+class _CountingTokenizer:
+    """The real tokenizer, counting the texts it is asked to tokenize."""
+
+    def __init__(self, tokenizer) -> None:
+        self._tokenizer, self.encoded = tokenizer, 0
+
+    def encode(self, *args, **kwargs):
+        self.encoded += 1
+        return self._tokenizer.encode(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._tokenizer, name)
+
+
+HARD_PAGES = [
+    pdfs.long_page("harbour", 60),
+    pdfs.GREEK_JAPANESE * 20,
+    "x" * 3000,  # no spaces: cut inside the word
+    ("Café naïve coöperate e\u0301le\u0300ve " * 40) + ("word" * 30 + " ") * 5,  # accents, combining marks, [UNK]
+    "ctrl\x07bell\x1b esc \u200dzwj\u200d soft\u00adhyphen \ufeffbom " * 60,  # pieces a normalizer drops
+    "emoji 🎉🎉 and 中文字符测试，标点。 mixed-case ÉCOLE " * 50,
+    "",
+    "short page",
+    "a.b,c;d:e!f?g(h)i[j]k{l}m\"n'o-p_q/r\\s " * 40,  # punctuation everywhere
+    "pneumonoultramicroscopicsilicovolcanoconiosis zqxjkvbwpfmgh " * 20,  # words of many pieces
+]
+
+
+@pytest.mark.parametrize(("window", "overlap"), [(128, 16), (16, 4)])  # 16: cuts inside words
+def test_chunk_ids_are_what_tokenizing_the_chunk_text_gives(tokenizer, window: int, overlap: int) -> None:
+    """The ids a chunk carries are its text's, whether sliced from its page's ids or tokenized again."""
+    counting = _CountingTokenizer(tokenizer)
+    stream = Chunker(counting, window, overlap).stream()
+    made = [pair for page in HARD_PAGES for pair in stream.add_page(page)] + stream.finish()
+    for chunk, ids in made:
+        assert ids == tokenizer.encode(chunk.text, add_special_tokens=True).ids, chunk.text[:80]
+        assert chunk.n_tokens == len(ids) <= window
+    # Most chunks took their page's ids: fewer texts were tokenized than pages plus chunks.
+    assert counting.encoded < len(HARD_PAGES) + len(made) // 2, (counting.encoded, len(made))

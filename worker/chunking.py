@@ -46,6 +46,17 @@ def _boundary(text: str, prev_end: int, start: int, piece: str) -> int:
     return LINE if "\n" in gap else SPACE
 
 
+def _wrapping(tokenizer: Tokenizer) -> tuple[int, int] | None:
+    """The ids the tokenizer puts around a text ([CLS], [SEP]), when it splits words on whitespace
+    and punctuation and tokenizes each word alone (BERT's WordPiece): then the ids of whole words
+    cut from a page are the ids of their text, and a chunk need not be tokenized again."""
+    kinds = (type(tokenizer.pre_tokenizer).__name__, type(tokenizer.model).__name__)
+    if kinds != ("BertPreTokenizer", "WordPiece"):
+        return None
+    ids = tokenizer.encode("", add_special_tokens=True).ids
+    return (ids[0], ids[1]) if len(ids) == 2 else None
+
+
 class Chunker:
     def __init__(
         self, tokenizer: Tokenizer, chunk_tokens: int = Settings.chunk_tokens, overlap: int = Settings.chunk_overlap
@@ -60,6 +71,7 @@ class Chunker:
             raise ValueError("overlap must be less than half a chunk")
         self.chunk_tokens = chunk_tokens
         self.overlap = overlap
+        self.wraps = _wrapping(tokenizer)
 
     def chunk_pages(self, pages: list[str]) -> list[Chunk]:
         """The chunks of a whole document's pages (what `stream()` gives, fed every page)."""
@@ -99,15 +111,22 @@ class Chunker:
             s += 1
         return s
 
-    def _make(self, texts, tok_page, tok_start, tok_end, a: int, b: int, seq: int) -> tuple[Chunk, list[int]]:
+    def _make(self, stream: ChunkStream, a: int, b: int, seq: int) -> tuple[Chunk, list[int]]:
+        texts, tok_page = stream.texts, stream.tok_page
         p0, p1 = tok_page[a], tok_page[b - 1]
-        c0, c1 = tok_start[a], tok_end[b - 1]
+        c0, c1 = stream.tok_start[a], stream.tok_end[b - 1]
         if p0 == p1:
             text = texts[p0][c0:c1]
         else:
             parts = [texts[p0][c0:]] + [texts[p] for p in range(p0 + 1, p1) if texts[p]] + [texts[p1][:c1]]
             text = "\n\n".join(parts)
-        ids = self.tokenizer.encode(text, add_special_tokens=True).ids
+        level = stream.level
+        whole_words = level[a] > INSIDE_WORD and (b == len(level) or level[b] > INSIDE_WORD)
+        if self.wraps is not None and whole_words and not any(p in stream.unsure for p in range(p0, p1 + 1)):
+            # Whole words, cut where the pre-tokenizer cuts: tokenizing the text gives these ids.
+            ids = [self.wraps[0], *stream.tok_id[a:b], self.wraps[1]]
+        else:
+            ids = self.tokenizer.encode(text, add_special_tokens=True).ids
         chunk = Chunk(
             seq=seq, text=text, page_start=p0 + 1, page_end=p1 + 1, char_start=c0, char_end=c1, n_tokens=len(ids)
         )
@@ -135,6 +154,8 @@ class ChunkStream:
         self.tok_start: list[int] = []
         self.tok_end: list[int] = []
         self.level: list[int] = []
+        self.tok_id: list[int] = []
+        self.unsure: set[int] = set()  # pages whose ids cannot be sliced (a piece without text)
         self.start = 0  # local index of the next chunk's first token
         self.first_text = 0  # the lowest page index in `texts`
         self.pages = 0
@@ -151,12 +172,14 @@ class ChunkStream:
         enc = self.chunker.tokenizer.encode(text, add_special_tokens=False) if text else None
         if enc is not None:
             prev_end = -1
-            for piece, (s, e) in zip(enc.tokens, enc.offsets, strict=True):
+            for piece, (s, e), i in zip(enc.tokens, enc.offsets, enc.ids, strict=True):
                 if e <= s:  # zero-width pieces carry no text
+                    self.unsure.add(pno)
                     continue
                 self.tok_page.append(pno)
                 self.tok_start.append(s)
                 self.tok_end.append(e)
+                self.tok_id.append(i)
                 self.level.append(PAGE if prev_end < 0 else _boundary(text, prev_end, s, piece))
                 prev_end = e
         out = self._emit(final=False)
@@ -179,7 +202,7 @@ class ChunkStream:
             start = self.start
             end = c._cut(self.level, start, n)
             while True:
-                chunk, ids = c._make(self.texts, self.tok_page, self.tok_start, self.tok_end, start, end, self.seq)
+                chunk, ids = c._make(self, start, end, self.seq)
                 if chunk.n_tokens <= c.chunk_tokens or end - start <= 1:
                     break
                 # Re-tokenized alone the text came out longer (a word cut in two): shrink.
@@ -194,10 +217,11 @@ class ChunkStream:
         the texts of the pages before its page (at once: pages without text have no tokens)."""
         if self.start >= self.TRIM_AT:
             k = self.start
-            for name in ("tok_page", "tok_start", "tok_end", "level"):
+            for name in ("tok_page", "tok_start", "tok_end", "level", "tok_id"):
                 del getattr(self, name)[:k]
             self.start = 0
         needed = self.tok_page[self.start] if self.start < len(self.tok_page) else self.pages
         for p in range(self.first_text, needed):
             self.texts.pop(p, None)
+            self.unsure.discard(p)
         self.first_text = max(self.first_text, needed)
