@@ -210,6 +210,7 @@ def test_ingest_then_search_finds_the_page_and_ingest_twice_stores_once(start_wo
     result = again.return_value()
     assert result["already_stored"] is True and result["document_id"] == "doc-1"
     assert result["chunks"] == summary["chunks"] and result["sha256"] == summary["sha256"]
+    assert result["scanned_pages"] == summary["scanned_pages"] == [] and "note" not in result
     assert _store_counts(tmp_path) == (1, summary["chunks"])
 
 
@@ -332,6 +333,31 @@ def test_job_timeout_during_extraction_fails_the_job_and_stores_nothing(start_wo
     assert _finish(job, 120) == "failed"
     assert _error(job) == "JobTimeoutException", job.latest_result().exc_string
     assert not (tmp_path / "store.db").exists() or _store_counts(tmp_path) == (0, 0)
+
+
+def test_already_stored_answer_names_the_scanned_pages_as_the_first(start_worker, redis_conn, tmp_path) -> None:
+    """The same scan sent again (by path, then inline): the answer is the stored document's, and
+    names its image-only pages with the OCR note as the first answer did."""
+    _start(start_worker)
+    data = pdfs.make_pdf([pdfs.VOLCANO, pdfs.SCANNED, None, pdfs.SCANNED])
+    (tmp_path / "mixed.pdf").write_bytes(data)
+    q = queue(redis_conn)
+    inline = {"data_b64": base64.b64encode(data).decode(), "filename": "mixed.pdf"}
+    answers = []
+    for source in (str(tmp_path / "mixed.pdf"), str(tmp_path / "mixed.pdf"), inline):
+        job = q.enqueue("worker.jobs.ingest_pdf", source)
+        assert _finish(job, 120) == "finished", job.latest_result().exc_string
+        answers.append(job.return_value())
+    first = answers[0]
+    assert first["already_stored"] is False and first["scanned_pages"] == [2, 4]
+    assert first["note"] == (
+        "pp. 2, 4 are scanned images without a text layer: OCR them to make them searchable;"
+        " the document is stored with the text of its other pages"
+    )
+    for again in answers[1:]:
+        assert again["already_stored"] is True and again["pages_without_text"] == 3
+        assert (again["scanned_pages"], again["note"]) == (first["scanned_pages"], first["note"])
+    assert _store_counts(tmp_path) == (1, 1)
 
 
 def test_already_stored_answer_carries_the_stored_page_errors(start_worker, redis_conn, tmp_path) -> None:

@@ -164,6 +164,9 @@ def _ingest(
     with open_configured_store(settings, embedder.dim) as store:
         existing = store.find(digest, embedder.model_name)
         if existing is not None:  # what was stored, page errors included, on every later answer too
+            t = time.perf_counter()
+            summary.update(scan_report(_scanned_pages(reader, existing), stored=True))
+            timings["extract"] += time.perf_counter() - t
             return _ingest_answer(summary, existing, True, timings, t_start)
 
         pages = PageTexts(reader)
@@ -184,8 +187,20 @@ def _ingest(
         timings["store"] = time.perf_counter() - t
     if not already:
         progress.count(chunks=len(done.chunks))
-        summary.update(scan_report(pages.scanned, stored=True))  # what this reading found; a stored row keeps the count
+    summary.update(scan_report(pages.scanned, stored=True))  # the same bytes, if another job stored them first
     return _ingest_answer(summary, row, already, timings, t_start)  # the stored row's, if another job was first
+
+
+def _scanned_pages(reader: PdfDocument, stored: StoredDocument) -> list[int]:
+    """The scanned pages of a document already stored. The store keeps how many pages have no text,
+    not which of them are scans: when there are any, the pages are read again (under the same
+    limits as on ingest; nothing is chunked or embedded), so the answer names them as the first did."""
+    if not stored.pages_without_text:
+        return []
+    pages = PageTexts(reader)
+    for _ in pages:
+        pass
+    return pages.scanned
 
 
 def _check_ingest_arguments(document_id: object, metadata: object, password: object) -> dict:
