@@ -4,6 +4,8 @@ Extractors, each over the same files in one run, order alternating between round
 - `pypdf`: `PdfReader(data)` and `page.extract_text()` per page (what worker/pdf.py did before PDFium);
 - `pypdf-layout`: the same with `extraction_mode="layout"` (pypdf places glyphs by their positions);
 - `pdfium`: pypdfium2, `PdfDocument(data)`, `page.get_textpage().get_text_range()` per page;
+- `pdfium-words`: the same, then `worker.pdfwords.rejoin` (words split a glyph at a time put back
+  together), as the worker's child does: its cost is the difference to `pdfium`;
 - `worker`: `worker.pdf.extract(data)`, the job's path (checks, limits, progress hooks, metadata).
 The reference is pdfminer.six (`extract_pages`, words from glyph gaps; text inside form
 XObjects included, rotated text read as lines), a parser written independently of both; its
@@ -84,8 +86,10 @@ def by_pypdf(data: bytes, mode: str = "plain") -> list[str]:
     return [page.extract_text(extraction_mode=mode) or "" for page in reader.pages]
 
 
-def by_pdfium(data: bytes) -> list[str]:
+def by_pdfium(data: bytes, rebuild: bool = False) -> list[str]:
     import pypdfium2 as pdfium
+
+    from worker.pdfwords import rejoin
 
     doc = pdfium.PdfDocument(data)
     try:
@@ -93,7 +97,8 @@ def by_pdfium(data: bytes) -> list[str]:
         for i in range(len(doc)):
             page = doc[i]
             textpage = page.get_textpage()
-            out.append(textpage.get_text_range())
+            text = textpage.get_text_range()
+            out.append(rejoin(textpage, text) if rebuild else text)
             textpage.close()
             page.close()
         return out
@@ -126,6 +131,7 @@ EXTRACTORS: dict[str, Callable[[bytes], list[str]]] = {
     "pypdf": by_pypdf,
     "pypdf-layout": lambda data: by_pypdf(data, "layout"),
     "pdfium": by_pdfium,
+    "pdfium-words": lambda data: by_pdfium(data, rebuild=True),
     "worker": by_worker,
 }
 
