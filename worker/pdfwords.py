@@ -9,7 +9,9 @@ word. The producer's own spaces are real glyphs; the ones PDFium adds are flagge
 So a generated space between two letters, before a glyph that stands alone as a "word", is
 dropped when the gap it stands for is no wider than the gap between the two glyphs before it
 (plus a tenth of the glyph size): a space that is no wider than the letter spacing of its own
-word is no space. Boxes are the loose ones (origin to advance, descent to ascent), compared
+word is no space. In a word of two glyphs after a space of the producer's own there is no
+letter gap to compare: there the gap must be narrower than half the glyph size (those layers'
+range from a tenth to a third of it). Boxes are the loose ones (origin to advance, descent to ascent), compared
 along the line's direction, so a rotated page or a rotated text matrix reads the same. In
 ordinary text a word space is a third of an em against a kerning gap near zero, far outside
 that margin, so the check leaves it alone. The check costs a few calls into PDFium per lone
@@ -67,8 +69,8 @@ def _inside_word(raw: object, text: str, i: int) -> bool:
     """Whether the generated space at `i` is no wider than the gap between the two glyphs before it,
     or, after a space of the producer's own and a single glyph, narrower than half the glyph size;
     the glyph before must lie before on the line (PDFium reads some turned lines backwards)."""
-    lone = text[i - 2].isspace()
-    if lone and (text[i - 2] != " " or pdfium_c.FPDFText_IsGenerated(raw, i - 2) != 0):
+    two_glyphs = text[i - 2].isspace()
+    if two_glyphs and (text[i - 2] != " " or pdfium_c.FPDFText_IsGenerated(raw, i - 2) != 0):
         return False  # a two-glyph word with no spaces of the producer's around it: no gap to compare
     before, left, right = _box(raw, i - 2), _box(raw, i - 1), _box(raw, i + 1)
     if before is None or left is None or right is None:
@@ -94,6 +96,6 @@ def _inside_word(raw: object, text: str, i: int) -> bool:
         return False
     if sign * (before[axis] + before[axis + 2] - left[axis] - left[axis + 2]) >= 0:
         return False  # what comes before in the text is not before on the line: read backwards
-    if lone:  # `before` is the producer's space, not a letter: no letter gap to compare
+    if two_glyphs:  # `before` is the producer's space, not a letter: no letter gap to compare
         return gap(left, right) < _TWO * size
     return gap(left, right) <= gap(before, left) + _MARGIN * size
