@@ -4,10 +4,18 @@ Extractors, each over the same files in one run, order alternating between round
 - `pypdf`: `PdfReader(data)` and `page.extract_text()` per page (what worker/pdf.py did before PDFium);
 - `pypdf-layout`: the same with `extraction_mode="layout"` (pypdf places glyphs by their positions);
 - `pdfium`: pypdfium2, `PdfDocument(data)`, `page.get_textpage().get_text_range()` per page;
+- `pdfium-words`: the same, then `worker.pdfwords.rejoin` (words split a glyph at a time put back
+  together), as the worker's child does: its cost is the difference to `pdfium`;
 - `worker`: `worker.pdf.extract(data)`, the job's path (checks, limits, progress hooks, metadata).
 The reference is pdfminer.six (`extract_pages`, words from glyph gaps; text inside form
 XObjects included, rotated text read as lines), a parser written independently of both; its
-text is cached per file sha256 in var/corpus/reference/ and timed once.
+text is cached per file sha256 in var/corpus/reference/ and timed once. On two documents its
+words are shown wrong (against the strings of the content stream and the rendered pages, see
+docs/benchmarks.md), and another independent reading is their reference (REFERENCE_FOR):
+poppler's `pdftotext` (Debian's poppler-utils) where pdfminer drops the `\\ ` escaped spaces
+of a CAD drawing's strings, and pdfminer taking words from the producer's own space glyphs
+only (word_margin 1.0) on a letter-spaced OCR layer, where gaps between letters are as wide as
+a word space.
 
 Word-level F1: the text of the whole document, NFKC-normalized, soft hyphens dropped, cut into
 words (runs of letters and digits, `\\w+`; pdfminer's `(cid:N)` for a glyph without text is
@@ -84,8 +92,10 @@ def by_pypdf(data: bytes, mode: str = "plain") -> list[str]:
     return [page.extract_text(extraction_mode=mode) or "" for page in reader.pages]
 
 
-def by_pdfium(data: bytes) -> list[str]:
+def by_pdfium(data: bytes, rebuild: bool = False) -> list[str]:
     import pypdfium2 as pdfium
+
+    from worker.pdfwords import rejoin
 
     doc = pdfium.PdfDocument(data)
     try:
@@ -93,7 +103,8 @@ def by_pdfium(data: bytes) -> list[str]:
         for i in range(len(doc)):
             page = doc[i]
             textpage = page.get_textpage()
-            out.append(textpage.get_text_range())
+            text = textpage.get_text_range()
+            out.append(rejoin(textpage, text) if rebuild else text)
             textpage.close()
             page.close()
         return out
@@ -107,7 +118,12 @@ def by_worker(data: bytes) -> list[str]:
     return extract(data).pages
 
 
-def by_pdfminer(data: bytes) -> list[str]:
+def by_pdftotext(data: bytes) -> list[str]:
+    out = subprocess.run(["pdftotext", "-enc", "UTF-8", "-", "-"], input=data, capture_output=True, check=True).stdout
+    return out.decode("utf-8").split("\f")[:-1]  # a form feed ends every page
+
+
+def by_pdfminer(data: bytes, word_margin: float = 0.1) -> list[str]:
     from pdfminer.high_level import extract_pages
     from pdfminer.layout import LAParams, LTFigure, LTTextContainer
 
@@ -118,7 +134,7 @@ def by_pdfminer(data: bytes) -> list[str]:
         )
 
     # all_texts: text inside figures (form XObjects) too; detect_vertical: rotated text as lines, not letters
-    params = LAParams(all_texts=True, detect_vertical=True)
+    params = LAParams(all_texts=True, detect_vertical=True, word_margin=word_margin)
     return [text(page) for page in extract_pages(io.BytesIO(data), laparams=params)]
 
 
@@ -126,18 +142,34 @@ EXTRACTORS: dict[str, Callable[[bytes], list[str]]] = {
     "pypdf": by_pypdf,
     "pypdf-layout": lambda data: by_pypdf(data, "layout"),
     "pdfium": by_pdfium,
+    "pdfium-words": lambda data: by_pdfium(data, rebuild=True),
     "worker": by_worker,
 }
 
 
+REFERENCES: dict[str, Callable[[bytes], list[str]]] = {
+    "pdfminer": by_pdfminer,
+    "pdftotext": by_pdftotext,
+    "pdfminer-space-glyphs": lambda data: by_pdfminer(data, word_margin=1.0),
+}
+# Documents (by sha256) whose pdfminer words are shown wrong, and the reading that is right there.
+REFERENCE_FOR = {
+    # pypdf/AutoCad_Diagram.pdf: strings like `(1.\ Strip\ the\ cable) Tj`; pdfminer drops `\ `
+    "057fa11250616292f87ffbca0a9a24c0482f7a476f77de2158ef673412442715": "pdftotext",
+    # pypdf/indirect-rotation.pdf: `2.9 Tc ( Nort) Tj 0 Tc (h) Tj`, letter gaps a word space wide
+    "d32136872da0ee462f685026a8ff5da21fde5776c4d53fc361cbf75dd62fb82f": "pdfminer-space-glyphs",
+}
+
+
 def reference(data: bytes, sha: str, cache: Path) -> tuple[list[str], float]:
-    """pdfminer's text per page and the seconds it took (cached: it is slow)."""
-    path = cache / f"{sha}.json"
+    """The reference text per page and the seconds it took (cached: pdfminer is slow)."""
+    kind = REFERENCE_FOR.get(sha, "pdfminer")
+    path = cache / (f"{sha}.json" if kind == "pdfminer" else f"{sha}.{kind}.json")
     if path.exists():
         saved = json.loads(path.read_text())
         return saved["pages"], saved["seconds"]
     t = time.perf_counter()
-    pages = by_pdfminer(data)
+    pages = REFERENCES[kind](data)
     seconds = time.perf_counter() - t
     cache.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"pages": pages, "seconds": seconds}))
@@ -175,6 +207,7 @@ def run(rounds: int, names: list[str], only: str | None) -> dict:
         ref_pages, ref_seconds = reference(data, entry["sha256"], DEFAULT_OUT / "reference")
         ref = words(ref_pages)
         doc = {**entry, "pages": len(ref_pages), "ref_words": sum(ref.values()), "ref_seconds": ref_seconds}
+        doc["reference"] = REFERENCE_FOR.get(entry["sha256"], "pdfminer")
         times: dict[str, list[float]] = {n: [] for n in names}
         for r in range(rounds):
             for name in names if r % 2 == 0 else names[::-1]:
@@ -198,7 +231,8 @@ def versions() -> dict[str, str]:
 
 
 def row(doc: dict, names: list[str]) -> str:
-    cells = [f"{doc['path']:<48} {doc['pages']:>5}p {doc['ref_words']:>7}w"]
+    ref = "" if doc["reference"] == "pdfminer" else f" ({doc['reference']})"
+    cells = [f"{doc['path']:<48} {doc['pages']:>5}p {doc['ref_words']:>7}w{ref}"]
     for name in names:
         d = doc[name]
         pps = doc["pages"] / d["seconds"] if d["seconds"] else 0
@@ -212,7 +246,7 @@ def summary(result: dict, names: list[str]) -> str:
     pages = sum(d["pages"] for d in docs)
     lines = [f"CPU: {result['cpu']}; {len(docs)} documents, {pages} pages; versions {result['versions']}"]
     ref_seconds = sum(d["ref_seconds"] for d in docs)
-    lines.append(f"pdfminer (reference, once): {pages / ref_seconds:.1f} pages/s overall")
+    lines.append(f"reference (once, pdfminer but {len(REFERENCE_FOR)}): {pages / ref_seconds:.1f} pages/s overall")
     for name in names:
         seconds = sum(d[name]["seconds"] for d in docs)
         scores = [d[name]["f1"] for d in docs]

@@ -56,11 +56,12 @@ def make_pdf(
     author: str | None = None,
     compress: bool = True,
     form: bytes | None = None,
+    rotate: int = 0,
 ) -> bytes:
     """A PDF with one page per item: its text (lines split on newlines), None for no text, or
     bytes for a raw content stream (fonts /F1 Helvetica and /F2 any Unicode are there, an image
     /Im0 (a page shows it with SCANNED), and with `form` a form XObject /Fm0 of that content,
-    which a page shows with `/Fm0 Do`)."""
+    which a page shows with `/Fm0 Do`). `rotate`: every page's /Rotate."""
     objects: list[bytes] = []
 
     def add(body: bytes) -> int:
@@ -106,8 +107,9 @@ def make_pdf(
         content = add(stream(_content(text, "F1" if latin else "F2")))
         kids.append(
             add(
-                b"<< /Type /Page /Parent %d 0 R /MediaBox [0 0 612 792] /Contents %d 0 R"
-                b" /Resources << /Font << /F1 %d 0 R /F2 %d 0 R >>%s >> >>" % (pages_obj, content, helv, uni, xobjects)
+                b"<< /Type /Page /Parent %d 0 R /MediaBox [0 0 612 792] /Rotate %d /Contents %d 0 R"
+                b" /Resources << /Font << /F1 %d 0 R /F2 %d 0 R >>%s >> >>"
+                % (pages_obj, rotate, content, helv, uni, xobjects)
             )
         )
     objects[catalog - 1] = b"<< /Type /Catalog /Pages %d 0 R >>" % pages_obj
@@ -123,6 +125,27 @@ def make_pdf(
     info_parts.append(b"/Producer (worker tests)")
     info = add(b"<< " + b" ".join(info_parts) + b" >>")
     return _assemble(objects, catalog, info)
+
+
+def glyph_at_a_time(lines: list[str], matrix: str = "1 0 0 1", tc: float = 2.9, size: int = 12) -> bytes:
+    """A content stream laid out like a scanner's OCR layer: invisible text (3 Tr), each word
+    letter-spaced with a character spacing (Tc) and its last glyph shown on its own without it,
+    `2.9 Tc ( Nort) Tj 0 Tc (h) Tj`, the word's space a glyph of the producer's own. `matrix`
+    turns the lines (e.g. "0 1 -1 0" runs them up the page); they go 20 points apart."""
+    a, b, c, d = (float(v) for v in matrix.split())
+    out = []
+    for n, line in enumerate(lines):
+        if b:  # a vertical line: from the bottom up (b > 0) or from the top down
+            x, y = 72 + 20 * n, 72 if b > 0 else 720
+        else:  # left to right (a > 0) or upside down from the right
+            x, y = 72 if a > 0 else 540, 720 - 20 * n
+        out.append(f"BT 3 Tr {a:g} {b:g} {c:g} {d:g} {x} {y} Tm /F1 {size} Tf")
+        for k, word in enumerate(line.split()):
+            lead = " " if k else ""
+            head = _escape(lead + word[:-1])
+            out.append(f"{tc} Tc ({head}) Tj 0 Tc ({_escape(word[-1])}) Tj")
+        out.append("ET")
+    return "\n".join(out).encode("latin-1") + b"\n"
 
 
 # A scanned page: nothing but an image filling it, no text layer (what a scanner without OCR makes).

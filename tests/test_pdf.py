@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import resource
 import signal
 import time
@@ -219,3 +220,38 @@ def test_text_within_the_limits_passes_and_the_limits_count_exactly() -> None:
         extract(data, max_page_chars=51_199)
     with pytest.raises(TextTooLargeError, match="MAX_DOCUMENT_CHARS.*page 3"):
         extract(data, max_document_chars=153_599)
+
+
+GLYPH_LINES = ["9 North Buona Vista Drive", "American President Lines, Ltd", "Scottsdale, AZ 85254-1781", "158 Fu Xing"]
+
+
+@pytest.mark.parametrize(
+    ("matrix", "rotate"),
+    [("1 0 0 1", 0), ("1 0 0 1", 90), ("0 1 -1 0", 0), ("0 -1 1 0", 270), ("-1 0 0 -1", 180)],
+    ids=["upright", "page-turned", "lines-up", "lines-down-page-turned", "upside-down-page-turned"],
+)
+def test_words_placed_a_glyph_at_a_time_come_out_whole(matrix: str, rotate: int) -> None:
+    """A scanner's OCR layer: each word letter-spaced and its last glyph shown on its own.
+    PDFium alone reads `Nort h Buon a Vist a Driv e`; turned lines and pages read the same."""
+    data = pdfs.make_pdf([pdfs.glyph_at_a_time(GLYPH_LINES, matrix=matrix)], rotate=rotate)
+    text = extract(data).pages[0]
+    assert re.findall(r"\w+", text) == re.findall(r"\w+", " ".join(GLYPH_LINES)), text
+
+
+def test_words_read_backwards_are_left_as_pdfium_reads_them_not_glued_to_their_neighbours() -> None:
+    """Lines turned so that PDFium reads them from their end: their glyphs come in reverse order
+    and no gap before a lone glyph is a letter gap of its word, so nothing is joined."""
+    data = pdfs.make_pdf([pdfs.glyph_at_a_time(["The People's Republic of China"], matrix="0 1 -1 0")], rotate=270)
+    words = set(re.findall(r"\w+", extract(data).pages[0]))
+    assert words <= {"The", "Th", "e", "People", "s", "Republic", "Republi", "c", "of", "o", "f", "China", "Chin", "a"}
+    assert {"Chin", "a"} <= words  # PDFium's reading stands (were it fixed, this test would say so)
+
+
+def test_word_spaces_from_positioning_stay_even_before_a_lone_letter() -> None:
+    """Text without space glyphs, words placed apart by TJ offsets (as TeX writes): every space is
+    one PDFium makes up, a quarter em wide against a letter gap of zero, so each word stays apart."""
+    words = ["Plan", "B", "is", "a", "way", "to", "x", "y", "z", "and", "I", "am", "here"]
+    shows = " -250 ".join(f"({w})" for w in words)
+    content = f"BT /F1 11 Tf 72 700 Td [{shows}] TJ ET\n".encode()
+    text = extract(pdfs.make_pdf([content])).pages[0]
+    assert text.split() == words, text

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
 
+from worker.pdfwords import rejoin
+
 HEADER = struct.Struct("<BII")
 META, PAGE, PAGE_ERROR, OVER, TEXT_STAGE, FAIL = b"MPEOTF"
 GO = b"g"
@@ -225,6 +227,8 @@ def _serve_page(doc: pdfium.PdfDocument, i: int, max_page_chars: int, out: int) 
     _send(out, TEXT_STAGE, i + 1, b"")
     textpage = page.get_textpage()
     text = textpage.get_text_range() if textpage.count_chars() else ""
+    if len(text) <= max_page_chars:
+        text = rejoin(textpage, text)
     textpage.close()
     if len(text) > max_page_chars:
         _send(out, OVER, i + 1, struct.pack("<Q", len(text)))
