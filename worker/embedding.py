@@ -349,7 +349,8 @@ class Embedder:
         # The single-threaded session runs batches on several threads at once (module docstring).
         # Cut the input so that each thread gets a batch: a one-page document uses every core.
         workers = self.threads if self._session_threads == 1 and len(id_lists) > 1 else 1
-        budget = min(self.batch_tokens, -(-total // workers))
+        # EMBED_BATCH_TOKENS bounds the padded tokens in flight: each of the threads' batches gets its share.
+        budget = min(max(1, self.batch_tokens // workers), -(-total // workers))
         batches = list(token_batches(lengths, budget))
         pooled: list[tuple[np.ndarray, np.ndarray]] = []  # (rows, their vectors); append is thread-safe
 

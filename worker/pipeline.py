@@ -1,9 +1,11 @@
-"""A document's pages to chunks and vectors, with reading and embedding overlapped.
+"""A document's pages to chunks and vectors, read and embedded in bounded memory.
 
 The calling thread reads pages (PDFium's text, from its child process) and cuts them into
 chunks as they come (`ChunkStream`); a second thread embeds the chunks (onnxruntime, which
-releases the GIL), taking whatever has queued up to a token budget at a time. So the model
-runs while later pages are read, instead of after all of them.
+releases the GIL), taking whatever has queued up to a token budget at a time. It starts once the
+queue is full or holds the document's end: PDFium reads some 300 pages a second against the
+model's 10, so running both at once won little and cost more (each took cores from the other);
+a document longer than the queue is still read while its first chunks are embedded.
 
 - The queue between the two is bounded (`QUEUE_CHUNKS`): reading waits for the model, never
   runs ahead of it without limit. Page texts are dropped once chunked; what grows with the
@@ -34,7 +36,7 @@ from worker.chunking import Chunk, ChunkStream
 from worker.store import storable_text
 
 QUEUE_CHUNKS = 512  # chunks read ahead of the model at most (about 1.5 MB of text and ids)
-TAKE_BATCHES = 4  # the embedding thread takes up to this many token batches' worth at a time
+TAKE_BATCHES = 16  # the embedding thread takes up to this many token batches' worth at a time
 WAIT_S = 0.05  # the longest the calling thread waits at once: it stays responsive to signals
 SWITCH_INTERVAL_S = 0.001  # the GIL handover while both run: the model's thread waits less for it
 
@@ -67,6 +69,7 @@ class _EmbeddingThread(threading.Thread):
         super().__init__(name="embedding", daemon=True)
         self.embed_ids, self.inbox, self.take_tokens = embed_ids, inbox, batch_tokens * TAKE_BATCHES
         self.stop = threading.Event()
+        self.go = threading.Event()  # set once the queue is full or holds the document's end
         self.parts: list[np.ndarray] = []
         self.done = 0
         self.tokens = 0
@@ -76,6 +79,9 @@ class _EmbeddingThread(threading.Thread):
     def run(self) -> None:
         try:
             ended = False
+            while not self.go.wait(WAIT_S):  # reading first: it is fast, and the model then has the cores
+                if self.stop.is_set():
+                    return
             while not ended and not self.stop.is_set():
                 try:
                     first = self.inbox.get(timeout=WAIT_S)
@@ -111,8 +117,11 @@ class _EmbeddingThread(threading.Thread):
                 raise self.error
             try:
                 self.inbox.put(item, timeout=WAIT_S)
+                if isinstance(item, _End):
+                    self.go.set()
                 return
             except queue.Full:
+                self.go.set()
                 continue
 
 

@@ -733,7 +733,7 @@ class EmbeddingSettings:
         integer(256),
         default=2048,
         shown="`2048`",
-        help="padded tokens per inference batch (texts × longest text), at least 256",
+        help="padded tokens embedded at once (texts × longest text), shared among the threads' batches; at least 256",
     )
     max_embed_texts: int = setting(
         "MAX_EMBED_TEXTS",
