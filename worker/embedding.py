@@ -15,9 +15,9 @@ What `embed` does, and why:
 
 Threads: one session with ONE intra-op thread, and the batches of a call shared among
 `threads` Python threads (`_share`; onnxruntime releases the GIL and Run is thread-safe). Each
-batch runs whole on one core, so no core waits for another at every operator: the int8 graph runs
-1.3x (chunk-length texts) to 1.6x (short ones) as fast as on one session with two intra-op
-threads, fp32 as fast, and a thread the job takes for reading pages slows one batch, not all.
+batch runs whole on one core, so no core waits for another at every operator: int8 runs
+clearly faster than on one session with an intra-op thread pool, fp32 no slower (docs/benchmarks.md,
+"Threads"), and a thread the job takes for reading pages slows one batch, not all.
 
 Fork: RQ forks a work-horse per job. An onnxruntime session created in the parent keeps
 working in a forked child, but single-threaded whatever it was configured with; a single-threaded
@@ -64,10 +64,10 @@ DEFAULT_MAX_LENGTH = MODEL_WINDOW  # when the model's manifest does not say
 # EMBED_BATCH_TOKENS's default, as its setting declares it (a dataclass field's default is the
 # class attribute). Why that size: docs/design/embeddings.md ("Chunk-length texts").
 DEFAULT_BATCH_TOKENS: int = Settings.embed_batch_tokens
-# onnxruntime's intra-op threads spin between parallel sections by default. Spinning makes
-# embedding alone a little faster, but ingest_pdf slower: the spinning threads take the core pypdf
-# reads pages on while the model runs. CPU spent spinning also counts against a container's CPU
-# limit. So it is off (figures: docs/benchmarks.md, "Ingestion and search").
+# onnxruntime's intra-op threads spin between parallel sections by default. Spinning made embedding
+# alone a little faster, but ingest_pdf slower: the spinning threads took the core pages were read
+# on. CPU spent spinning also counts against a container's CPU limit. So it is off for a session
+# given a thread pool (the default session has none; figures: docs/benchmarks.md, "Ingestion and search").
 ALLOW_SPINNING = "0"
 # Texts longer than this are tokenized from a prefix when it holds enough word pieces: the model
 # keeps only its window's worth, and tokenizing a huge text in full takes seconds, deaf to the job

@@ -3,9 +3,10 @@
 The calling thread reads pages (PDFium's text, from its child process) and cuts them into
 chunks as they come (`ChunkStream`); a second thread embeds the chunks (onnxruntime, which
 releases the GIL), taking whatever has queued up to a token budget at a time. It starts once the
-queue is full or holds the document's end: PDFium reads some 300 pages a second against the
-model's 10, so running both at once won little and cost more (each took cores from the other);
-a document longer than the queue is still read while its first chunks are embedded.
+queue is full or holds the document's end: PDFium reads pages many times faster than the model
+embeds them, so running both at once won little and cost more (each took cores from the other;
+docs/ingestion.md, "Pipeline"); a document longer than the queue is still read while its first
+chunks are embedded.
 
 - The queue between the two is bounded (`QUEUE_CHUNKS`): reading waits for the model, never
   runs ahead of it without limit. Page texts are dropped once chunked; what grows with the
