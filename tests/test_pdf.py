@@ -163,7 +163,8 @@ def test_job_timeout_during_a_page_ends_extraction_not_a_page_error() -> None:
     """RQ's job timeout is an Exception raised wherever the horse is: it must end the job."""
     from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
 
-    data = pdfs.make_pdf(["page one", pdfs.slow_page(), "page three"])
+    # Three slow pages: one takes about 0.8 s on a quiet machine, under the 1 s alarm.
+    data = pdfs.make_pdf(["page one", *[pdfs.slow_page()] * 3, "page three"])
     with pytest.raises(JobTimeoutException), UnixSignalDeathPenalty(1, JobTimeoutException):
         extract(data)
 
@@ -171,7 +172,7 @@ def test_job_timeout_during_a_page_ends_extraction_not_a_page_error() -> None:
 def test_job_timeout_inside_a_form_still_ends_extraction() -> None:
     from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
 
-    shows_form = b"BT /F1 11 Tf 72 770 Td (before the form) Tj ET\nq /Fm0 Do Q\n"
+    shows_form = b"BT /F1 11 Tf 72 770 Td (before the form) Tj ET\n" + b"q /Fm0 Do Q\n" * 3  # each about 0.8 s
     data = pdfs.make_pdf([shows_form, "after the form"], form=pdfs.slow_page())
     with pytest.raises(JobTimeoutException), UnixSignalDeathPenalty(1, JobTimeoutException):
         extract(data)
