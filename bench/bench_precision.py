@@ -1,4 +1,4 @@
-"""Retrieval quality by embedding precision: nDCG@10 on the Cranfield collection, fp32 against int8.
+"""Retrieval quality by embedding graph: nDCG@10 on the Cranfield collection, fp32 against the int8 graphs.
 
 Run: .venv/bin/python bench/bench_precision.py [--data DIR] [--queries N] [--threads N]
 
@@ -10,10 +10,11 @@ is 5 - grade (4, 3, 2, 1), 0 for -1 and unjudged documents (linear gain, log2 di
 
 Each document (title and abstract) is one page, cut by the worker's Chunker as ingest_pdf cuts
 pages; its score for a query is its best chunk's cosine (dense retrieval, exact, numpy). The same
-chunks are embedded with fp32 and int8 (the int8 graph itself, whatever the CPU; the CPU and
-whether it runs int8 exactly are printed). Then, besides fp32 and int8 alone, a mixed store: the
-vectors of half the documents (every other one) from int8, the rest from fp32, as hosts with
-different CPUs would write under EMBED_PRECISION=auto, searched with queries of either precision.
+chunks are embedded with each graph: fp32, int8 (8-bit weights) and int8-w7 (7-bit weights), each
+graph itself whatever the CPU (the CPU and what auto runs on it are printed). Then, besides each
+alone, mixed stores: the vectors of half the documents (every other one) from one graph, the rest
+from another, as hosts with different CPUs write under EMBED_PRECISION=auto (fp32 with either
+int8 graph; int8 with int8-w7, VNNI hosts beside AVX2-only ones), searched with queries of either.
 """
 
 from __future__ import annotations
@@ -88,6 +89,9 @@ def doc_scores(queries: np.ndarray, chunks: np.ndarray, owner: np.ndarray, n_doc
     return scores
 
 
+GRAPHS = ("fp32", "int8", "int8-w7")  # fp32 first: the baseline
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, default=DATA)
@@ -111,38 +115,39 @@ def main() -> None:
         f"Cranfield: {len(texts)} documents -> {len(chunks)} chunks (Chunker defaults), {len(queries)} queries,"
         f" {sum(len(v) for q, v in gains.items() if q <= len(queries))} judged relevant pairs"
     )
-    vectors: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for precision in ("fp32", "int8"):
-        embedder = Embedder(MODEL_DIR, precision, threads=args.threads, check_cpu=False)
+    vectors: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # graph -> (chunk vectors, query vectors)
+    for graph in GRAPHS:
+        embedder = Embedder(MODEL_DIR, graph, threads=args.threads, check_cpu=False)
         started = time.perf_counter()
         chunk_vectors, tokens = embedder.embed_counted(chunks)
         elapsed = time.perf_counter() - started
-        vectors[precision] = (chunk_vectors, embedder.embed(queries))
-        print(f"  {precision}: {tokens} chunk tokens embedded in {elapsed:.1f}s ({tokens / elapsed:,.0f} tokens/s)")
-    fp32, int8 = vectors["fp32"], vectors["int8"]
-    cosine = (fp32[0] * int8[0]).sum(axis=1)
-    print(f"  cosine int8 to fp32, chunks: min {cosine.min():.5f} mean {cosine.mean():.5f}")
+        vectors[graph] = (chunk_vectors, embedder.embed(queries))
+        print(f"  {graph}: {tokens} chunk tokens embedded in {elapsed:.1f}s ({tokens / elapsed:,.0f} tokens/s)")
+    for graph in GRAPHS[1:]:
+        cosine = (vectors["fp32"][0] * vectors[graph][0]).sum(axis=1)
+        print(f"  cosine {graph} to fp32, chunks: min {cosine.min():.5f} mean {cosine.mean():.5f}")
     n = len(texts)
-    half = owner_ids % 2 == 1  # documents 2, 4, 6...: their vectors from int8 in the mixed store
-    mixed = np.where(half[:, None], int8[0], fp32[0])
-    results = {
-        "fp32 store, fp32 queries": doc_scores(fp32[1], fp32[0], owner_ids, n),
-        "int8 store, int8 queries": doc_scores(int8[1], int8[0], owner_ids, n),
-        "fp32 store, int8 queries": doc_scores(int8[1], fp32[0], owner_ids, n),
-        "int8 store, fp32 queries": doc_scores(fp32[1], int8[0], owner_ids, n),
-        "mixed store, fp32 queries": doc_scores(fp32[1], mixed, owner_ids, n),
-        "mixed store, int8 queries": doc_scores(int8[1], mixed, owner_ids, n),
-    }
-    base = ndcg(results["fp32 store, fp32 queries"], gains)
-    int8_even = np.arange(n) % 2 == 1  # index 1, 3, ... = documents 2, 4, ...: int8 in the mixed store
+    half = owner_ids % 2 == 1  # documents 2, 4, 6...: their vectors from the second graph in a mixed store
+    even = np.arange(n) % 2 == 1  # index 1, 3, ... = documents 2, 4, ...
+    # (store's graphs: one, or two mixed document by document, as hosts of two CPU kinds write it; queries' graph)
+    cases = [(("fp32",), "fp32")]
+    for g in GRAPHS[1:]:
+        cases += [((g,), g), (("fp32",), g), ((g,), "fp32"), (("fp32", g), "fp32"), (("fp32", g), g)]
+    cases += [(("int8", "int8-w7"), "int8"), (("int8", "int8-w7"), "int8-w7")]
     print(f"nDCG@{K} (mean over queries with a judged relevant document):")
-    for name, scores in results.items():
+    base = None
+    for store, query in cases:
+        chunk_vectors = vectors[store[0]][0]
+        if len(store) > 1:
+            chunk_vectors = np.where(half[:, None], vectors[store[1]][0], chunk_vectors)
+        scores = doc_scores(vectors[query][1], chunk_vectors, owner_ids, n)
         value = ndcg(scores, gains)
-        top = np.argsort(-scores, axis=1)[:, :K]
-        share = int8_even[top].mean()
-        print(f"  {name:<27} {value:.4f} ({value - base:+.4f} vs fp32); even documents in top {K}: {share:.1%}")
-    ok, why = int8_here()
-    print(f"  this CPU: int8 {'exact, auto runs it' if ok else 'not used by auto'} ({why})")
+        base = value if base is None else base
+        share = even[np.argsort(-scores, axis=1)[:, :K]].mean()
+        name = f"{'/'.join(store)} store{' (mixed)' if len(store) > 1 else ''}, {query} queries"
+        print(f"  {name:<40} {value:.4f} ({value - base:+.4f} vs fp32); even documents in top {K}: {share:.1%}")
+    graph, why = int8_here()
+    print(f"  this CPU: auto runs {graph or 'fp32'} ({why})")
 
 
 if __name__ == "__main__":

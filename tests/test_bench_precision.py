@@ -38,7 +38,7 @@ def test_cranfield_as_read_and_int8_agrees_on_a_slice() -> None:
     local = {q: {docs.index(d) + 1: g for d, g in gains[q].items()} for q in range(1, 21) if q in gains}
     ranks = {}
     for precision in ("fp32", "int8"):
-        # as the worker runs it: int8 where this CPU runs it exactly, fp32 in its place elsewhere (AVX2 only)
+        # as the worker runs it: the int8 graph this CPU runs exactly (8-bit weights with VNNI, 7-bit without)
         embedder = Embedder(MODEL_DIR, precision, threads=2)
         vectors = embedder.embed([texts[d - 1] for d in docs])
         ranks[precision] = bench_precision.ndcg(embedder.embed(queries) @ vectors.T, local)

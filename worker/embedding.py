@@ -56,8 +56,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MODEL_FILES = {"fp32": "model.onnx", "int8": "model-int8.onnx"}
-PRECISIONS = ("auto", *MODEL_FILES)  # what EMBED_PRECISION accepts
+# The graphs `make model` builds, by name: fp32, int8 (8-bit weights) and int8 with 7-bit weights,
+# which x86-64 CPUs without VNNI multiply exactly ("int8 by CPU" below).
+MODEL_FILES = {"fp32": "model.onnx", "int8": "model-int8.onnx", "int8-w7": "model-int8-w7.onnx"}
+PRECISION_OF = {"fp32": "fp32", "int8": "int8", "int8-w7": "int8"}  # what each graph reports
+PRECISIONS = ("auto", "fp32", "int8")  # what EMBED_PRECISION accepts
 TOKENIZER_FILE = "tokenizer.json"
 MANIFEST_FILE = "manifest.json"
 DEFAULT_MAX_LENGTH = MODEL_WINDOW  # when the model's manifest does not say
@@ -78,15 +81,18 @@ MAX_HEAD_CHARS = 262_144
 
 
 # -- int8 by CPU ---------------------------------------------------------------------------
-# The int8 graph multiplies uint8 activations by int8 weights in [-127, 127] (MatMulInteger).
-# onnxruntime computes that exactly with VNNI (x86-64: avx512_vnni or avx_vnni), where int8 was
-# measured faster than fp32, and on arm64 (32-bit dot products; speed not measured by us: only
-# with asimddp, whose SDOT/UDOT make int8 worthwhile). On x86-64 without VNNI (AVX2 only, or
-# AVX-512BW without VNNI) its u8 x s8 kernel (vpmaddubsw) adds pairs of products in saturating
-# 16-bit lanes: the vectors drift below the stated accuracy, and it is not reliably faster than
-# fp32 there. So on such CPUs EMBED_PRECISION=int8 runs fp32, with a warning when the model loads.
-# The figures per CPU are in docs/design/embeddings.md, "int8 by CPU".
+# The int8 graphs multiply uint8 activations by int8 weights (MatMulInteger). onnxruntime computes
+# that exactly with VNNI (x86-64: avx512_vnni or avx_vnni) and on arm64 (32-bit dot products;
+# speed not measured by us: only with asimddp, whose SDOT/UDOT make int8 worthwhile): there the
+# graph with 8-bit weights, model-int8.onnx, runs. On x86-64 without VNNI (AVX2, or AVX-512BW
+# without VNNI) its u8 x s8 kernel (vpmaddubsw) adds pairs of products in saturating 16-bit
+# lanes: 8-bit weights drift below the stated accuracy there, 7-bit ones cannot saturate
+# (2 x 255 x 63 < 32,767). So those CPUs run model-int8-w7.onnx: exact, a little less accurate
+# than 8-bit weights and faster than fp32 since a batch runs whole on one core (`_share`).
+# x86-64 without AVX2 and other machines run fp32. The figures per CPU are in
+# docs/design/embeddings.md, "int8 by CPU".
 X86_INT8_FLAGS = frozenset({"avx512_vnni", "avx_vnni"})
+X86_INT8_W7_FLAGS = frozenset({"avx2"})
 ARM_INT8_FLAGS = frozenset({"asimddp"})  # SDOT/UDOT (ARMv8.2 dot product)
 
 
@@ -103,58 +109,62 @@ def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
     return frozenset()
 
 
-def int8_decision(flags: set[str] | frozenset[str], machine: str) -> tuple[bool, str]:
-    """(whether the int8 graph should run on this CPU, why), from its flags and `platform.machine()`."""
+def int8_decision(flags: set[str] | frozenset[str], machine: str) -> tuple[str | None, str]:
+    """(the int8 graph this CPU runs exactly and faster than fp32, or None; why), from its flags
+    and `platform.machine()`."""
     machine = machine.lower()
     if machine in ("x86_64", "amd64"):
         found = sorted(X86_INT8_FLAGS & set(flags))
         if found:
-            return True, f"x86-64 with {', '.join(found)}"
-        return False, (
-            "x86-64 without VNNI (avx512_vnni, avx_vnni): onnxruntime's int8 matmul saturates "
-            "here (less accurate than stated) and is not reliably faster than fp32"
-        )
+            return "int8", f"x86-64 with {', '.join(found)}"
+        if set(flags) >= X86_INT8_W7_FLAGS:
+            return "int8-w7", "x86-64 with avx2, no VNNI: int8 with 7-bit weights, exact there"
+        return None, "x86-64 without AVX2: int8 not expected faster than fp32"
     if machine in ("aarch64", "arm64"):
         if ARM_INT8_FLAGS & set(flags):
-            return True, "arm64 with asimddp"
-        return False, "arm64 without the dot-product instructions (asimddp): int8 not expected faster than fp32"
-    return False, f"int8 not validated on {machine or 'this machine'}"
+            return "int8", "arm64 with asimddp"
+        return None, "arm64 without the dot-product instructions (asimddp): int8 not expected faster than fp32"
+    return None, f"int8 not validated on {machine or 'this machine'}"
 
 
 @functools.cache
-def int8_here() -> tuple[bool, str]:
+def int8_here() -> tuple[str | None, str]:
     """`int8_decision` for this machine (read once per process)."""
     return int8_decision(cpu_flags(), platform.machine())
 
 
-def choose_precision(asked: str, int8_ok: bool, why: str) -> tuple[str, str]:
-    """(the precision that runs, and why) when `asked` (auto, fp32, int8) is asked for on a CPU
-    where `int8_decision` said (`int8_ok`, `why`). auto: int8 where it is exact and faster, else fp32."""
+def choose_graph(asked: str, int8_graph: str | None, why: str) -> tuple[str, str]:
+    """(the graph that runs, a key of MODEL_FILES, and why) when `asked` (auto, fp32, int8) is
+    asked for on a CPU where `int8_decision` said (`int8_graph`, `why`). auto: int8 where it is
+    exact and faster, else fp32."""
     if asked == "fp32":
         return "fp32", "EMBED_PRECISION=fp32"
     if asked == "int8":
-        return ("int8", f"EMBED_PRECISION=int8, {why}") if int8_ok else ("fp32", f"EMBED_PRECISION=int8, but {why}")
+        if int8_graph:
+            return int8_graph, f"EMBED_PRECISION=int8, {why}"
+        return "fp32", f"EMBED_PRECISION=int8, but {why}"
     if asked == "auto":
-        return ("int8" if int8_ok else "fp32"), f"auto: {why}"
+        return (int8_graph or "fp32"), f"auto: {why}"
     raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {asked!r}")
 
 
+def graph_choice(asked: str, model_dir: Path | str | None = None) -> tuple[str, str]:
+    """`choose_graph` on this machine. auto runs fp32 when `model_dir` lacks the int8 graph (a
+    model of one's own exported in fp32 only, or a directory built before the 7-bit graph)."""
+    graph, why = choose_graph(asked, *int8_here())
+    if asked == "auto" and graph != "fp32" and model_dir is not None and _missing_files(Path(model_dir), graph):
+        return "fp32", f"auto: no {MODEL_FILES[graph]} in the model directory"
+    return graph, why
+
+
 def precision_choice(asked: str, model_dir: Path | str | None = None) -> tuple[str, str]:
-    """`choose_precision` on this machine. auto runs fp32 when `model_dir` has no int8 graph (a
-    model of one's own exported in fp32 only)."""
-    precision, why = choose_precision(asked, *int8_here())
-    if asked == "auto" and precision == "int8" and model_dir is not None and _missing_files(Path(model_dir), "int8"):
-        return "fp32", f"auto: no {MODEL_FILES['int8']} in the model directory"
-    return precision, why
+    """(the precision that runs, fp32 or int8, and why) when `asked` is asked for on this machine."""
+    graph, why = graph_choice(asked, model_dir)
+    return PRECISION_OF[graph], why
 
 
-def effective_precision(precision: str, model_dir: Path | str | None = None) -> str:
-    """The precision that runs when `precision` is asked for on this machine."""
-    return precision_choice(precision, model_dir)[0]
-
-
-def _missing_files(model_dir: Path, precision: str) -> list[str]:
-    wanted = (MODEL_FILES.get(precision, MODEL_FILES["fp32"]), TOKENIZER_FILE)
+def _missing_files(model_dir: Path, graph: str) -> list[str]:
+    wanted = (MODEL_FILES.get(graph, MODEL_FILES["fp32"]), TOKENIZER_FILE)
     return [name for name in wanted if not (model_dir / name).is_file()]
 
 
@@ -187,7 +197,7 @@ def model_available(settings: Settings | None = None) -> tuple[bool, str]:
     """Cheap readiness check (no I/O beyond stat): are the model files there?"""
     settings = settings or get_settings()
     model_dir = Path(settings.embed_model_dir)
-    missing = _missing_files(model_dir, effective_precision(settings.embed_precision, model_dir))
+    missing = _missing_files(model_dir, graph_choice(settings.embed_precision, model_dir)[0])
     if missing:
         return False, f"model files missing in {model_dir}: {', '.join(missing)} (run `make model`)"
     return True, "ok"
@@ -206,32 +216,34 @@ class Embedder:
         check_cpu: bool = True,
     ) -> None:
         """`precision` is what is asked for (auto, fp32, int8); `self.precision` is what runs, and
-        `self.precision_reason` why (`precision_choice`). int8 asked for on a CPU where it is
-        inaccurate or slow (`int8_decision`) runs fp32, with a warning, unless `check_cpu` is False
-        (tests and benchmarks that measure the int8 graph itself). `threads` batches run at once,
-        each on one core; `session_threads` > 1 gives a session a thread pool instead (benchmarks
-        compare the two)."""
+        `self.precision_reason` why (`precision_choice`); `self.graph` is the graph (a key of
+        MODEL_FILES). int8 asked for on a CPU where no int8 graph is exact and faster
+        (`int8_decision`) runs fp32, with a warning. With `check_cpu` False, the graph named runs
+        whatever the CPU (tests and benchmarks that measure a graph itself: int8, int8-w7).
+        `threads` batches run at once, each on one core; `session_threads` > 1 gives a session a
+        thread pool instead (benchmarks compare the two)."""
         self.model_dir = Path(model_dir)
-        if precision not in PRECISIONS:
+        if precision not in PRECISIONS and (check_cpu or precision not in MODEL_FILES):
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.requested_precision = precision
         if check_cpu or precision == "auto":
-            precision, self.precision_reason = precision_choice(precision, self.model_dir)
+            graph, self.precision_reason = graph_choice(precision, self.model_dir)
         else:
-            self.precision_reason = f"{precision}, CPU not checked"
-        if self.requested_precision == "int8" and precision == "fp32":
+            graph, self.precision_reason = precision, f"{precision}, CPU not checked"
+        if self.requested_precision == "int8" and graph == "fp32":
             log.warning("EMBED_PRECISION=int8 asked for, running fp32 instead: %s", int8_here()[1])
-        missing = _missing_files(self.model_dir, precision)
+        missing = _missing_files(self.model_dir, graph)
         if missing:
             raise _unavailable(self.model_dir, f"missing {', '.join(missing)}")
         manifest = self._read_manifest()
-        self.precision = precision
+        self.graph = graph
+        self.precision = PRECISION_OF[graph]
         self.threads = max(1, threads)
         self.batch_tokens = max(1, batch_tokens)
         self.model_name: str = manifest.get("model", self.model_dir.name)
         self.max_length: int = int(manifest.get("max_length", DEFAULT_MAX_LENGTH))
         files = manifest.get("precisions", MODEL_FILES)
-        self.model_path = self.model_dir / files.get(precision, MODEL_FILES[precision])
+        self.model_path = self.model_dir / files.get(graph, MODEL_FILES[graph])
         # `tokenizer` never truncates (chunking needs every token's offsets); `_encoder` does.
         self.tokenizer = load_tokenizer(self.model_dir)
         self._encoder = load_tokenizer(self.model_dir, self.max_length)

@@ -710,8 +710,9 @@ class EmbeddingSettings:
         flag="--precision",
         help=(
             "`auto`, `fp32` or `int8`; `auto` runs int8 where the CPU computes it exactly and faster "
-            "(x86-64 with VNNI, arm64 with `asimddp`), fp32 elsewhere; `int8` on another CPU runs fp32 "
-            "with a warning at start ([precision](embeddings.md#precision))"
+            "(x86-64 with VNNI: 8-bit weights; x86-64 with AVX2 but no VNNI: 7-bit weights; arm64 with "
+            "`asimddp`), fp32 elsewhere; `int8` on another CPU runs fp32 with a warning at start "
+            "([precision](embeddings.md#precision))"
         ),
     )
     embed_threads: int = setting(
