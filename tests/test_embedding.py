@@ -30,6 +30,7 @@ from worker.embedding import (
     model_available,
     precision_choice,
     preload,
+    token_batches,
 )
 from worker.errors import EmbeddingError, InputTooLargeError, InvalidArgumentsError, ModelUnavailableError
 from worker.settings import Settings, get_settings, set_settings
@@ -266,6 +267,25 @@ def test_batching_does_not_change_results() -> None:
     tight = int8.embed(texts)
     int8.batch_tokens = 100_000
     np.testing.assert_allclose(tight, int8.embed(texts), atol=1e-4)
+
+
+def test_token_batches_cover_every_row_and_shrink_at_the_end() -> None:
+    """Each row once, longest first, within the budget; with threads taking the batches in turn,
+    the last batches shrink so that no thread waits long for the others at the end of a call."""
+    rng = np.random.default_rng(3)
+    chunks = np.full(64, 250)  # a document's chunks
+    mixed = rng.integers(1, 257, size=300)
+    for lengths, budget in ((chunks, 1024), (mixed, 1024), (mixed, 100), (np.array([300, 5]), 256)):
+        for workers in (1, 2, 4):
+            batches = list(token_batches(lengths, budget, workers))
+            rows = np.concatenate(batches)
+            assert sorted(rows.tolist()) == list(range(len(lengths)))
+            assert (np.diff(lengths[rows]) <= 0).all()  # longest first
+            assert all(len(b) == 1 or len(b) * lengths[b].max() <= budget for b in batches)
+    assert [len(b) for b in token_batches(chunks, 1024, 1)] == [4] * 16
+    shares = [len(b) for b in token_batches(chunks, 1024, 2)]
+    assert shares[:10] == [4] * 10 and shares[-4:] == [1, 1, 1, 1], shares  # 4 rows, then fewer
+    assert [len(b) for b in token_batches(np.array([40, 30, 20]), 10_000, 2)] == [1, 1, 1]
 
 
 def test_empty_string_long_text_and_empty_list(fp32: Embedder) -> None:

@@ -363,7 +363,7 @@ class Embedder:
         workers = self.threads if self._session_threads == 1 and len(id_lists) > 1 else 1
         # EMBED_BATCH_TOKENS bounds the padded tokens in flight: each of the threads' batches gets its share.
         budget = min(max(1, self.batch_tokens // workers), -(-total // workers))
-        batches = list(token_batches(lengths, budget))
+        batches = list(token_batches(lengths, budget, workers))
         pooled: list[tuple[np.ndarray, np.ndarray]] = []  # (rows, their vectors); append is thread-safe
 
         def run(rows: np.ndarray) -> None:
@@ -433,15 +433,24 @@ def _share(batches: list[np.ndarray], run, workers: int) -> None:
         pool.shutdown(wait=False)
 
 
-def token_batches(lengths: np.ndarray, budget: int) -> Iterator[np.ndarray]:
-    """Row indices, longest first, cut so that rows x longest row <= budget (at least one row)."""
+def token_batches(lengths: np.ndarray, budget: int, workers: int = 1) -> Iterator[np.ndarray]:
+    """Row indices, longest first, cut so that rows x longest row <= budget (at least one row).
+
+    With `workers` threads taking the batches in turn (`_share`), the last batches shrink: none
+    takes more than a (2 x workers)th of the tokens left. So the threads finish a call together,
+    and its end leaves a core idle for the time of a short batch, not of a full one (ingest makes
+    a call per document and more: docs/benchmarks.md, "Ingest with defaults against the plain script").
+    """
     order = np.argsort(-lengths, kind="stable")
+    left = int(lengths.sum())
     start = 0
     while start < len(order):
-        width = int(lengths[order[start]])
-        size = max(1, budget // max(width, 1))
-        yield order[start : start + size]
-        start += size
+        width = max(int(lengths[order[start]]), 1)
+        tokens = budget if workers <= 1 else min(budget, max(width, left // (2 * workers)))
+        rows = order[start : start + max(1, tokens // width)]
+        yield rows
+        left -= int(lengths[rows].sum())
+        start += len(rows)
 
 
 def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
