@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_embed import LINEAR_FLOP_PER_TOKEN, MODEL_DIR, chunk_corpus, corpus, onnxruntime_matmul_gflops  # noqa: E402
 
-from worker.embedding import Embedder  # noqa: E402
+from worker.embedding import MODEL_FILES, Embedder  # noqa: E402
 
 
 def session(path: Path, threads: int, level: str = "ALL", spin: str = "0", profile: str | None = None):
@@ -74,7 +74,7 @@ def embedder_with(sess, precision: str, threads: int, batch_tokens: int = 2048) 
 
 
 def profile(threads: int, corpora: dict[str, list[str]], precision: str) -> None:
-    path = MODEL_DIR / ("model.onnx" if precision == "fp32" else "model-int8.onnx")
+    path = MODEL_DIR / MODEL_FILES[precision]
     for name, texts in corpora.items():
         with tempfile.TemporaryDirectory() as tmp:
             sess = session(path, threads, profile=str(Path(tmp) / "p"))
@@ -150,7 +150,7 @@ def variants(names: list[str], threads: int, corpora: dict[str, list[str]], roun
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--profile", action="store_true")
-    ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--precision", default="fp32", choices=list(MODEL_FILES), help="the graph to profile")
     ap.add_argument("--variants", default="")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--texts", type=int, default=800)
