@@ -120,19 +120,25 @@ def test_int8_within_stated_bound(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def _matmul_integer(a: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """onnxruntime's MatMulInteger (uint8 a, zero point 128; int8 w), as the int8 graphs call it."""
+    """The int8 graphs' product, as they call it: onnxruntime's MatMulIntegerToFloat on uint8 `a`
+    (zero point 128) and int8 `w`, with scales of 1 (so the floats are the int32 sums, exact below 2^24)."""
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    node = helper.make_node("MatMulInteger", ["a", "w", "zero"], ["y"])
+    ones = {"a_scale": np.ones((1, 1), np.float32), "b_scale": np.ones(w.shape[1], np.float32)}
+    node = helper.make_node(
+        "MatMulIntegerToFloat", ["a", "w", "a_scale", "b_scale", "zero"], ["y"], domain="com.microsoft"
+    )
     graph = helper.make_graph(
         [node],
         "mm",
         [helper.make_tensor_value_info("a", TensorProto.UINT8, ["n", w.shape[0]])],
-        [helper.make_tensor_value_info("y", TensorProto.INT32, ["n", w.shape[1]])],
-        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(128, np.uint8), "zero")],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", w.shape[1]])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(128, np.uint8), "zero")]
+        + [numpy_helper.from_array(v, k) for k, v in ones.items()],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
@@ -140,7 +146,7 @@ def _matmul_integer(a: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 def test_int8_graph_is_exact_on_this_cpu() -> None:
-    """The int8 graph this CPU runs multiplies exactly: onnxruntime's MatMulInteger on a real
+    """The int8 graph this CPU runs multiplies exactly: onnxruntime's integer product on a real
     layer's weights equals the integer product, with activations at the extremes of uint8 (where
     vpmaddubsw's 16-bit pair sums would saturate). With 7-bit weights it is exact on any CPU; with
     8-bit weights, not on x86-64 without VNNI (why such CPUs run the 7-bit graph)."""

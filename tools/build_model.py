@@ -205,10 +205,21 @@ class GraphBuilder:
             value=self.numpy_helper.from_array(np.array([128], np.uint8)),
         )
         x_q = self.op("QuantizeLinear", [rows, row_scale, zero], axis=0)
-        y = self.op("MatMulInteger", [x_q, self.const(f"{name}.weight_q", w_q), "u8_128"], name=f"{name}.matmul")
-        y = self.op("Cast", [y], to=self.tensor_proto.FLOAT)  # DequantizeLinear of int32 is 3x slower
-        y = self.op("Mul", [y, self.const(f"{name}.weight_scale", w_scale.astype(np.float32))])
-        y = self.op("Mul", [y, self.op("Unsqueeze", [row_scale, "axis_last"])])
+        # onnxruntime's MatMulIntegerToFloat (com.microsoft) scales the int32 products per output
+        # channel inside the GEMM, and then per row: the very same floats as MatMulInteger, Cast and
+        # two Muls, in fewer passes over [tokens, out] (docs/design/embeddings.md, "int8").
+        y = self.op(
+            "MatMulIntegerToFloat",
+            [
+                x_q,
+                self.const(f"{name}.weight_q", w_q),
+                self.op("Unsqueeze", [row_scale, "axis_last"]),  # [tokens, 1]: applied to the rows
+                self.const(f"{name}.weight_scale", w_scale.astype(np.float32)),  # [out]: per column
+                "u8_128",
+            ],
+            name=f"{name}.matmul",
+            domain="com.microsoft",
+        )
         return self.op("Reshape", [y, self.batch_shape(w.shape[1])])
 
     def batch_shape(self, width: int) -> str:
@@ -330,7 +341,8 @@ def build_graph(
             for name in dict.fromkeys(g.linear_inputs.values())
         ]
     graph = helper.make_graph(g.nodes, "all-MiniLM-L6-v2", inputs, outputs, g.initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="worker")
+    opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid("com.microsoft", 1)] if int8 else [])
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="worker")
     model.ir_version = 9  # readable by onnxruntime >= 1.15 (opset 20: >= 1.17)
     return model, g.linear_inputs
 

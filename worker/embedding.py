@@ -81,7 +81,7 @@ MAX_HEAD_CHARS = 262_144
 
 
 # -- int8 by CPU ---------------------------------------------------------------------------
-# The int8 graphs multiply uint8 activations by int8 weights (MatMulInteger). onnxruntime computes
+# The int8 graphs multiply uint8 activations by int8 weights (MatMulIntegerToFloat). onnxruntime computes
 # that exactly with VNNI (x86-64: avx512_vnni or avx_vnni) and on arm64 (32-bit dot products;
 # speed not measured by us: only with asimddp, whose SDOT/UDOT make int8 worthwhile): there the
 # graph with 8-bit weights, model-int8.onnx, runs. On x86-64 without VNNI (AVX2, or AVX-512BW
