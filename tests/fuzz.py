@@ -405,9 +405,7 @@ def matrix(seed: int, *, bomb: int = 1 << 30, randoms: int = 2) -> list[Case]:
         extra = [random_value(rng) for _ in range(randoms)]
         for func in [PING, FAIL] if name in FAILURE_FIELDS else [PING]:
             for label, raw in values + extra:
-                add(
-                    kind="field", target=name, label=label, value=raw, func=func, known=_FIELD_KNOWN.get((name, label))
-                )
+                add(kind="field", target=name, label=label, value=raw, func=func, known=_FIELD_KNOWN.get((name, label)))
     for label, raw, known in data_values(bomb):
         add(kind="data", target="data", label=label, value=raw, known=known)
     for label, known in CLIENT_CASES:
