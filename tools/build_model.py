@@ -53,8 +53,8 @@ OPSET = 20  # for the Gelu operator
 # 0.974 without smoothing, 0.9938 / 0.984 with 0.65 (and results that depend on the batch).
 SMOOTH_ALPHA = 0.65
 # The 7-bit graph: weights in [-63, 63], so that a pair of uint8 x int8 products summed in 16 bits
-# (vpmaddubsw, AVX2) cannot saturate: 2 x 255 x 63 = 32,130 < 32,767. Its alpha, by the same
-# measure: 0.4: 0.9970 / 0.990, 0.5: 0.9975 / 0.991, 0.65: 0.9967 / 0.990, 0.8: 0.9949 / 0.977.
+# (vpmaddubsw, AVX2) cannot saturate: 2 x 255 x 63 = 32,130 < 32,767. Its alpha, the most accurate
+# of those measured: docs/design/embeddings.md, "int8 by CPU".
 W7_LEVELS = 63
 W7_ALPHA = 0.5
 COPIED = ("config.json", "LICENSE", "NOTICE")
