@@ -16,7 +16,7 @@ from redis.exceptions import ResponseError
 from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection, SentinelManagedSSLConnection
 from rq.serializers import DefaultSerializer, JSONSerializer
 
-from worker import __version__, lifecycle, rqcompat
+from worker import __version__, hugepages, lifecycle, rqcompat
 from worker.allowlist import import_registered
 from worker.daemon import DaemonWorker, housekeeping
 from worker.exitcodes import EXIT_MEMORY, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
@@ -219,6 +219,7 @@ def run_daemon(settings: Settings, burst: bool = False, max_jobs: int | None = N
 
     _preload_model(settings)
     _prepare_store(settings)
+    hugepages.collapse()  # the model is in memory: every fork from here on copies less
     _log_start(settings, name, health.port, state.embedding)
     warn_unrunnable(redis_client(settings, timeout=3), list(settings.queues), serializer_for(settings))
     worker = _daemon_worker(settings, name, state)
