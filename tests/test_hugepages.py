@@ -59,6 +59,10 @@ def test_private_ranges_takes_aligned_private_anonymous_memory_only() -> None:
         (0x7F0000200000, 0x7F0000200000 + 6 * mb),  # rounded in at both ends
     ]
     assert all(start % HUGE == 0 and end % HUGE == 0 for start, end in private_ranges(maps))
+    assert private_ranges(maps, huge=4 * mb) == [  # another PMD size: aligned to it
+        (0x55A000000000, 0x55A000000000 + 8 * mb),
+        (0x7F0000400000, 0x7F0000400000 + 4 * mb),
+    ]
 
 
 COLLAPSE_CHILD = r"""

@@ -25,8 +25,9 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 MADV_COLLAPSE = 25  # linux/mman.h, since 6.1
-HUGE = 2 << 20  # x86-64's and arm64's (4 KiB granule) PMD size
+HUGE = 2 << 20  # x86-64's and arm64's (4 KiB granule) PMD size, where the kernel does not say
 THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+THP_SIZE = Path("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size")
 
 
 def thp_mode(text: str) -> str:
@@ -35,9 +36,9 @@ def thp_mode(text: str) -> str:
     return text[start + 1 : end] if 0 <= start < end else ""
 
 
-def private_ranges(maps: str) -> list[tuple[int, int]]:
-    """The 2 MiB-aligned parts, at least 2 MiB long, of the private writable anonymous mappings
-    (the heap included) of a /proc/PID/maps text."""
+def private_ranges(maps: str, huge: int = HUGE) -> list[tuple[int, int]]:
+    """The `huge`-aligned parts, at least `huge` long, of the private writable anonymous
+    mappings (the heap included) of a /proc/PID/maps text."""
     ranges = []
     for line in maps.splitlines():
         fields = line.split()
@@ -47,8 +48,8 @@ def private_ranges(maps: str) -> list[tuple[int, int]]:
         if name not in ("", "[heap]"):  # files, the stack, vdso: not ours to touch
             continue
         low, high = (int(x, 16) for x in fields[0].split("-"))
-        start, end = -(-low // HUGE) * HUGE, high // HUGE * HUGE
-        if end - start >= HUGE:
+        start, end = -(-low // huge) * huge, high // huge * huge
+        if end - start >= huge:
             ranges.append((start, end))
     return ranges
 
@@ -61,11 +62,12 @@ def collapse() -> int:
     try:
         if thp_mode(THP_SETTING.read_text()) == "never":
             return 0
-        ranges = private_ranges(Path("/proc/self/maps").read_text())
+        huge = int(THP_SIZE.read_text()) if THP_SIZE.exists() else HUGE  # 512 MiB on 64 KiB-page arm64
+        ranges = private_ranges(Path("/proc/self/maps").read_text(), huge)
         libc = ctypes.CDLL(None, use_errno=True)
         madvise = libc.madvise
         madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    except (OSError, AttributeError) as exc:
+    except (OSError, AttributeError, ValueError) as exc:
         log.debug("huge pages: not available here (%s)", exc)
         return 0
     done = 0
