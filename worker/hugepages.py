@@ -1,14 +1,13 @@
 """Huge pages under the daemon's memory, so that forking it costs less.
 
 A worker forks a work-horse for every job, and the horse forks a PDFium child for every PDF.
-fork() copies the page tables of the process's private memory. With the model loaded that is
-about 150 MiB in 4 KiB pages, and a fork with its exit took 9 to 12 ms, against 2.3 ms before
-the model was loaded: twice a job, a sixth of a one-page PDF's time in the job
-(docs/benchmarks.md, "Ingest with defaults against the plain script"). Collapsed into 2 MiB
-pages (MADV_COLLAPSE, Linux 6.1 and later), the same memory takes 512 times fewer entries.
+fork() copies the page tables of the process's private memory, and exit tears them down: with
+the model loaded that is over a hundred MiB in 4 KiB pages, twice a job. Collapsed into 2 MiB
+pages (MADV_COLLAPSE, Linux 6.1 and later), the same memory takes 512 times fewer entries
+(figures: docs/benchmarks.md, "Ingest with defaults against the plain script", bench/bench_fork.py).
 
 Nothing else changes. A write after a fork still copies 4 KiB, as before: the kernel splits a
-shared huge page first. The resident size stays the same (the daemon's memory is dense), and no
+shared huge page first. The resident size hardly changes (the daemon's memory is dense), and no
 range is advised for huge pages later (no MADV_HUGEPAGE), so new allocations fault in as before.
 
 Best effort: on another OS, on an older kernel, or with transparent huge pages set to `never`
