@@ -327,8 +327,10 @@ def _with_bogus_last_page(texts: list[str]) -> bytes:
 
 def test_job_timeout_during_extraction_fails_the_job_and_stores_nothing(start_worker, redis_conn, tmp_path) -> None:
     _start(start_worker)
-    slow = pdfs.slow_page()  # seconds each (one stream of twice that would be a decompression bomb)
-    (tmp_path / "slow.pdf").write_bytes(pdfs.make_pdf(["page one", slow, slow, "page three"]))
+    # About a second each on the fastest CPU here (one stream of twice that would be a
+    # decompression bomb): two of them once finished inside the 2 s; six cannot.
+    slow = pdfs.slow_page()
+    (tmp_path / "slow.pdf").write_bytes(pdfs.make_pdf(["page one", *[slow] * 6, "page three"]))
     job = queue(redis_conn).enqueue("worker.jobs.ingest_pdf", str(tmp_path / "slow.pdf"), job_timeout=2)
     assert _finish(job, 120) == "failed"
     assert _error(job) == "JobTimeoutException", job.latest_result().exc_string
