@@ -4,6 +4,7 @@ collapse in a real process, and a real worker that has them once it is ready."""
 from __future__ import annotations
 
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +20,8 @@ def _collapse_possible() -> str | None:
     """Why this machine cannot collapse (None: it can)."""
     if not sys.platform.startswith("linux"):
         return "not Linux"
-    major, minor = (int(x) for x in platform.release().split(".")[:2])
-    if (major, minor) < (6, 1):
+    version = re.match(r"(\d+)\.(\d+)", platform.release())
+    if version is None or (int(version[1]), int(version[2])) < (6, 1):
         return f"kernel {platform.release()} has no MADV_COLLAPSE (6.1+)"
     if not THP_SETTING.exists() or thp_mode(THP_SETTING.read_text()) == "never":
         return "transparent huge pages are off here"
