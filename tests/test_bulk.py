@@ -184,6 +184,17 @@ def current_job_of(conn, pid: int) -> str | None:
     return None
 
 
+def finished_shards_of(conn, parent_id: str, w, shards: int) -> int:
+    """How many of the run's `shards` ended (finished) on the worker with w's pid."""
+    names = conn.smembers("rq:workers")
+    mine = {n.decode().removeprefix("rq:worker:") for n in names if f".{w.proc.pid}." in n.decode()}
+    count = 0
+    for n in range(shards):
+        status, name = conn.hmget(f"rq:job:{parent_id}-shard-{n}", "status", "worker_name")
+        count += status == b"finished" and name is not None and name.decode() in mine
+    return count
+
+
 def stop_mid_shard(conn, w) -> int:
     """SIGSTOP the worker's horse while it runs a shard that has not ended (a quick shard may end
     between a look and a kill: stopped, it cannot); its pid."""
@@ -211,6 +222,9 @@ def test_two_workers_share_the_shards_and_a_killed_one_loses_nothing(start_worke
     wait_for(lambda: parent.get_status(refresh=True) == "finished", timeout=60, message="shards enqueued")
     final_id = parent.return_value()["final_job_id"]
     wait_for(lambda: len(parent.get_meta(refresh=True)["bulk"]["done"]) >= 3, timeout=60, message="shards done")
+    # `a` may have run the parent job while `b` took the first shards: wait until `a` has ended
+    # a shard of its own too, or the one it is killed in (run again by `b`) would be its only one.
+    wait_for(lambda: finished_shards_of(redis_conn, parent.id, a, 24) > 0, timeout=60, message="a shard ended by a")
     horse = stop_mid_shard(redis_conn, a)
     os.kill(a.proc.pid, signal.SIGKILL)
     os.kill(horse, signal.SIGKILL)
