@@ -173,26 +173,27 @@ def cli(args: list[str], env: dict, cwd: Path, timeout: float = 120) -> subproce
     )
 
 
-def current_job_of(conn, pid: int) -> str | None:
-    """The job the worker with this pid is running, as Redis says (RQ's worker and executions)."""
+def rq_worker_of(conn, pid: int):
+    """RQ's record of the worker with this pid (None: not registered)."""
     from rq import Worker
     from rq.serializers import JSONSerializer
 
-    for w in Worker.all(connection=conn, serializer=JSONSerializer):
-        if w.pid == pid:
-            return w.get_current_job_id()
-    return None
+    return next((w for w in Worker.all(connection=conn, serializer=JSONSerializer) if w.pid == pid), None)
+
+
+def current_job_of(conn, pid: int) -> str | None:
+    """The job the worker with this pid is running, as Redis says (RQ's worker and executions)."""
+    worker = rq_worker_of(conn, pid)
+    return worker.get_current_job_id() if worker else None
 
 
 def finished_shards_of(conn, parent_id: str, w, shards: int) -> int:
-    """How many of the run's `shards` ended (finished) on the worker with w's pid."""
-    names = conn.smembers("rq:workers")
-    mine = {n.decode().removeprefix("rq:worker:") for n in names if f".{w.proc.pid}." in n.decode()}
-    count = 0
-    for n in range(shards):
-        status, name = conn.hmget(f"rq:job:{parent_id}-shard-{n}", "status", "worker_name")
-        count += status == b"finished" and name is not None and name.decode() in mine
-    return count
+    """How many of the run's `shards` ended (finished) on the worker process `w`."""
+    worker = rq_worker_of(conn, w.proc.pid)
+    if worker is None:
+        return 0
+    ended = [conn.hmget(f"rq:job:{parent_id}-shard-{n}", "status", "worker_name") for n in range(shards)]
+    return sum(status == b"finished" and name == worker.name.encode() for status, name in ended)
 
 
 def stop_mid_shard(conn, w) -> int:

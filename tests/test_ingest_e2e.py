@@ -327,8 +327,8 @@ def _with_bogus_last_page(texts: list[str]) -> bytes:
 
 def test_job_timeout_during_extraction_fails_the_job_and_stores_nothing(start_worker, redis_conn, tmp_path) -> None:
     _start(start_worker)
-    # About a second each on the fastest CPU here (one stream of twice that would be a
-    # decompression bomb): two of them once finished inside the 2 s; six cannot.
+    # Six slow pages (one stream of twice a page would be a decompression bomb): on a fast CPU
+    # two once finished inside the 2 s timeout (pdfs.slow_page gives the rate per operation).
     slow = pdfs.slow_page()
     (tmp_path / "slow.pdf").write_bytes(pdfs.make_pdf(["page one", *[slow] * 6, "page three"]))
     job = queue(redis_conn).enqueue("worker.jobs.ingest_pdf", str(tmp_path / "slow.pdf"), job_timeout=2)
